@@ -1,0 +1,1 @@
+//! TODO-free placeholder; filled in by its issue.

@@ -1,0 +1,17 @@
+//! endsys-bootstrap: provisions and bootstraps Talos Linux clusters on bare metal.
+//!
+//! The library is the product; `main.rs` only turns arguments into calls here.
+//! Rooms, from the bottom up:
+//! - [`pki`]: CAs and certificates, Talos PEM quirks.
+//! - [`machineconfig`]: cluster definition, secrets bundle, rendering, patches, validation.
+//! - [`sops`]: SOPS files encrypted with age, in process.
+//! - [`talos`]: the Talos machine API: generated types, client, talosconfig.
+//! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
+//! - [`cli`]: argument types and output for the binary.
+
+pub mod cli;
+pub mod lab;
+pub mod machineconfig;
+pub mod pki;
+pub mod sops;
+pub mod talos;
