@@ -1,1 +1,560 @@
-//! TODO-free placeholder; filled in by its issue.
+//! CAs and certificates the way Talos makes them, and the PEM quirks of its files.
+//!
+//! Talos writes Ed25519 keys under the PEM label `ED25519 PRIVATE KEY` (PKCS#8 v1
+//! body) and ECDSA keys as SEC1 `EC PRIVATE KEY`. rustls and rcgen (ring backend)
+//! accept neither label as is, so every key that enters the tool goes through
+//! [`PrivateKey::from_pem`], and every key it writes goes out in Talos's own form.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use thiserror::Error;
+
+/// Errors from certificate and key handling. `what` names the file or field involved.
+#[derive(Debug, Error)]
+pub enum PkiError {
+    #[error("{what}: not valid PEM: {reason}")]
+    BadPem { what: String, reason: String },
+    #[error("{what}: unsupported private key (label `{label}`): {reason}")]
+    BadKey {
+        what: String,
+        label: String,
+        reason: String,
+    },
+    #[error("{what}: not a valid X.509 certificate: {reason}")]
+    BadCertificate { what: String, reason: String },
+    #[error("issuing certificate `{subject}` failed: {reason}")]
+    Issue { subject: String, reason: String },
+}
+
+/// Key algorithms Talos uses: Ed25519 for the OS CA and its leaves, ECDSA P-256 for
+/// the Kubernetes, aggregator and etcd CAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Ed25519,
+    EcdsaP256,
+}
+
+/// A private key, held as PKCS#8 DER, with the algorithm it belongs to.
+#[derive(Clone)]
+pub struct PrivateKey {
+    algorithm: KeyAlgorithm,
+    pkcs8_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for PrivateKey {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+impl PrivateKey {
+    /// Generates a fresh key.
+    pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, PkiError> {
+        let alg = match algorithm {
+            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
+        let kp = KeyPair::generate_for(alg).map_err(|e| PkiError::BadKey {
+            what: "generated key".into(),
+            label: String::new(),
+            reason: e.to_string(),
+        })?;
+        Self::from_pkcs8_der(kp.serialize_der(), "generated key")
+    }
+
+    /// Reads a key in any of the PEM forms Talos, talosctl or openssl write:
+    /// `ED25519 PRIVATE KEY`, `EC PRIVATE KEY` (SEC1) or `PRIVATE KEY` (PKCS#8).
+    pub fn from_pem(pem_text: &[u8], what: &str) -> Result<Self, PkiError> {
+        let block = pem::parse(pem_text).map_err(|e| PkiError::BadPem {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+        let bad = |reason: String| PkiError::BadKey {
+            what: what.into(),
+            label: block.tag().to_string(),
+            reason,
+        };
+        match block.tag() {
+            "ED25519 PRIVATE KEY" | "PRIVATE KEY" => {
+                Self::from_pkcs8_der(block.contents().to_vec(), what)
+            }
+            "EC PRIVATE KEY" => {
+                use p256::pkcs8::EncodePrivateKey;
+                let sk = p256::SecretKey::from_sec1_der(block.contents())
+                    .map_err(|e| bad(format!("SEC1 P-256 key: {e}")))?;
+                let der = sk
+                    .to_pkcs8_der()
+                    .map_err(|e| bad(format!("re-encoding as PKCS#8: {e}")))?;
+                Self::from_pkcs8_der(der.as_bytes().to_vec(), what)
+            }
+            other => Err(bad(format!(
+                "expected ED25519 PRIVATE KEY, EC PRIVATE KEY or PRIVATE KEY, found `{other}`"
+            ))),
+        }
+    }
+
+    fn from_pkcs8_der(der: Vec<u8>, what: &str) -> Result<Self, PkiError> {
+        let bad = |reason: &str| PkiError::BadKey {
+            what: what.into(),
+            label: "PRIVATE KEY".into(),
+            reason: reason.into(),
+        };
+        if contains(&der, OID_ED25519) {
+            // Normalise to PKCS#8 v1 (seed only), the form Go writes and reads.
+            let seed = ed25519_seed(&der).ok_or_else(|| bad("malformed Ed25519 PKCS#8"))?;
+            let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
+            v1.extend_from_slice(&seed);
+            return Ok(Self {
+                algorithm: KeyAlgorithm::Ed25519,
+                pkcs8_der: v1,
+            });
+        }
+        if contains(&der, OID_EC_PUBLIC_KEY) {
+            return Ok(Self {
+                algorithm: KeyAlgorithm::EcdsaP256,
+                pkcs8_der: der,
+            });
+        }
+        Err(bad("only Ed25519 and ECDSA P-256 keys are supported"))
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// PKCS#8 DER, the form rustls wants.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        &self.pkcs8_der
+    }
+
+    /// PEM with the standard `PRIVATE KEY` label (for rustls/tonic identities).
+    pub fn to_pkcs8_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8_der.clone()))
+    }
+
+    /// PEM in the form Talos writes: `ED25519 PRIVATE KEY` or SEC1 `EC PRIVATE KEY`.
+    pub fn to_talos_pem(&self) -> Result<String, PkiError> {
+        match self.algorithm {
+            KeyAlgorithm::Ed25519 => Ok(pem::encode(&pem::Pem::new(
+                "ED25519 PRIVATE KEY",
+                self.pkcs8_der.clone(),
+            ))),
+            KeyAlgorithm::EcdsaP256 => {
+                use p256::pkcs8::DecodePrivateKey;
+                let sk = p256::SecretKey::from_pkcs8_der(&self.pkcs8_der).map_err(|e| {
+                    PkiError::BadKey {
+                        what: "ECDSA key".into(),
+                        label: "PRIVATE KEY".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let sec1 = sk.to_sec1_der().map_err(|e| PkiError::BadKey {
+                    what: "ECDSA key".into(),
+                    label: "EC PRIVATE KEY".into(),
+                    reason: e.to_string(),
+                })?;
+                Ok(pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec())))
+            }
+        }
+    }
+
+    fn key_pair(&self) -> Result<KeyPair, PkiError> {
+        let der = rustls_pki_types::PrivatePkcs8KeyDer::from(self.pkcs8_der.clone());
+        let alg = match self.algorithm {
+            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
+            KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
+        KeyPair::from_pkcs8_der_and_sign_algo(&der, alg).map_err(|e| PkiError::BadKey {
+            what: "key".into(),
+            label: "PRIVATE KEY".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Finds the 32-byte seed in an Ed25519 PKCS#8 v1 or v2 document: the OCTET STRING
+/// wrapped in the privateKey OCTET STRING (`04 22 04 20 <seed>`).
+fn ed25519_seed(der: &[u8]) -> Option<[u8; 32]> {
+    let pos = der.windows(4).position(|w| w == [0x04, 0x22, 0x04, 0x20])?;
+    let seed = der.get(pos + 4..pos + 36)?;
+    seed.try_into().ok()
+}
+
+/// A certificate with its private key, both PEM (key in Talos form).
+#[derive(Clone)]
+pub struct CertAndKey {
+    pub cert_pem: String,
+    pub key: PrivateKey,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertAndKey {
+    /// Loads a certificate and key from PEM (any of the key forms in [`PrivateKey::from_pem`]).
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Self, PkiError> {
+        let cert_text = std::str::from_utf8(cert_pem).map_err(|e| PkiError::BadPem {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+        CertInfo::from_pem(cert_pem, what)?;
+        Ok(Self {
+            cert_pem: cert_text.to_string(),
+            key: PrivateKey::from_pem(key_pem, what)?,
+        })
+    }
+
+    /// The key in Talos's PEM form.
+    pub fn key_pem(&self) -> Result<String, PkiError> {
+        self.key.to_talos_pem()
+    }
+
+    /// DER of the certificate.
+    pub fn cert_der(&self) -> Result<Vec<u8>, PkiError> {
+        let block = pem::parse(&self.cert_pem).map_err(|e| PkiError::BadPem {
+            what: "certificate".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(block.contents().to_vec())
+    }
+}
+
+/// What a certificate is for, which fixes its key usages the way Talos sets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// apid / API server serving certificate: EKU serverAuth only.
+    Server,
+    /// Client certificate: EKU exactly clientAuth (apid rejects anything else).
+    Client,
+    /// Both (etcd peers); never valid for talosconfig client certs.
+    ServerAndClient,
+}
+
+/// The subject and names of a certificate to issue.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub common_name: String,
+    /// Subject Organization values; for Talos client certs these are the roles.
+    pub organizations: Vec<String>,
+    pub ip_sans: Vec<IpAddr>,
+    pub dns_sans: Vec<String>,
+    pub usage: Usage,
+    pub validity: Duration,
+}
+
+/// A certificate authority that can issue leaves.
+#[derive(Debug, Clone)]
+pub struct CertificateAuthority {
+    pub pair: CertAndKey,
+}
+
+/// Ten years, the lifetime of the CAs Talos generates.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// One year, the lifetime of admin client certificates.
+pub const CLIENT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl CertificateAuthority {
+    /// Makes a self-signed CA like Talos does: Organization `org`, KU certSign +
+    /// digitalSignature, EKU serverAuth + clientAuth.
+    pub fn generate(
+        algorithm: KeyAlgorithm,
+        org: &str,
+        validity: Duration,
+    ) -> Result<Self, PkiError> {
+        let key = PrivateKey::generate(algorithm)?;
+        let kp = key.key_pair()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, org);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        set_validity(&mut params, validity);
+        let cert = params.self_signed(&kp).map_err(|e| PkiError::Issue {
+            subject: format!("CA {org}"),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            pair: CertAndKey {
+                cert_pem: cert.pem(),
+                key,
+            },
+        })
+    }
+
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], what: &str) -> Result<Self, PkiError> {
+        Ok(Self {
+            pair: CertAndKey::from_pem(cert_pem, key_pem, what)?,
+        })
+    }
+
+    /// Issues a leaf signed by this CA; the leaf key uses the CA's algorithm, as
+    /// Talos does.
+    pub fn issue(&self, spec: &LeafSpec) -> Result<CertAndKey, PkiError> {
+        let issue_err = |reason: String| PkiError::Issue {
+            subject: spec.common_name.clone(),
+            reason,
+        };
+        let ca_kp = self.pair.key.key_pair()?;
+        let issuer = Issuer::from_ca_cert_pem(&self.pair.cert_pem, ca_kp)
+            .map_err(|e| issue_err(format!("reading the CA certificate: {e}")))?;
+        let key = PrivateKey::generate(self.pair.key.algorithm())?;
+        let kp = key.key_pair()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if !spec.common_name.is_empty() {
+            dn.push(DnType::CommonName, spec.common_name.as_str());
+        }
+        for org in &spec.organizations {
+            dn.push(DnType::OrganizationName, org.as_str());
+        }
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = match spec.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        for ip in &spec.ip_sans {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
+        for dns in &spec.dns_sans {
+            let name = dns
+                .clone()
+                .try_into()
+                .map_err(|e| issue_err(format!("DNS name `{dns}`: {e}")))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        set_validity(&mut params, spec.validity);
+        let cert = params
+            .signed_by(&kp, &issuer)
+            .map_err(|e| issue_err(e.to_string()))?;
+        Ok(CertAndKey {
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+}
+
+fn set_validity(params: &mut CertificateParams, validity: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // A little slack for clocks that disagree by a few seconds.
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::seconds(validity.as_secs() as i64);
+}
+
+/// What the tool needs to know about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub subject_cn: Option<String>,
+    pub organizations: Vec<String>,
+    pub is_ca: bool,
+    pub not_after_unix: i64,
+    pub ip_sans: Vec<IpAddr>,
+    pub dns_sans: Vec<String>,
+    /// Extended key usages: (serverAuth, clientAuth, any other).
+    pub eku_server_auth: bool,
+    pub eku_client_auth: bool,
+    pub eku_other: bool,
+    /// SHA-256 of the DER certificate, hex; compares CAs across files.
+    pub fingerprint_sha256: String,
+}
+
+impl CertInfo {
+    /// Parses the first certificate of a PEM text.
+    pub fn from_pem(cert_pem: &[u8], what: &str) -> Result<Self, PkiError> {
+        let block = pem::parse(cert_pem).map_err(|e| PkiError::BadPem {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+        if block.tag() != "CERTIFICATE" {
+            return Err(PkiError::BadCertificate {
+                what: what.into(),
+                reason: format!("PEM label is `{}`, expected CERTIFICATE", block.tag()),
+            });
+        }
+        Self::from_der(block.contents(), what)
+    }
+
+    pub fn from_der(der: &[u8], what: &str) -> Result<Self, PkiError> {
+        use sha2::Digest;
+        use x509_parser::prelude::*;
+        let bad = |reason: String| PkiError::BadCertificate {
+            what: what.into(),
+            reason,
+        };
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
+        let subject_cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string);
+        let organizations = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|a| a.as_str().ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut ip_sans = Vec::new();
+        let mut dns_sans = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::IPAddress(b) => {
+                        if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                            ip_sans.push(IpAddr::from(a));
+                        } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                            ip_sans.push(IpAddr::from(a));
+                        }
+                    }
+                    GeneralName::DNSName(d) => dns_sans.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let (mut s, mut c, mut o) = (false, false, false);
+        if let Ok(Some(eku)) = cert.extended_key_usage() {
+            s = eku.value.server_auth;
+            c = eku.value.client_auth;
+            o = eku.value.any
+                || eku.value.code_signing
+                || eku.value.email_protection
+                || eku.value.time_stamping
+                || eku.value.ocsp_signing
+                || !eku.value.other.is_empty();
+        }
+        Ok(Self {
+            subject_cn,
+            organizations,
+            is_ca: cert.is_ca(),
+            not_after_unix: cert.validity().not_after.timestamp(),
+            ip_sans,
+            dns_sans,
+            eku_server_auth: s,
+            eku_client_auth: c,
+            eku_other: o,
+            fingerprint_sha256: hex::encode(sha2::Sha256::digest(der)),
+        })
+    }
+}
+
+/// Every certificate in a PEM bundle, as DER.
+pub fn certs_from_pem(pem_text: &[u8], what: &str) -> Result<Vec<Vec<u8>>, PkiError> {
+    let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {
+        what: what.into(),
+        reason: e.to_string(),
+    })?;
+    let certs: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.contents().to_vec())
+        .collect();
+    if certs.is_empty() {
+        return Err(PkiError::BadCertificate {
+            what: what.into(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_keys_round_trip_in_talos_form() {
+        let key = PrivateKey::generate(KeyAlgorithm::Ed25519).unwrap();
+        let pem = key.to_talos_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN ED25519 PRIVATE KEY-----"));
+        let back = PrivateKey::from_pem(pem.as_bytes(), "test").unwrap();
+        assert_eq!(back.pkcs8_der(), key.pkcs8_der());
+        // Go's MarshalPKCS8PrivateKey output is 48 bytes (v1, seed only).
+        assert_eq!(key.pkcs8_der().len(), 48);
+    }
+
+    #[test]
+    fn ecdsa_keys_are_written_as_sec1_and_read_back() {
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let pem = key.to_talos_pem().unwrap();
+        assert!(pem.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let back = PrivateKey::from_pem(pem.as_bytes(), "test").unwrap();
+        assert_eq!(back.algorithm(), KeyAlgorithm::EcdsaP256);
+        assert_eq!(back.pkcs8_der(), key.pkcs8_der());
+    }
+
+    #[test]
+    fn issued_client_cert_has_roles_and_only_client_auth() {
+        let ca =
+            CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY).unwrap();
+        let leaf = ca
+            .issue(&LeafSpec {
+                common_name: String::new(),
+                organizations: vec!["os:admin".into()],
+                ip_sans: vec![],
+                dns_sans: vec![],
+                usage: Usage::Client,
+                validity: CLIENT_VALIDITY,
+            })
+            .unwrap();
+        let info = CertInfo::from_pem(leaf.cert_pem.as_bytes(), "leaf").unwrap();
+        assert_eq!(info.organizations, vec!["os:admin".to_string()]);
+        assert!(info.eku_client_auth && !info.eku_server_auth && !info.eku_other);
+        assert!(!info.is_ca);
+        assert_eq!(leaf.key.algorithm(), KeyAlgorithm::Ed25519);
+        let ca_info = CertInfo::from_pem(ca.pair.cert_pem.as_bytes(), "ca").unwrap();
+        assert!(ca_info.is_ca);
+        assert_eq!(ca_info.organizations, vec!["talos".to_string()]);
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_the_source_named() {
+        let err = PrivateKey::from_pem(b"not pem", "talosconfig key").unwrap_err();
+        assert!(err.to_string().contains("talosconfig key"));
+        let rsa = pem::encode(&pem::Pem::new("RSA PRIVATE KEY", vec![1, 2, 3]));
+        let err = PrivateKey::from_pem(rsa.as_bytes(), "k").unwrap_err();
+        assert!(matches!(err, PkiError::BadKey { .. }));
+        let err = CertInfo::from_pem(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "c",
+        )
+        .unwrap_err();
+        assert!(matches!(err, PkiError::BadCertificate { .. }));
+    }
+}
