@@ -1,4 +1,13 @@
-//! The Talos machine API: generated types, a client with retries and typed errors,
-//! and talosconfig files.
+//! The Talos machine API: generated types, a client with deadlines, retries and
+//! typed errors, COSI resource views, and talosconfig files.
 
 pub mod api;
+pub mod client;
+pub mod connect;
+pub mod error;
+pub mod resources;
+pub mod talosconfig;
+
+pub use client::{ApplyMode, CallPolicy, EtcdMember, ResetOptions, TalosClient};
+pub use connect::{probe_mode, Credentials, Dial, NodeMode, TlsMode};
+pub use error::{TalosError, TlsFailure};
