@@ -1,3 +1,47 @@
+//! endsys-bootstrap: arguments in, library calls out.
+
+use clap::{Parser, Subcommand};
+use endsys_bootstrap::cli::{talos_cmd, CliError, Output, OutputFormat};
+
+/// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
+#[derive(Debug, Parser)]
+#[command(name = "endsys-bootstrap", version, about, long_about = None)]
+struct Cli {
+    /// Output format: human text, or NDJSON (one JSON object per line).
+    #[arg(long, short = 'o', value_enum, global = true, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Low-level Talos API calls (version, apply, bootstrap, members, …) for when things go wrong.
+    Talos(talos_cmd::TalosArgs),
+}
+
 fn main() {
-    println!("endsys-bootstrap");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let out = Output { format: cli.output };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result: Result<(), CliError> = runtime.block_on(async {
+        match cli.command {
+            Command::Talos(args) => talos_cmd::run(args, &out).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
 }

@@ -1,1 +1,75 @@
-//! TODO-free placeholder; filled in by its issue.
+//! The command-line face: argument types, output (text or NDJSON), exit codes.
+//! Everything here calls into the library; no behaviour lives here.
+
+pub mod talos_cmd;
+
+use thiserror::Error;
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    /// One JSON object per line (NDJSON), stable field names.
+    Json,
+}
+
+/// Prints results and messages in the chosen format.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub format: OutputFormat,
+}
+
+impl Output {
+    pub fn result(&self, node: &str, what: &str, text: &str, json: serde_json::Value) {
+        match self.format {
+            OutputFormat::Text => {
+                if text.contains('\n') {
+                    println!("{node}:\n{text}");
+                } else {
+                    println!("{node}: {text}");
+                }
+            }
+            OutputFormat::Json => {
+                println!("{}", serde_json::json!({"event": "result", "node": node, "what": what, "data": json}));
+            }
+        }
+    }
+
+    pub fn info(&self, node: &str, text: &str) {
+        match self.format {
+            OutputFormat::Text => println!("{node}: {text}"),
+            OutputFormat::Json => println!("{}", serde_json::json!({"event": "info", "node": node, "message": text})),
+        }
+    }
+
+    pub fn warn(&self, node: &str, text: &str) {
+        match self.format {
+            OutputFormat::Text => eprintln!("warning: {node}: {text}"),
+            OutputFormat::Json => println!("{}", serde_json::json!({"event": "warning", "node": node, "message": text})),
+        }
+    }
+}
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug, Error)]
+pub enum CliError {
+    /// Bad arguments or input files: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// A Talos call failed: exit 1, with cause and next action.
+    #[error("{}", .0.explain())]
+    Talos(Box<crate::talos::TalosError>),
+    /// Anything else that failed while acting: exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Talos(_) | CliError::Failed(_) => 1,
+        }
+    }
+}
