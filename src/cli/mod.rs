@@ -31,7 +31,10 @@ impl Output {
                 }
             }
             OutputFormat::Json => {
-                println!("{}", serde_json::json!({"event": "result", "node": node, "what": what, "data": json}));
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "result", "node": node, "what": what, "data": json})
+                );
             }
         }
     }
@@ -39,14 +42,20 @@ impl Output {
     pub fn info(&self, node: &str, text: &str) {
         match self.format {
             OutputFormat::Text => println!("{node}: {text}"),
-            OutputFormat::Json => println!("{}", serde_json::json!({"event": "info", "node": node, "message": text})),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({"event": "info", "node": node, "message": text})
+            ),
         }
     }
 
     pub fn warn(&self, node: &str, text: &str) {
         match self.format {
             OutputFormat::Text => eprintln!("warning: {node}: {text}"),
-            OutputFormat::Json => println!("{}", serde_json::json!({"event": "warning", "node": node, "message": text})),
+            OutputFormat::Json => println!(
+                "{}",
+                serde_json::json!({"event": "warning", "node": node, "message": text})
+            ),
         }
     }
 }

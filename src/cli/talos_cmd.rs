@@ -93,9 +93,7 @@ pub enum TalosCommand {
     /// List the node's disks (model, serial, size).
     Disks,
     /// Stream an etcd snapshot to a file and verify its checksum.
-    Snapshot {
-        path: PathBuf,
-    },
+    Snapshot { path: PathBuf },
     /// Upload an etcd snapshot for `bootstrap --recover`.
     Recover {
         snapshot: PathBuf,
@@ -167,19 +165,32 @@ fn connect(args: &ConnectArgs) -> Result<Target, CliError> {
         let ctx = tc
             .context(args.context.as_deref(), &path)
             .map_err(|e| CliError::Talos(Box::new(e)))?;
-        let creds = ctx.credentials(&path).map_err(|e| CliError::Talos(Box::new(e)))?;
-        (TlsMode::Mutual(creds.clone()), ctx.endpoints.first().cloned(), Some(creds))
+        let creds = ctx
+            .credentials(&path)
+            .map_err(|e| CliError::Talos(Box::new(e)))?;
+        (
+            TlsMode::Mutual(creds.clone()),
+            ctx.endpoints.first().cloned(),
+            Some(creds),
+        )
     };
     let endpoint = args.endpoint.clone().or(ctx_endpoint).ok_or_else(|| {
-        CliError::Usage("no endpoint: pass --endpoint, or use a talosconfig whose context has endpoints".into())
+        CliError::Usage(
+            "no endpoint: pass --endpoint, or use a talosconfig whose context has endpoints".into(),
+        )
     })?;
-    let mut client = TalosClient::connect(&endpoint, tls, policy).map_err(|e| CliError::Talos(Box::new(e)))?;
+    let mut client =
+        TalosClient::connect(&endpoint, tls, policy).map_err(|e| CliError::Talos(Box::new(e)))?;
     if let Some(node) = &args.node {
         if node != &endpoint {
             client = client.for_node(node);
         }
     }
-    Ok(Target { client, endpoint, creds })
+    Ok(Target {
+        client,
+        endpoint,
+        creds,
+    })
 }
 
 pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
@@ -189,18 +200,31 @@ pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
     match args.command {
         TalosCommand::Mode => {
             let dial = Dial::parse(&t.endpoint).map_err(talos)?;
-            let mode = probe_mode(&dial, t.creds.as_ref(), Duration::from_secs(args.connect.timeout))
-                .await
-                .map_err(talos)?;
+            let mode = probe_mode(
+                &dial,
+                t.creds.as_ref(),
+                Duration::from_secs(args.connect.timeout),
+            )
+            .await
+            .map_err(talos)?;
             let text = match mode {
                 NodeMode::Maintenance => "maintenance (no client certificate asked)".to_string(),
-                NodeMode::Configured { our_ca: Some(true) } => "configured, serving our cluster CA".into(),
-                NodeMode::Configured { our_ca: Some(false) } => {
-                    "configured with ANOTHER CA (different secrets bundle)".into()
+                NodeMode::Configured { our_ca: Some(true) } => {
+                    "configured, serving our cluster CA".into()
                 }
-                NodeMode::Configured { our_ca: None } => "configured (asks for a client certificate)".into(),
+                NodeMode::Configured {
+                    our_ca: Some(false),
+                } => "configured with ANOTHER CA (different secrets bundle)".into(),
+                NodeMode::Configured { our_ca: None } => {
+                    "configured (asks for a client certificate)".into()
+                }
             };
-            out.result(&t.endpoint, "mode", &text, serde_json::json!({ "mode": text }));
+            out.result(
+                &t.endpoint,
+                "mode",
+                &text,
+                serde_json::json!({ "mode": text }),
+            );
         }
         TalosCommand::Version => {
             let v = c.version().await.map_err(talos)?;
@@ -211,52 +235,121 @@ pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
                 serde_json::json!({"tag": v.tag, "sha": v.sha, "os": v.os, "arch": v.arch, "platform": v.platform, "configured": v.configured}),
             );
         }
-        TalosCommand::Apply { file, mode, dry_run } => {
-            let data = std::fs::read(&file)
-                .map_err(|e| CliError::Usage(format!("{}: cannot read machine config: {e}", file.display())))?;
-            let r = c.apply_configuration(&data, mode.into(), dry_run).await.map_err(talos)?;
+        TalosCommand::Apply {
+            file,
+            mode,
+            dry_run,
+        } => {
+            let data = std::fs::read(&file).map_err(|e| {
+                CliError::Usage(format!(
+                    "{}: cannot read machine config: {e}",
+                    file.display()
+                ))
+            })?;
+            let r = c
+                .apply_configuration(&data, mode.into(), dry_run)
+                .await
+                .map_err(talos)?;
             for w in &r.warnings {
                 out.warn(c.label(), w);
             }
-            let text = if r.mode_details.is_empty() { "applied".to_string() } else { r.mode_details.clone() };
+            let text = if r.mode_details.is_empty() {
+                "applied".to_string()
+            } else {
+                r.mode_details.clone()
+            };
             out.result(c.label(), "apply", &text, serde_json::json!({"mode": r.mode, "details": r.mode_details, "warnings": r.warnings}));
         }
-        TalosCommand::Bootstrap { recover, skip_hash_check } => {
-            match c.bootstrap(recover, skip_hash_check).await {
-                Ok(()) => out.result(c.label(), "bootstrap", "etcd bootstrap requested", serde_json::json!({"bootstrapped": true})),
-                Err(e) if e.is_already_bootstrapped() => {
-                    out.warn(c.label(), "etcd is already bootstrapped on this node; check `talos members`");
-                    out.result(c.label(), "bootstrap", "already bootstrapped", serde_json::json!({"bootstrapped": true, "already": true}));
-                }
-                Err(e) => return Err(talos(e)),
+        TalosCommand::Bootstrap {
+            recover,
+            skip_hash_check,
+        } => match c.bootstrap(recover, skip_hash_check).await {
+            Ok(()) => out.result(
+                c.label(),
+                "bootstrap",
+                "etcd bootstrap requested",
+                serde_json::json!({"bootstrapped": true}),
+            ),
+            Err(e) if e.is_already_bootstrapped() => {
+                out.warn(
+                    c.label(),
+                    "etcd is already bootstrapped on this node; check `talos members`",
+                );
+                out.result(
+                    c.label(),
+                    "bootstrap",
+                    "already bootstrapped",
+                    serde_json::json!({"bootstrapped": true, "already": true}),
+                );
             }
-        }
+            Err(e) => return Err(talos(e)),
+        },
         TalosCommand::Kubeconfig { path, force } => {
             if path.exists() && !force {
-                return Err(CliError::Usage(format!("{} exists; pass --force to overwrite", path.display())));
+                return Err(CliError::Usage(format!(
+                    "{} exists; pass --force to overwrite",
+                    path.display()
+                )));
             }
             let kc = c.kubeconfig().await.map_err(talos)?;
-            write_private(&path, &kc).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-            out.result(c.label(), "kubeconfig", &format!("wrote {} (0600)", path.display()), serde_json::json!({"path": path}));
+            write_private(&path, &kc)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            out.result(
+                c.label(),
+                "kubeconfig",
+                &format!("wrote {} (0600)", path.display()),
+                serde_json::json!({"path": path}),
+            );
         }
         TalosCommand::Members => {
             let members = c.etcd_members(true).await.map_err(talos)?;
-            let mut text = format!("{:<18} {:<16} {:<32} {}\n", "ID", "HOSTNAME", "PEER URLS", "LEARNER");
+            let mut text = format!(
+                "{:<18} {:<16} {:<32} {}\n",
+                "ID", "HOSTNAME", "PEER URLS", "LEARNER"
+            );
             for m in &members {
-                text.push_str(&format!("{:<18} {:<16} {:<32} {}\n", m.id_hex(), m.hostname, m.peer_urls.join(","), m.is_learner));
+                text.push_str(&format!(
+                    "{:<18} {:<16} {:<32} {}\n",
+                    m.id_hex(),
+                    m.hostname,
+                    m.peer_urls.join(","),
+                    m.is_learner
+                ));
             }
             let json: Vec<_> = members.iter().map(|m| serde_json::json!({"id": m.id_hex(), "hostname": m.hostname, "peer_urls": m.peer_urls, "is_learner": m.is_learner})).collect();
-            out.result(c.label(), "members", text.trim_end(), serde_json::json!({"members": json}));
+            out.result(
+                c.label(),
+                "members",
+                text.trim_end(),
+                serde_json::json!({"members": json}),
+            );
         }
         TalosCommand::Services => {
             let services = c.service_list().await.map_err(talos)?;
-            let mut text = format!("{:<12} {:<12} {:<8} {}\n", "SERVICE", "STATE", "HEALTH", "LAST EVENT");
+            let mut text = format!(
+                "{:<12} {:<12} {:<8} {}\n",
+                "SERVICE", "STATE", "HEALTH", "LAST EVENT"
+            );
             for s in &services {
-                let h = if s.health_unknown { "?" } else if s.healthy { "OK" } else { "FAIL" };
-                text.push_str(&format!("{:<12} {:<12} {:<8} {}\n", s.id, s.state, h, s.last_event));
+                let h = if s.health_unknown {
+                    "?"
+                } else if s.healthy {
+                    "OK"
+                } else {
+                    "FAIL"
+                };
+                text.push_str(&format!(
+                    "{:<12} {:<12} {:<8} {}\n",
+                    s.id, s.state, h, s.last_event
+                ));
             }
             let json: Vec<_> = services.iter().map(|s| serde_json::json!({"id": s.id, "state": s.state, "healthy": s.healthy, "last_event": s.last_event})).collect();
-            out.result(c.label(), "services", text.trim_end(), serde_json::json!({"services": json}));
+            out.result(
+                c.label(),
+                "services",
+                text.trim_end(),
+                serde_json::json!({"services": json}),
+            );
         }
         TalosCommand::Status => {
             let s = c.machine_status().await.map_err(talos)?;
@@ -264,34 +357,88 @@ pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
         }
         TalosCommand::Disks => {
             let disks = c.disks().await.map_err(talos)?;
-            let mut text = format!("{:<10} {:<24} {:<20} {:>10}\n", "DEVICE", "MODEL", "SERIAL", "SIZE");
+            let mut text = format!(
+                "{:<10} {:<24} {:<20} {:>10}\n",
+                "DEVICE", "MODEL", "SERIAL", "SIZE"
+            );
             for d in &disks {
-                text.push_str(&format!("{:<10} {:<24} {:<20} {:>10}\n", d.name, d.spec.model, d.spec.serial, human_size(d.spec.size)));
+                text.push_str(&format!(
+                    "{:<10} {:<24} {:<20} {:>10}\n",
+                    d.name,
+                    d.spec.model,
+                    d.spec.serial,
+                    human_size(d.spec.size)
+                ));
             }
             let json: Vec<_> = disks.iter().map(|d| serde_json::json!({"name": d.name, "model": d.spec.model, "serial": d.spec.serial, "size": d.spec.size})).collect();
-            out.result(c.label(), "disks", text.trim_end(), serde_json::json!({"disks": json}));
+            out.result(
+                c.label(),
+                "disks",
+                text.trim_end(),
+                serde_json::json!({"disks": json}),
+            );
         }
         TalosCommand::Snapshot { path } => {
-            let SnapshotInfo { path, size, sha256 } = c.etcd_snapshot(&path).await.map_err(talos)?;
-            out.result(c.label(), "snapshot", &format!("wrote {} ({size} bytes, sha256 {sha256}), checksum verified", path.display()), serde_json::json!({"path": path, "size": size, "sha256": sha256}));
+            let SnapshotInfo { path, size, sha256 } =
+                c.etcd_snapshot(&path).await.map_err(talos)?;
+            out.result(
+                c.label(),
+                "snapshot",
+                &format!(
+                    "wrote {} ({size} bytes, sha256 {sha256}), checksum verified",
+                    path.display()
+                ),
+                serde_json::json!({"path": path, "size": size, "sha256": sha256}),
+            );
         }
-        TalosCommand::Recover { snapshot, skip_hash_check } => {
-            c.etcd_recover(&snapshot, skip_hash_check).await.map_err(talos)?;
-            out.result(c.label(), "recover", "snapshot uploaded; now run `talos bootstrap --recover` on the same node", serde_json::json!({"uploaded": true}));
-        }
-        TalosCommand::Reset { graceful, reboot, wipe, yes } => {
-            if !yes {
-                return Err(CliError::Usage("reset wipes the node; pass --yes to confirm".into()));
-            }
-            let actor = c
-                .reset(&ResetOptions { graceful, reboot, wipe_labels: wipe })
+        TalosCommand::Recover {
+            snapshot,
+            skip_hash_check,
+        } => {
+            c.etcd_recover(&snapshot, skip_hash_check)
                 .await
                 .map_err(talos)?;
-            out.result(c.label(), "reset", &format!("reset started (actor {actor})"), serde_json::json!({"actor_id": actor}));
+            out.result(
+                c.label(),
+                "recover",
+                "snapshot uploaded; now run `talos bootstrap --recover` on the same node",
+                serde_json::json!({"uploaded": true}),
+            );
+        }
+        TalosCommand::Reset {
+            graceful,
+            reboot,
+            wipe,
+            yes,
+        } => {
+            if !yes {
+                return Err(CliError::Usage(
+                    "reset wipes the node; pass --yes to confirm".into(),
+                ));
+            }
+            let actor = c
+                .reset(&ResetOptions {
+                    graceful,
+                    reboot,
+                    wipe_labels: wipe,
+                })
+                .await
+                .map_err(talos)?;
+            out.result(
+                c.label(),
+                "reset",
+                &format!("reset started (actor {actor})"),
+                serde_json::json!({"actor_id": actor}),
+            );
         }
         TalosCommand::Reboot => {
             let actor = c.reboot().await.map_err(talos)?;
-            out.result(c.label(), "reboot", &format!("reboot started (actor {actor})"), serde_json::json!({"actor_id": actor}));
+            out.result(
+                c.label(),
+                "reboot",
+                &format!("reboot started (actor {actor})"),
+                serde_json::json!({"actor_id": actor}),
+            );
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod error;
 pub mod resources;
 pub mod talosconfig;
+pub mod wait;
 
 pub use client::{ApplyMode, CallPolicy, EtcdMember, ResetOptions, TalosClient};
 pub use connect::{probe_mode, Credentials, Dial, NodeMode, TlsMode};
