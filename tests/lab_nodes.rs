@@ -175,7 +175,10 @@ fn mtls_config(ca: &CertificateAuthority, client: &CertAndKey) -> rustls::Client
     c
 }
 
-async fn channel(addr: SocketAddr, cfg: rustls::ClientConfig) -> Result<Channel, tonic::transport::Error> {
+async fn channel(
+    addr: SocketAddr,
+    cfg: rustls::ClientConfig,
+) -> Result<Channel, tonic::transport::Error> {
     let cfg = Arc::new(cfg);
     Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -253,9 +256,12 @@ async fn configure(node: &LabNode, s: &Secrets, machine_type: &str, hostname: &s
 
 /// Waits (through a COSI watch, no sleeping) until the node has an etcd member.
 async fn wait_etcd_member(node: &LabNode, s: &Secrets) -> String {
-    let ch = channel(node.addr(), mtls_config(&s.os_ca, &s.client(&["os:reader"])))
-        .await
-        .unwrap();
+    let ch = channel(
+        node.addr(),
+        mtls_config(&s.os_ca, &s.client(&["os:reader"])),
+    )
+    .await
+    .unwrap();
     let mut st = StateClient::new(ch);
     let mut stream = st
         .watch(cosi::WatchRequest {
@@ -270,7 +276,10 @@ async fn wait_etcd_member(node: &LabNode, s: &Secrets) -> String {
         .into_inner();
     within("etcd member", async {
         let first = stream.message().await.unwrap().unwrap();
-        assert!(first.event.is_empty(), "first watch message is the empty marker");
+        assert!(
+            first.event.is_empty(),
+            "first watch message is the empty marker"
+        );
         loop {
             let msg = stream.message().await.unwrap().unwrap();
             for ev in msg.event {
@@ -330,7 +339,10 @@ async fn maintenance_serves_a_throwaway_cert_and_asks_no_client_cert() {
         .await
         .unwrap();
     let (_, conn) = tls.get_ref();
-    assert!(!resolver.asked.load(Ordering::SeqCst), "maintenance must not ask for a client cert");
+    assert!(
+        !resolver.asked.load(Ordering::SeqCst),
+        "maintenance must not ask for a client cert"
+    );
     assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
     let leaf = &conn.peer_certificates().unwrap()[0];
     let info = CertInfo::from_der(leaf.as_ref(), "maintenance").unwrap();
@@ -348,7 +360,10 @@ async fn maintenance_serves_a_throwaway_cert_and_asks_no_client_cert() {
     let mut c = insecure(node).await;
     let v = c.version(()).await.unwrap().into_inner();
     assert_eq!(v.messages[0].version.as_ref().unwrap().tag, "v1.13.9");
-    assert!(v.messages[0].features.is_none(), "no config yet, no features");
+    assert!(
+        v.messages[0].features.is_none(),
+        "no config yet, no features"
+    );
     lab.shutdown().await;
 }
 
@@ -379,7 +394,11 @@ async fn apply_config_reboots_into_mtls_with_roles() {
         "1.13 maintenance turns AUTO into NO_REBOOT"
     );
     let seen = within("state history", seen).await.unwrap();
-    for st in [NodeState::Installing, NodeState::Rebooting, NodeState::Running] {
+    for st in [
+        NodeState::Installing,
+        NodeState::Rebooting,
+        NodeState::Running,
+    ] {
         assert!(seen.contains(&st), "state {st:?} not seen in {seen:?}");
     }
     assert_eq!(node.hostname().as_deref(), Some("cp-1"));
@@ -395,7 +414,11 @@ async fn apply_config_reboots_into_mtls_with_roles() {
 
     // A client cert from another CA is refused at the handshake.
     let other = Secrets::new();
-    let bad = channel(node.addr(), mtls_config(&s.os_ca, &other.client(&["os:admin"]))).await;
+    let bad = channel(
+        node.addr(),
+        mtls_config(&s.os_ca, &other.client(&["os:admin"])),
+    )
+    .await;
     match bad {
         Err(_) => {}
         Ok(ch) => {
@@ -488,7 +511,10 @@ async fn maintenance_differs_between_1_12_and_1_13() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert_eq!(err.message(), "machine type is not set, cannot use member list API");
+    assert_eq!(
+        err.message(),
+        "machine type is not set, cannot use member list API"
+    );
 
     // COSI reads work on both.
     for n in [n13, n12] {
@@ -504,7 +530,13 @@ async fn maintenance_differs_between_1_12_and_1_13() {
             .await
             .unwrap()
             .into_inner();
-        assert!(r.resource.unwrap().spec.unwrap().yaml_spec.contains("stage: maintenance"));
+        assert!(r
+            .resource
+            .unwrap()
+            .spec
+            .unwrap()
+            .yaml_spec
+            .contains("stage: maintenance"));
         let err = st
             .get(cosi::GetRequest {
                 namespace: "runtime".into(),
@@ -515,7 +547,10 @@ async fn maintenance_differs_between_1_12_and_1_13() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        assert_eq!(err.message(), "resource type \"Bogus.talos.dev\" is not supported");
+        assert_eq!(
+            err.message(),
+            "resource type \"Bogus.talos.dev\" is not supported"
+        );
         let mut links = st
             .list(cosi::ListRequest {
                 namespace: "network".into(),
@@ -615,7 +650,10 @@ async fn bootstrap_happens_once_and_control_planes_join() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert_eq!(err.message(), "bootstrap is only available on control plane nodes");
+    assert_eq!(
+        err.message(),
+        "bootstrap is only available on control plane nodes"
+    );
 
     mtls(&nodes[0], &s, &["os:admin"])
         .await
@@ -643,8 +681,10 @@ async fn bootstrap_happens_once_and_control_planes_join() {
         .into_inner();
     let m = &members.messages[0].members;
     assert_eq!(m.len(), 3);
-    assert!(m.iter().any(|x| x.hostname == "cp-0"
-        && x.peer_urls == vec![format!("https://{}:2380", nodes[0].ip())]));
+    assert!(m
+        .iter()
+        .any(|x| x.hostname == "cp-0"
+            && x.peer_urls == vec![format!("https://{}:2380", nodes[0].ip())]));
     assert!(!nodes[3].has_etcd_data(), "workers never join etcd");
     assert_eq!(lab.etcd().cluster_count(), 1);
 
@@ -788,8 +828,14 @@ async fn faults_and_reset_back_to_maintenance() {
 
     // Dropped calls.
     node.drop_next_calls(2);
-    assert_eq!(admin.version(()).await.unwrap_err().code(), Code::Unavailable);
-    assert_eq!(admin.version(()).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(
+        admin.version(()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    assert_eq!(
+        admin.version(()).await.unwrap_err().code(),
+        Code::Unavailable
+    );
     admin.version(()).await.unwrap();
 
     // Wrong CA: the handshake fails against the real OS CA.
@@ -803,7 +849,9 @@ async fn faults_and_reset_back_to_maintenance() {
 
     // Power off: connection refused, open connections cut.
     node.power_off().await;
-    let err = tokio::net::TcpStream::connect(node.addr()).await.unwrap_err();
+    let err = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     assert!(admin.version(()).await.is_err());
     node.power_on().await;
@@ -814,14 +862,19 @@ async fn faults_and_reset_back_to_maintenance() {
     let mut op = mtls(&node, &s, &["os:operator"]).await;
     op.reboot(machine::RebootRequest::default()).await.unwrap();
     wait_state(&node, NodeState::Rebooting).await;
-    let err = tokio::net::TcpStream::connect(node.addr()).await.unwrap_err();
+    let err = tokio::net::TcpStream::connect(node.addr())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     wait_state(&node, NodeState::Running).await;
 
     // Operator may not reset; admin reset wipes and reboots into maintenance.
     let mut op = mtls(&node, &s, &["os:operator"]).await;
     assert_eq!(
-        op.reset(machine::ResetRequest::default()).await.unwrap_err().code(),
+        op.reset(machine::ResetRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
         Code::PermissionDenied
     );
     let mut admin = mtls(&node, &s, &["os:admin"]).await;

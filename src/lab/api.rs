@@ -232,7 +232,10 @@ impl LabApi {
         tokio::spawn(f(node, gen));
     }
 
-    fn apply_response(mode: ApplyMode, details: &str) -> Response<machine::ApplyConfigurationResponse> {
+    fn apply_response(
+        mode: ApplyMode,
+        details: &str,
+    ) -> Response<machine::ApplyConfigurationResponse> {
         Response::new(machine::ApplyConfigurationResponse {
             messages: vec![machine::ApplyConfiguration {
                 metadata: None,
@@ -461,7 +464,8 @@ impl LabApi {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        std::io::Write::write_all(&mut gz, &tar_bytes).map_err(|e| Status::internal(e.to_string()))?;
+        std::io::Write::write_all(&mut gz, &tar_bytes)
+            .map_err(|e| Status::internal(e.to_string()))?;
         gz.finish().map_err(|e| Status::internal(e.to_string()))
     }
 
@@ -522,7 +526,9 @@ impl MachineService for LabApi {
         let req = request.into_inner();
         let node = &self.node;
         if info.mode != ApiMode::Configured || node.state() != NodeState::Running {
-            return Err(Status::failed_precondition("bootstrap is not available yet"));
+            return Err(Status::failed_precondition(
+                "bootstrap is not available yet",
+            ));
         }
         let cfg = match self.control_plane(&info, "bootstrap") {
             Ok(c) => c,
@@ -540,7 +546,9 @@ impl MachineService for LabApi {
             }
             let etcd_state = d.services.get("etcd").map(|s| s.state.as_str());
             if !matches!(etcd_state, Some("Preparing") | Some("Failed")) {
-                return Err(Status::failed_precondition("bootstrap is not available yet"));
+                return Err(Status::failed_precondition(
+                    "bootstrap is not available yet",
+                ));
             }
         }
         if !req.recover_etcd {
@@ -993,8 +1001,8 @@ impl MachineService for LabApi {
         request: Request<()>,
     ) -> Result<Response<machine::VersionResponse>, Status> {
         let info = self.gate(&request, "Version")?;
-        let features = (info.mode == ApiMode::Configured)
-            .then_some(machine::FeaturesInfo { rbac: true });
+        let features =
+            (info.mode == ApiMode::Configured).then_some(machine::FeaturesInfo { rbac: true });
         Ok(Response::new(machine::VersionResponse {
             messages: vec![machine::Version {
                 metadata: None,
@@ -1037,7 +1045,11 @@ impl ClusterService for LabApi {
             return Err(Status::deadline_exceeded("context deadline exceeded"));
         }
         let fabric = self.node.fabric.clone();
-        let key = self.node.config().map(|c| c.etcd_key.clone()).unwrap_or_default();
+        let key = self
+            .node
+            .config()
+            .map(|c| c.etcd_key.clone())
+            .unwrap_or_default();
         let all = fabric.nodes();
         let (cps, workers): (Vec<String>, Vec<String>) = match req.cluster_info {
             Some(ci) if !ci.control_plane_nodes.is_empty() || !ci.worker_nodes.is_empty() => {
@@ -1117,7 +1129,9 @@ impl ClusterService for LabApi {
                             match (m, seen) {
                                 (None, _) => return Some(format!("{ip}: no etcd member")),
                                 (Some(m), Some(s)) if m.cluster_uid != s => {
-                                    return Some(format!("{ip}: etcd members differ from other nodes"))
+                                    return Some(format!(
+                                        "{ip}: etcd members differ from other nodes"
+                                    ))
                                 }
                                 (Some(m), _) => seen = Some(m.cluster_uid),
                             }
@@ -1133,7 +1147,9 @@ impl ClusterService for LabApi {
                                 matches!(n.state(), NodeState::Running | NodeState::Booting)
                             });
                             if !up {
-                                return Some(format!("{ip}: rpc error: code = Unavailable desc = connection refused"));
+                                return Some(format!(
+                                    "{ip}: rpc error: code = Unavailable desc = connection refused"
+                                ));
                             }
                         }
                         None
@@ -1195,7 +1211,13 @@ impl StorageService for LabApi {
         request: Request<()>,
     ) -> Result<Response<storage::DisksResponse>, Status> {
         self.gate(&request, "Disks")?;
-        let system = self.node.data.lock().expect("data lock").install_disk.clone();
+        let system = self
+            .node
+            .data
+            .lock()
+            .expect("data lock")
+            .install_disk
+            .clone();
         use storage::disk::DiskType;
         let disks = self
             .node
@@ -1240,7 +1262,13 @@ impl StorageService for LabApi {
         if info.mode == ApiMode::Configured && !info.has(ADMIN) {
             return Err(not_authorized());
         }
-        let system = self.node.data.lock().expect("data lock").install_disk.clone();
+        let system = self
+            .node
+            .data
+            .lock()
+            .expect("data lock")
+            .install_disk
+            .clone();
         for dev in &request.get_ref().devices {
             let base = dev.device.trim_start_matches("/dev/");
             let Some(disk) = self
@@ -1364,7 +1392,11 @@ impl State for LabApi {
             };
             let send = |events: Vec<cosi::Event>| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(cosi::WatchResponse { event: events })).await.is_ok() }
+                async move {
+                    tx.send(Ok(cosi::WatchResponse { event: events }))
+                        .await
+                        .is_ok()
+                }
             };
             let mut current = api.snapshot_of(&ns, &ty, id.as_deref());
             // Readiness marker.
@@ -1408,11 +1440,8 @@ impl State for LabApi {
                 for r in &fresh {
                     match current.iter().find(|o| o.id == r.id) {
                         None => events.push(ev(EventType::Created, to_resource(r), None)),
-                        Some(o) if o.version != r.version || o.created != r.created => events.push(ev(
-                            EventType::Updated,
-                            to_resource(r),
-                            Some(to_resource(o)),
-                        )),
+                        Some(o) if o.version != r.version || o.created != r.created => events
+                            .push(ev(EventType::Updated, to_resource(r), Some(to_resource(o)))),
                         Some(_) => {}
                     }
                 }

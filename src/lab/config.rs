@@ -71,7 +71,9 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 }
 
 fn get_str<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    get(v, path).and_then(Value::as_str).filter(|s| !s.is_empty())
+    get(v, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 fn b64_pem(v: &Value, path: &[&str]) -> Result<Option<Vec<u8>>, ConfigError> {
@@ -80,9 +82,7 @@ fn b64_pem(v: &Value, path: &[&str]) -> Result<Option<Vec<u8>>, ConfigError> {
         Some(s) => base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map(Some)
-            .map_err(|e| {
-                ConfigError::Invalid(format!("{}: invalid base64: {e}", path.join(".")))
-            }),
+            .map_err(|e| ConfigError::Invalid(format!("{}: invalid base64: {e}", path.join(".")))),
     }
 }
 
@@ -111,7 +111,8 @@ impl NodeConfig {
             if value.is_null() {
                 continue;
             }
-            if get_str(&value, &["version"]) == Some("v1alpha1") && get(&value, &["machine"]).is_some()
+            if get_str(&value, &["version"]) == Some("v1alpha1")
+                && get(&value, &["machine"]).is_some()
             {
                 if v1alpha1.is_some() {
                     return Err(ConfigError::Invalid(
@@ -173,9 +174,11 @@ impl NodeConfig {
         }
         let cluster_ca = ca_from(&doc, &["cluster", "ca"])?;
         let etcd_crt = b64_pem(&doc, &["cluster", "etcd", "ca", "crt"])?;
-        let key_source = etcd_crt
-            .clone()
-            .or_else(|| cluster_ca.as_ref().map(|c| c.pair.cert_pem.clone().into_bytes()));
+        let key_source = etcd_crt.clone().or_else(|| {
+            cluster_ca
+                .as_ref()
+                .map(|c| c.pair.cert_pem.clone().into_bytes())
+        });
         if machine_type.is_control_plane() && key_source.is_none() {
             return Err(invalid(
                 "cluster.etcd.ca is required on control plane nodes",
@@ -187,9 +190,8 @@ impl NodeConfig {
             h.update(key_source.unwrap_or_default());
             hex::encode(h.finalize())
         };
-        let hostname = hostname_doc.or_else(|| {
-            get_str(&doc, &["machine", "network", "hostname"]).map(str::to_string)
-        });
+        let hostname = hostname_doc
+            .or_else(|| get_str(&doc, &["machine", "network", "hostname"]).map(str::to_string));
         let install_disk = get_str(&doc, &["machine", "install", "disk"]).map(str::to_string);
         let disk_selector = get(&doc, &["machine", "install", "diskSelector"])
             .filter(|v| !v.is_null())

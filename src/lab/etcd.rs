@@ -84,6 +84,7 @@ impl EtcdCluster {
 }
 
 /// What a restore yields.
+#[derive(Debug)]
 pub(crate) struct RestoredState {
     pub kv: BTreeMap<String, Vec<u8>>,
     pub revision: i64,
@@ -235,7 +236,6 @@ impl EtcdHandle {
         self.fabric.alive_cluster_uids().len()
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -149,6 +149,9 @@ pub(crate) struct ResRec {
     pub updated: SystemTime,
 }
 
+/// Stage, readiness and unmet conditions, as last reported.
+type StatusKey = (NodeState, bool, Vec<(String, String)>);
+
 /// Everything about a node that changes; guarded by one mutex, never held across awaits.
 pub(crate) struct NodeData {
     /// Persisted config (the STATE partition).
@@ -166,7 +169,7 @@ pub(crate) struct NodeData {
     pub maintenance_hostname: String,
     pub resources: BTreeMap<(String, String, String), ResRec>,
     pending_events: Vec<(prost_types::Any, String)>,
-    last_status: Option<(NodeState, bool, Vec<(String, String)>)>,
+    last_status: Option<StatusKey>,
     /// An apply in REBOOT mode was accepted; the node is going down.
     pub rebooting_after_apply: bool,
 }
@@ -302,7 +305,11 @@ impl NodeInner {
                 recover_file: None,
                 unmet: Vec::new(),
                 services: BTreeMap::new(),
-                maintenance_hostname: format!("talos-{}-{}", &tail[..tail.len().min(3)], &tail[tail.len().min(3)..]),
+                maintenance_hostname: format!(
+                    "talos-{}-{}",
+                    &tail[..tail.len().min(3)],
+                    &tail[tail.len().min(3)..]
+                ),
                 resources: BTreeMap::new(),
                 pending_events: Vec::new(),
                 last_status: None,
@@ -443,9 +450,7 @@ impl NodeInner {
                 let mut waiting: Vec<String> = d
                     .services
                     .iter()
-                    .filter(|(id, s)| {
-                        s.state != "Running" && (id.as_str() != "etcd" || is_cp)
-                    })
+                    .filter(|(id, s)| s.state != "Running" && (id.as_str() != "etcd" || is_cp))
                     .map(|(id, _)| format!("{id:?}"))
                     .collect();
                 waiting.sort();
@@ -480,7 +485,11 @@ impl NodeInner {
             let fresh = super::resources::compute(self, &d, state, ready, &unmet);
             let now = SystemTime::now();
             let mut table = std::mem::take(&mut d.resources);
-            table.retain(|k, _| fresh.iter().any(|r| (&r.0, &r.1, &r.2) == (&k.0, &k.1, &k.2)));
+            table.retain(|k, _| {
+                fresh
+                    .iter()
+                    .any(|r| (&r.0, &r.1, &r.2) == (&k.0, &k.1, &k.2))
+            });
             for (ns, ty, id, yaml) in fresh {
                 let key = (ns.clone(), ty.clone(), id.clone());
                 match table.get_mut(&key) {
@@ -674,7 +683,12 @@ impl NodeInner {
                     if !self.v112 {
                         Self::set_service(&mut d, "apid", "Running", "Health check successful");
                     }
-                    Self::set_service(&mut d, "machined", "Running", "Service started as goroutine");
+                    Self::set_service(
+                        &mut d,
+                        "machined",
+                        "Running",
+                        "Service started as goroutine",
+                    );
                     Self::task_event(&mut d, "runningMaintenance", false, "");
                 }
                 self.set_state(NodeState::Maintenance);
@@ -702,13 +716,23 @@ impl NodeInner {
         let is_cp = cfg.machine_type.is_control_plane();
         {
             let mut d = self.data.lock().expect("data lock");
-            Self::set_service(&mut d, "machined", "Running", "Service started as goroutine");
+            Self::set_service(
+                &mut d,
+                "machined",
+                "Running",
+                "Service started as goroutine",
+            );
             Self::set_service(&mut d, "apid", "Running", "Health check successful");
             if is_cp {
                 Self::set_service(&mut d, "trustd", "Running", "Health check successful");
                 Self::set_service(&mut d, "etcd", "Preparing", "Running pre state");
             }
-            Self::set_service(&mut d, "kubelet", "Waiting", "Waiting for service \"cri\" to be \"up\"");
+            Self::set_service(
+                &mut d,
+                "kubelet",
+                "Waiting",
+                "Waiting for service \"cri\" to be \"up\"",
+            );
         }
         self.set_state(NodeState::Booting);
         if let Err(e) = self.start_serving().await {

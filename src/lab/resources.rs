@@ -187,13 +187,19 @@ pub(crate) fn compute(
             "runtime",
             "Services.v1alpha1.talos.dev",
             id,
-            yaml(json!({"running": svc.state == "Running", "healthy": svc.healthy, "unknown": svc.unknown})),
+            yaml(
+                json!({"running": svc.state == "Running", "healthy": svc.healthy, "unknown": svc.unknown}),
+            ),
         );
     }
     if let Some(cfg) = &d.config {
         if matches!(
             state,
-            NodeState::Installing | NodeState::Booting | NodeState::Running | NodeState::Resetting | NodeState::Rebooting
+            NodeState::Installing
+                | NodeState::Booting
+                | NodeState::Running
+                | NodeState::Resetting
+                | NodeState::Rebooting
         ) {
             push(
                 "config",

@@ -15,7 +15,9 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
@@ -111,8 +113,9 @@ pub(crate) fn configured_config(
     wrong_ca: bool,
 ) -> Result<Arc<ServerConfig>, String> {
     let leaf = if wrong_ca {
-        let other = CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", SERVER_CERT_VALIDITY)
-            .map_err(|e| e.to_string())?;
+        let other =
+            CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", SERVER_CERT_VALIDITY)
+                .map_err(|e| e.to_string())?;
         server_leaf(&other, ip, cfg)?
     } else {
         server_leaf(&cfg.os_ca, ip, cfg)?
