@@ -688,6 +688,98 @@ async fn bootstrap_happens_once_and_control_planes_join() {
     assert!(!nodes[3].has_etcd_data(), "workers never join etcd");
     assert_eq!(lab.etcd().cluster_count(), 1);
 
+    // `node` metadata through a control-plane endpoint reaches the target.
+    let ch = channel(
+        nodes[0].addr(),
+        mtls_config(&s.os_ca, &s.client(&["os:reader"])),
+    )
+    .await
+    .unwrap();
+    let mut st = StateClient::new(ch);
+    let mut req = tonic::Request::new(cosi::GetRequest {
+        namespace: "network".into(),
+        r#type: "HostnameStatuses.net.talos.dev".into(),
+        id: "hostname".into(),
+        options: None,
+    });
+    req.metadata_mut()
+        .insert("node", nodes[3].ip().to_string().parse().unwrap());
+    let r = st.get(req).await.unwrap().into_inner();
+    assert!(r
+        .resource
+        .unwrap()
+        .spec
+        .unwrap()
+        .yaml_spec
+        .contains("hostname: w-3"));
+    // Workers cannot forward.
+    let mut w = mtls(&nodes[3], &s, &["os:admin"]).await;
+    let mut req = tonic::Request::new(());
+    req.metadata_mut()
+        .insert("node", nodes[0].ip().to_string().parse().unwrap());
+    let err = w.version(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), "no request forwarding");
+
+    // HealthCheck: needs wait_timeout; then follows the real state.
+    let ch = channel(
+        nodes[0].addr(),
+        mtls_config(&s.os_ca, &s.client(&["os:reader"])),
+    )
+    .await
+    .unwrap();
+    let mut cl =
+        endsys_bootstrap::talos::api::cluster::cluster_service_client::ClusterServiceClient::new(
+            ch,
+        );
+    let err = cl
+        .health_check(endsys_bootstrap::talos::api::cluster::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    let mut hc = cl
+        .health_check(endsys_bootstrap::talos::api::cluster::HealthCheckRequest {
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            cluster_info: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(p) = within("health", hc.message()).await.unwrap() {
+        lines.push(p.message);
+    }
+    assert!(lines[0].starts_with("discovered nodes: ["), "{lines:?}");
+    assert!(
+        lines.contains(&"waiting for etcd to be healthy: OK".to_string()),
+        "{lines:?}"
+    );
+
+    // Events carry Talos type URLs.
+    let mut ev = mtls(&nodes[0], &s, &["os:reader"])
+        .await
+        .events(machine::EventsRequest {
+            tail_events: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut urls = std::collections::BTreeSet::new();
+    while urls.len() < 3 {
+        let e = within("events", ev.message()).await.unwrap().unwrap();
+        let url = e.data.unwrap().type_url;
+        if url == "talos/runtime/machine.MachineStatusEvent"
+            || url == "talos/runtime/machine.ServiceStateEvent"
+            || url == "talos/runtime/machine.TaskEvent"
+        {
+            urls.insert(url);
+        }
+    }
+
     // Remove an unknown member: NotFound.
     let err = mtls(&nodes[0], &s, &["os:admin"])
         .await

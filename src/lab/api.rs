@@ -122,22 +122,42 @@ fn tombstone(ns: &str, ty: &str, id: &str) -> cosi::Resource {
 }
 
 impl LabApi {
-    pub(crate) fn router(&self) -> tonic::transport::server::Router {
+    /// The services of this node, without routing.
+    pub(crate) fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(
+            MachineServiceServer::new(self.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ClusterServiceServer::new(self.clone()))
+        .add_service(StorageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(
+            StateServer::new(self.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The node's server: its services behind apid's `node` routing.
+    pub(crate) fn router(
+        &self,
+    ) -> tonic::transport::server::Router<
+        tower::layer::util::Stack<
+            tower::layer::LayerFn<
+                impl Fn(tonic::service::Routes) -> super::routing::Routing + Clone,
+            >,
+            tower::layer::util::Identity,
+        >,
+    > {
+        let node = self.node.clone();
         Server::builder()
-            .add_service(
-                MachineServiceServer::new(self.clone())
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-            )
-            .add_service(ClusterServiceServer::new(self.clone()))
-            .add_service(
-                StorageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE),
-            )
-            .add_service(
-                StateServer::new(self.clone())
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .max_encoding_message_size(MAX_MESSAGE),
-            )
+            .layer(tower::layer::layer_fn(move |inner| {
+                super::routing::Routing {
+                    inner,
+                    node: node.clone(),
+                }
+            }))
+            .add_routes(self.routes())
     }
 
     /// Fault injection, maintenance rules and the role check, in the order apid applies them.

@@ -18,6 +18,7 @@ mod etcd;
 mod hardware;
 mod node;
 mod resources;
+mod routing;
 mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
