@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::config::{ConfigError, NodeConfig};
-use super::node::{delay, ApiMode, NodeInner, ResRec};
+use super::node::{delay, ApiMode, NodeInner, ReplySent, ResRec};
 use super::resources::{type_info, NAMESPACES};
 use super::tls::LabConnInfo;
 use super::NodeState;
@@ -243,13 +243,22 @@ impl LabApi {
         Ok(f(c))
     }
 
-    fn spawn<F>(&self, f: impl FnOnce(Arc<NodeInner>, u64) -> F)
+    /// Starts a transition that takes the node down; the returned marker goes into
+    /// the reply's extensions so the transition waits for the reply to be sent.
+    fn spawn<F>(&self, f: impl FnOnce(Arc<NodeInner>, u64) -> F) -> ReplySent
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let node = self.node.clone();
+        let marker = node.expect_reply();
         let gen = node.bump_gen();
         tokio::spawn(f(node, gen));
+        marker
+    }
+
+    fn with_marker<T>(mut resp: Response<T>, marker: ReplySent) -> Response<T> {
+        resp.extensions_mut().insert(marker);
+        resp
     }
 
     fn apply_response(
@@ -311,11 +320,14 @@ impl LabApi {
                     ));
                 }
                 node.data.lock().expect("data lock").config = Some(Arc::new(cfg));
-                self.spawn(|n, gen| async move { n.leave_maintenance(gen).await });
+                let marker = self.spawn(|n, gen| async move { n.leave_maintenance(gen).await });
                 // 1.12 replies with warnings only; mode fields unset.
-                Ok(Response::new(machine::ApplyConfigurationResponse {
-                    messages: vec![machine::ApplyConfiguration::default()],
-                }))
+                Ok(Self::with_marker(
+                    Response::new(machine::ApplyConfigurationResponse {
+                        messages: vec![machine::ApplyConfiguration::default()],
+                    }),
+                    marker,
+                ))
             }
             ApiMode::Maintenance113 => {
                 let cfg = match NodeConfig::parse(&req.data) {
@@ -349,10 +361,13 @@ impl LabApi {
                         "Staged configuration to be applied after a reboot",
                     ));
                 }
-                self.spawn(|n, gen| async move { n.leave_maintenance(gen).await });
-                Ok(Self::apply_response(
-                    ApplyMode::NoReboot,
-                    "Applied configuration without a reboot",
+                let marker = self.spawn(|n, gen| async move { n.leave_maintenance(gen).await });
+                Ok(Self::with_marker(
+                    Self::apply_response(
+                        ApplyMode::NoReboot,
+                        "Applied configuration without a reboot",
+                    ),
+                    marker,
                 ))
             }
             ApiMode::Configured => {
@@ -412,10 +427,14 @@ impl LabApi {
                     ApplyMode::Reboot => {
                         node.data.lock().expect("data lock").rebooting_after_apply = true;
                         node.commit();
-                        self.spawn(|n, gen| async move { n.reboot_cycle(gen, "").await });
-                        Ok(Self::apply_response(
-                            ApplyMode::Reboot,
-                            "Applied configuration with a reboot",
+                        let marker =
+                            self.spawn(|n, gen| async move { n.reboot_cycle(gen, "").await });
+                        Ok(Self::with_marker(
+                            Self::apply_response(
+                                ApplyMode::Reboot,
+                                "Applied configuration with a reboot",
+                            ),
+                            marker,
                         ))
                     }
                     ApplyMode::Staged => Ok(Self::apply_response(
@@ -916,13 +935,16 @@ impl MachineService for LabApi {
         self.gate(&request, "Reboot")?;
         let actor = uuid::Uuid::new_v4().to_string();
         let a = actor.clone();
-        self.spawn(|n, gen| async move { n.reboot_cycle(gen, &a).await });
-        Ok(Response::new(machine::RebootResponse {
-            messages: vec![machine::Reboot {
-                metadata: None,
-                actor_id: actor,
-            }],
-        }))
+        let marker = self.spawn(|n, gen| async move { n.reboot_cycle(gen, &a).await });
+        Ok(Self::with_marker(
+            Response::new(machine::RebootResponse {
+                messages: vec![machine::Reboot {
+                    metadata: None,
+                    actor_id: actor,
+                }],
+            }),
+            marker,
+        ))
     }
 
     async fn reset(
@@ -968,13 +990,17 @@ impl MachineService for LabApi {
         let actor = uuid::Uuid::new_v4().to_string();
         let a = actor.clone();
         let (graceful, reboot) = (req.graceful, req.reboot);
-        self.spawn(|n, gen| async move { n.reset(gen, graceful, reboot, labels, a).await });
-        Ok(Response::new(machine::ResetResponse {
-            messages: vec![machine::Reset {
-                metadata: None,
-                actor_id: actor,
-            }],
-        }))
+        let marker =
+            self.spawn(|n, gen| async move { n.reset(gen, graceful, reboot, labels, a).await });
+        Ok(Self::with_marker(
+            Response::new(machine::ResetResponse {
+                messages: vec![machine::Reset {
+                    metadata: None,
+                    actor_id: actor,
+                }],
+            }),
+            marker,
+        ))
     }
 
     async fn service_list(

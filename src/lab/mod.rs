@@ -195,6 +195,15 @@ impl Lab {
     }
 }
 
+impl Drop for Lab {
+    /// A lab dropped without [`Lab::shutdown`] still stops serving.
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.inner.halt();
+        }
+    }
+}
+
 /// Handle on one simulated node (cheap to clone).
 #[derive(Clone)]
 pub struct LabNode {

@@ -29,10 +29,27 @@ pub(crate) mod delay {
     pub const RESET: f64 = 1.0;
 }
 
-/// The only delay the time scale does not touch: after an RPC that takes the node
-/// down (reboot, reset, leaving maintenance) replies, its reply needs a moment to
-/// reach the client before every connection is cut.
-const REPLY_GRACE: Duration = Duration::from_millis(60);
+/// The only delay the time scale does not touch: after the reply of an RPC that
+/// takes the node down (reboot, reset, leaving maintenance) has left the handler's
+/// body (see [`ReplySent`]), h2 needs a moment to write it to the socket before
+/// every connection is cut.
+const REPLY_GRACE: Duration = Duration::from_millis(20);
+
+/// Upper bound for waiting on a reply to be sent (a client that stops reading).
+const REPLY_WAIT: Duration = Duration::from_secs(5);
+
+/// Put into a response's extensions by handlers that trigger a transition; the
+/// routing layer fires it once the response body is fully sent (or dropped).
+#[derive(Clone)]
+pub(crate) struct ReplySent(pub Arc<Mutex<Option<tokio::sync::oneshot::Sender<()>>>>);
+
+impl ReplySent {
+    pub(crate) fn fire(&self) {
+        if let Some(tx) = self.0.lock().expect("reply lock").take() {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// Which API a connection talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +225,7 @@ pub(crate) struct NodeInner {
     pub wrong_ca: AtomicBool,
     pub reboot_delay: Mutex<Option<Duration>>,
     pub apply_busy: AtomicBool,
+    pending_reply: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     generation: AtomicU64,
     serving: tokio::sync::Mutex<Option<Serving>>,
     pub acceptor: Mutex<Option<Acceptor>>,
@@ -319,6 +337,7 @@ impl NodeInner {
             wrong_ca: AtomicBool::new(false),
             reboot_delay: Mutex::new(None),
             apply_busy: AtomicBool::new(false),
+            pending_reply: Mutex::new(None),
             generation: AtomicU64::new(0),
             serving: tokio::sync::Mutex::new(None),
             acceptor: Mutex::new(None),
@@ -335,6 +354,23 @@ impl NodeInner {
 
     pub(crate) fn state(&self) -> NodeState {
         *self.state_tx.borrow()
+    }
+
+    /// Registers the reply the next transition must let out before cutting
+    /// connections; returns the marker for the response's extensions.
+    pub(crate) fn expect_reply(&self) -> ReplySent {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.pending_reply.lock().expect("reply lock") = Some(rx);
+        ReplySent(Arc::new(Mutex::new(Some(tx))))
+    }
+
+    /// Waits until the reply registered with [`Self::expect_reply`] has been sent.
+    async fn await_reply(&self) {
+        let rx = self.pending_reply.lock().expect("reply lock").take();
+        if let Some(rx) = rx {
+            let _ = tokio::time::timeout(REPLY_WAIT, rx).await;
+        }
+        tokio::time::sleep(REPLY_GRACE).await;
     }
 
     pub(crate) fn gen(&self) -> u64 {
@@ -619,6 +655,19 @@ impl NodeInner {
         }
     }
 
+    /// Stops everything without awaiting (for `Drop`): lifecycle tasks end, the
+    /// listener and server tasks are aborted, connections cut.
+    pub(crate) fn halt(&self) {
+        self.bump_gen();
+        if let Ok(mut guard) = self.serving.try_lock() {
+            if let Some(s) = guard.take() {
+                s.accept.abort();
+                s.conns.kill_all();
+                s.server.abort();
+            }
+        }
+    }
+
     fn kill_connections_now(&self) {
         if let Ok(guard) = self.serving.try_lock() {
             if let Some(s) = guard.as_ref() {
@@ -800,7 +849,7 @@ impl NodeInner {
             tracing::error!(node = %self.ip, "listen: {e}");
         }
         self.commit();
-        tokio::time::sleep(REPLY_GRACE).await;
+        self.await_reply().await;
         if self.gen() != gen {
             return;
         }
@@ -830,7 +879,7 @@ impl NodeInner {
             Self::task_event(&mut d, "stopAllServices", false, actor);
         }
         self.commit();
-        tokio::time::sleep(REPLY_GRACE).await;
+        self.await_reply().await;
         if self.gen() != gen {
             return;
         }
@@ -859,7 +908,7 @@ impl NodeInner {
                 Self::task_event(&mut d, "runningMaintenance", true, "");
             }
             self.commit();
-            tokio::time::sleep(REPLY_GRACE).await;
+            self.await_reply().await;
             if self.gen() != gen {
                 return;
             }
@@ -917,7 +966,7 @@ impl NodeInner {
             Self::sequence_event(&mut d, "reset", false, &actor);
         }
         self.commit();
-        tokio::time::sleep(REPLY_GRACE).await;
+        self.await_reply().await;
         if self.gen() != gen {
             return;
         }

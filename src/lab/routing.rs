@@ -16,7 +16,7 @@ use tonic::service::Routes;
 use tonic::Status;
 
 use super::api::LabApi;
-use super::node::{ApiMode, NodeInner};
+use super::node::{ApiMode, NodeInner, ReplySent};
 use super::tls::LabConnInfo;
 use super::NodeState;
 
@@ -129,14 +129,73 @@ where
         match decide(&self.node, &req) {
             Decision::Local => {
                 let fut = self.inner.call(req);
-                Box::pin(fut)
+                Box::pin(async move { fut.await.map(track_reply) })
             }
             Decision::Forward(dest, info) => {
                 req.extensions_mut().insert(info);
                 let mut routes = LabApi { node: dest }.routes();
-                Box::pin(async move { routes.call(req).await })
+                Box::pin(async move { routes.call(req).await.map(track_reply) })
             }
             Decision::Fail(status) => Box::pin(async move { Ok(status_response(status)) }),
         }
+    }
+}
+
+/// Wraps the body of a reply that carries a [`ReplySent`] marker so the marker
+/// fires once the body (data and trailers) has been handed to h2, or dropped.
+fn track_reply(resp: http::Response<Body>) -> http::Response<Body> {
+    let Some(marker) = resp.extensions().get::<ReplySent>().cloned() else {
+        return resp;
+    };
+    resp.map(|inner| {
+        Body::new(NotifyBody {
+            inner,
+            marker: Some(marker),
+        })
+    })
+}
+
+struct NotifyBody {
+    inner: Body,
+    marker: Option<ReplySent>,
+}
+
+impl NotifyBody {
+    fn fire(&mut self) {
+        if let Some(m) = self.marker.take() {
+            m.fire();
+        }
+    }
+}
+
+impl Drop for NotifyBody {
+    fn drop(&mut self) {
+        self.fire();
+    }
+}
+
+impl http_body::Body for NotifyBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.fire(),
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => self.fire(),
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
