@@ -994,3 +994,124 @@ async fn faults_and_reset_back_to_maintenance() {
     insecure(&node).await.version(()).await.unwrap();
     lab.shutdown().await;
 }
+
+#[tokio::test]
+async fn install_disk_must_exist_and_changed_config_reboots() {
+    let lab = Lab::start(opts(8, 2, "v1.13.9")).await.unwrap();
+    let s = Secrets::new();
+    let (a, b) = (lab.nodes()[0].clone(), lab.nodes()[1].clone());
+
+    // No such disk: the node reports it and stays installing.
+    let cfg = String::from_utf8(s.config("worker", "w-a", a.ip()))
+        .unwrap()
+        .replace("disk: /dev/sda", "disk: /dev/sdz");
+    apply(&a, cfg.into_bytes()).await;
+    wait_state(&a, NodeState::Installing).await;
+    let ch = channel(a.addr(), mtls_config(&s.os_ca, &s.client(&["os:reader"])))
+        .await
+        .unwrap();
+    let mut st = StateClient::new(ch);
+    let mut w = st
+        .watch(cosi::WatchRequest {
+            namespace: "runtime".into(),
+            r#type: "MachineStatuses.runtime.talos.dev".into(),
+            id: Some("machine".into()),
+            options: None,
+            api_version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    within("install failure", async {
+        loop {
+            let m = w.message().await.unwrap().unwrap();
+            if let Some(e) = m.event.first() {
+                let y = &e
+                    .resource
+                    .as_ref()
+                    .unwrap()
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .yaml_spec;
+                if y.contains("stage: installing") && y.contains("/dev/sdz") {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(a.state(), NodeState::Installing);
+
+    // Disks resource and kind watch with bootstrap contents on the other node.
+    configure(&b, &s, "worker", "w-b").await;
+    let ch = channel(b.addr(), mtls_config(&s.os_ca, &s.client(&["os:reader"])))
+        .await
+        .unwrap();
+    let mut st = StateClient::new(ch);
+    let mut w = st
+        .watch(cosi::WatchRequest {
+            namespace: "runtime".into(),
+            r#type: "Disks.block.talos.dev".into(),
+            id: None,
+            options: Some(cosi::WatchOptions {
+                bootstrap_contents: true,
+                ..Default::default()
+            }),
+            api_version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    within("disks bootstrap", async {
+        loop {
+            let m = w.message().await.unwrap().unwrap();
+            let Some(e) = m.event.first() else { continue };
+            if e.event_type == cosi::EventType::Bootstrapped as i32 {
+                break;
+            }
+            let r = e.resource.as_ref().unwrap();
+            assert!(r.spec.as_ref().unwrap().yaml_spec.contains("serial: "));
+            ids.push(r.metadata.as_ref().unwrap().id.clone());
+        }
+    })
+    .await;
+    assert_eq!(ids, vec!["nvme0n1".to_string(), "sda".to_string()]);
+    // Writes are refused: by the role rule for a reader, by the filter for an admin.
+    let destroy = || cosi::DestroyRequest {
+        namespace: "runtime".into(),
+        r#type: "Disks.block.talos.dev".into(),
+        id: "sda".into(),
+        options: None,
+    };
+    let err = st.destroy(destroy()).await.unwrap_err();
+    assert_eq!(err.message(), "not authorized");
+    let ch = channel(b.addr(), mtls_config(&s.os_ca, &s.client(&["os:admin"])))
+        .await
+        .unwrap();
+    let err = StateClient::new(ch).destroy(destroy()).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.message(), "write access is not allowed");
+
+    // AUTO with a changed config: reboot cycle, new hostname after it.
+    b.set_reboot_delay(Duration::from_millis(200));
+    let mut admin = mtls(&b, &s, &["os:admin"]).await;
+    let r = admin
+        .apply_configuration(machine::ApplyConfigurationRequest {
+            data: s.config("worker", "w-b2", b.ip()),
+            mode: machine::apply_configuration_request::Mode::Auto as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.messages[0].mode,
+        machine::apply_configuration_request::Mode::Reboot as i32
+    );
+    wait_state(&b, NodeState::Rebooting).await;
+    wait_state(&b, NodeState::Running).await;
+    assert_eq!(b.hostname().as_deref(), Some("w-b2"));
+    lab.shutdown().await;
+}

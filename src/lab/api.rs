@@ -397,7 +397,9 @@ impl LabApi {
                         && c.cert_sans == cfg.cert_sans
                 });
                 let effective = match mode {
-                    ApplyMode::Auto if same || live_ok => ApplyMode::NoReboot,
+                    // The lab treats every real change as needing a reboot (Talos
+                    // applies some live; a reboot is the conservative superset).
+                    ApplyMode::Auto if same => ApplyMode::NoReboot,
                     ApplyMode::Auto => ApplyMode::Reboot,
                     ApplyMode::NoReboot | ApplyMode::Try if !live_ok && !same => {
                         return Err(Status::invalid_argument(
