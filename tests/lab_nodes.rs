@@ -1115,3 +1115,71 @@ async fn install_disk_must_exist_and_changed_config_reboots() {
     assert_eq!(b.hostname().as_deref(), Some("w-b2"));
     lab.shutdown().await;
 }
+
+#[tokio::test]
+async fn delays_follow_the_time_scale() {
+    let mut o = opts(9, 2, "v1.13.9");
+    o.time_scale = 0.2; // install 0.8 s, reboot 0.6 s, boot 0.4 s, join 0.4 s
+    let lab = Lab::start(o).await.unwrap();
+    let s = Secrets::new();
+    let (a, b) = (lab.nodes()[0].clone(), lab.nodes()[1].clone());
+    apply(&a, s.config("controlplane", "cp-a", a.ip())).await;
+    apply(&b, s.config("controlplane", "cp-b", a.ip())).await;
+    wait_state(&a, NodeState::Booting).await;
+    // Booting: mTLS already, but bootstrap is not available yet.
+    let err = mtls(&a, &s, &["os:admin"])
+        .await
+        .bootstrap(machine::BootstrapRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.message(), "bootstrap is not available yet");
+    wait_state(&a, NodeState::Running).await;
+    wait_state(&b, NodeState::Running).await;
+
+    let ch = channel(a.addr(), mtls_config(&s.os_ca, &s.client(&["os:reader"])))
+        .await
+        .unwrap();
+    let mut cl =
+        endsys_bootstrap::talos::api::cluster::cluster_service_client::ClusterServiceClient::new(
+            ch,
+        );
+    let mut hc = cl
+        .health_check(endsys_bootstrap::talos::api::cluster::HealthCheckRequest {
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 15,
+                nanos: 0,
+            }),
+            cluster_info: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        hc.message().await.unwrap().unwrap().message,
+        format!("discovered nodes: [\"{}\", \"{}\"]", a.ip(), b.ip())
+    );
+    let waiting = hc.message().await.unwrap().unwrap().message;
+    assert!(
+        waiting.starts_with("waiting for etcd to be healthy: ") && waiting.contains("Preparing"),
+        "{waiting}"
+    );
+
+    mtls(&a, &s, &["os:admin"])
+        .await
+        .bootstrap(machine::BootstrapRequest::default())
+        .await
+        .unwrap();
+    let mut lines = Vec::new();
+    while let Some(p) = within("health", hc.message()).await.unwrap() {
+        lines.push(p.message);
+    }
+    assert!(
+        lines.contains(&"waiting for etcd to be healthy: OK".to_string()),
+        "{lines:?}"
+    );
+    assert!(lines.last().unwrap().ends_with(": OK"), "{lines:?}");
+    assert!(b.has_etcd_data(), "second control plane joined");
+    assert_eq!(lab.etcd().members().unwrap().len(), 2);
+    lab.shutdown().await;
+}
