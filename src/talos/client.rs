@@ -1088,12 +1088,27 @@ pub(crate) fn status_to_error(node: &str, rpc: &'static str, status: Status) -> 
             return d.0.clone();
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
+            let text = io.to_string();
+            let typed = io
                 .get_ref()
                 .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .is_some()
-            {
+                .is_some();
+            if typed || text.contains("fatal alert") || text.contains("invalid peer certificate") {
                 return classify_handshake(node, io, true);
+            }
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::BrokenPipe
+            ) {
+                return TalosError::Connect {
+                    node: node.to_string(),
+                    addr: String::new(),
+                    refused: io.kind() == std::io::ErrorKind::ConnectionRefused,
+                    detail: format!("connection lost: {io}"),
+                };
             }
         }
         if let Some(r) = e.downcast_ref::<rustls::Error>() {

@@ -389,12 +389,41 @@ pub(crate) fn classify_handshake(node: &str, e: &std::io::Error, asked: bool) ->
                 detail: format!("connection closed during TLS handshake: {e}"),
             };
         }
-        _ => TlsFailure::Other,
+        // Past the handshake, TLS errors reach us as text only (the stream layers
+        // stringify them), so read the text rustls wrote.
+        _ => classify_text(&e.to_string(), asked),
     };
     TalosError::Tls {
         node: node.to_string(),
         kind,
         detail: e.to_string(),
+    }
+}
+
+/// Classifies a TLS failure from the message rustls produced.
+pub(crate) fn classify_text(text: &str, asked: bool) -> TlsFailure {
+    if text.contains("CertificateRequired") || (asked && text.contains("HandshakeFailure")) {
+        TlsFailure::ClientCertRequired
+    } else if text.contains("fatal alert")
+        && [
+            "UnknownCA",
+            "BadCertificate",
+            "CertificateUnknown",
+            "CertificateExpired",
+            "AccessDenied",
+        ]
+        .iter()
+        .any(|a| text.contains(a))
+    {
+        TlsFailure::ClientCertRejected
+    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        TlsFailure::UnknownAuthority
+    } else if text.contains("NotValidForName") {
+        TlsFailure::NameMismatch
+    } else if text.contains("fingerprint mismatch") {
+        TlsFailure::FingerprintMismatch
+    } else {
+        TlsFailure::Other
     }
 }
 

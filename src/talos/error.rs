@@ -109,9 +109,17 @@ impl TalosError {
             TalosError::Rpc { code, message, .. } => match code {
                 Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded => true,
                 Code::Unknown | Code::Internal => {
-                    message.contains("connection refused")
-                        || message.contains("error reading from server: EOF")
-                        || message.contains("transport")
+                    // Connection cut under a call: apid restarting or the node rebooting.
+                    const CUT: [&str; 7] = [
+                        "connection refused",
+                        "error reading from server: EOF",
+                        "transport",
+                        "h2 protocol error",
+                        "connection reset",
+                        "broken pipe",
+                        "error reading a body",
+                    ];
+                    CUT.iter().any(|m| message.contains(m))
                 }
                 _ => false,
             },

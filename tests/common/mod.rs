@@ -29,9 +29,16 @@ impl TestCluster {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.to_string(),
-            os_ca: CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY).unwrap(),
-            k8s_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "kubernetes", CA_VALIDITY).unwrap(),
-            etcd_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "etcd", CA_VALIDITY).unwrap(),
+            os_ca: CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY)
+                .unwrap(),
+            k8s_ca: CertificateAuthority::generate(
+                KeyAlgorithm::EcdsaP256,
+                "kubernetes",
+                CA_VALIDITY,
+            )
+            .unwrap(),
+            etcd_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "etcd", CA_VALIDITY)
+                .unwrap(),
         }
     }
 
