@@ -1,7 +1,7 @@
 //! endsys-bootstrap: arguments in, library calls out.
 
 use clap::{Parser, Subcommand};
-use endsys_bootstrap::cli::{talos_cmd, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{lab_cmd, talos_cmd, CliError, Output, OutputFormat};
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -18,6 +18,17 @@ struct Cli {
 enum Command {
     /// Low-level Talos API calls (version, apply, bootstrap, members, …) for when things go wrong.
     Talos(talos_cmd::TalosArgs),
+    /// Simulated Talos nodes on loopback, for trying the tool without hardware.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Walk the Talos API calls of a bootstrap against a fresh lab, with timings.
+    Demo(lab_cmd::LabArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Run simulated nodes (127.0.0.11, .12, …) until Ctrl-C.
+    Serve(lab_cmd::ServeArgs),
 }
 
 fn main() {
@@ -38,6 +49,8 @@ fn main() {
     let result: Result<(), CliError> = runtime.block_on(async {
         match cli.command {
             Command::Talos(args) => talos_cmd::run(args, &out).await,
+            Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
+            Command::Demo(args) => lab_cmd::demo(args, &out).await,
         }
     });
     if let Err(e) = result {
