@@ -288,7 +288,10 @@ impl CertificateAuthority {
         let kp = key.key_pair()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, org);
+        // Talos's front-proxy (aggregator) CA has an empty subject.
+        if !org.is_empty() {
+            dn.push(DnType::OrganizationName, org);
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
