@@ -159,6 +159,7 @@ pub fn render_node(
     talhelper_patch.apply(&mut docs)?;
     patch::apply_all(&mut docs, &node.patches)?;
     for d in docs.iter_mut() {
+        fill_go_zero_values(d);
         schema::coerce(d);
         yaml::canonicalize(d);
     }
@@ -681,4 +682,15 @@ fn link_documents(
         fields.push(("routes", Value::Sequence(routes)));
     }
     links.push(doc("LinkConfig", &fields));
+}
+
+/// Fields Go always marshals (no omitempty) even when a patch left them out.
+fn fill_go_zero_values(d: &mut Value) {
+    if let Some(Value::Sequence(files)) = d.get_mut("machine").and_then(|m| m.get_mut("files")) {
+        for f in files.iter_mut().filter_map(Value::as_mapping_mut) {
+            if !f.contains_key("permissions") {
+                f.insert(s("permissions"), Value::Number(0.into()));
+            }
+        }
+    }
 }

@@ -159,7 +159,8 @@ fn walk(
         (_, Y::Null) => true,
         (Some("object"), Y::Mapping(_)) => true,
         (Some("array"), Y::Sequence(_)) => true,
-        (Some("string"), Y::String(_)) => true,
+        // Go's decoder puts any scalar into a string field.
+        (Some("string"), Y::String(_) | Y::Bool(_) | Y::Number(_)) => true,
         (Some("boolean"), Y::Bool(_)) => true,
         (Some("integer"), Y::Number(n)) => n.is_i64() || n.is_u64(),
         (Some("number"), Y::Number(_)) => true,

@@ -595,7 +595,7 @@ impl ClusterDefinition {
                 .then_some(trimmed)
             });
             if let Some(f) = file {
-                let path = self.dir().join(f);
+                let path = self.dir().join(f.strip_prefix("./").unwrap_or(f));
                 let raw = reader.read(&path).map_err(|e| match e {
                     ConfigError::Io { source, .. } => ConfigError::input(
                         &self.source,
