@@ -127,6 +127,10 @@ fn walk(
     out: &mut Vec<SchemaIssue>,
 ) {
     let node = resolve(node);
+    // A `$patch: delete` directive replaces the value; there is nothing to check.
+    if partial && v.get("$patch").is_some() && !path.is_empty() {
+        return;
+    }
     if let Some(alts) = node.get("oneOf").and_then(J::as_array) {
         let ok = alts.iter().any(|a| {
             let mut tmp = Vec::new();

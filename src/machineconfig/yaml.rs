@@ -513,10 +513,10 @@ mod tests {
 
     #[test]
     fn sequences_are_indented_under_keys() {
-        let v = y("a:\n  b: [x, y]\n  c: []\n  d: {}\n");
+        let v = y("a:\n  b: [x, z]\n  c: []\n  d: {}\n");
         assert_eq!(
             emit(&v, 2),
-            "a:\n  b:\n    - x\n    - y\n  c: []\n  d: {}\n"
+            "a:\n  b:\n    - x\n    - z\n  c: []\n  d: {}\n"
         );
     }
 
