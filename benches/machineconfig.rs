@@ -17,7 +17,7 @@ fn secrets() -> SecretsBundle {
 }
 
 fn hundred_nodes() -> String {
-    let mut t = String::from("clusterName: big\ntalosVersion: v1.13.9\nkubernetesVersion: v1.36.3\nendpoint: https://10.10.0.1:6443\nnodes:\n");
+    let mut t = String::from("clusterName: big\ntalosVersion: v1.13.9\nkubernetesVersion: v1.36.3\nendpoint: https://10.10.1.10:6443\nnodes:\n");
     for i in 0..100 {
         let cp = i < 3;
         t.push_str(&format!(
