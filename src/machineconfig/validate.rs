@@ -453,7 +453,7 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
             Severity::Error,
             "no control-plane node (set controlPlane: true on at least one node)".into(),
         );
-    } else if cps % 2 == 0 {
+    } else if cps.is_multiple_of(2) {
         push(Severity::Warning, format!("{cps} control planes: an even count tolerates no more failures than {} and risks split votes; use an odd number", cps - 1));
     }
     let mut hostnames: BTreeMap<&str, usize> = BTreeMap::new();
@@ -602,7 +602,8 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
         .filter(|d| d.get("kind").and_then(Value::as_str) == Some("Layer2VIPConfig"))
         .filter_map(|d| d.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    for r in rendered.iter().filter(|r| r.control_plane) {
+    // One control plane suffices: they all carry the same apiServer settings.
+    if let Some(r) = rendered.iter().find(|r| r.control_plane) {
         let main = &r.documents[0];
         let sans = strings_at(main, &["cluster", "apiServer", "certSANs"]);
         let cp_ips: Vec<String> = def.control_planes().flat_map(|n| n.addresses()).collect();
@@ -612,7 +613,6 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
         if host.parse::<IpAddr>().is_ok() && !cp_ips.contains(&host) && !vips.contains(&host) {
             push(Severity::Error, format!("{}: endpoint {host} is neither a control-plane address nor a VIP of the cluster", r.hostname));
         }
-        break;
     }
     f
 }

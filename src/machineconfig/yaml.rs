@@ -490,7 +490,7 @@ fn reorder(m: &mut Mapping, fields: &[&str]) {
 fn sort_keys(m: &mut Mapping) {
     let old = std::mem::take(m);
     let mut entries: Vec<(Value, Value)> = old.into_iter().collect();
-    entries.sort_by(|a, b| key_text(&a.0).cmp(&key_text(&b.0)));
+    entries.sort_by_key(|a| key_text(&a.0));
     for (k, v) in entries {
         m.insert(k, v);
     }
