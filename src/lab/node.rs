@@ -116,6 +116,28 @@ impl Fabric {
             .find(|uid| store.get(*uid).is_some_and(|c| c.key == key))
     }
 
+    /// Whether more than half of the members of cluster `uid` run (a leader exists).
+    pub(crate) fn has_quorum(&self, uid: u64) -> bool {
+        let members: Vec<u64> = {
+            let store = self.etcd.lock().expect("etcd lock");
+            match store.get(uid) {
+                Some(c) => c.members.iter().map(|m| m.id).collect(),
+                None => return false,
+            }
+        };
+        let healthy = self
+            .nodes()
+            .iter()
+            .filter(|n| {
+                let d = n.data.lock().expect("data lock");
+                d.etcd
+                    .is_some_and(|m| m.cluster_uid == uid && members.contains(&m.member_id))
+                    && d.services.get("etcd").is_some_and(|s| s.state == "Running")
+            })
+            .count();
+        healthy * 2 > members.len()
+    }
+
     pub(crate) fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -1079,7 +1101,10 @@ impl NodeInner {
             }
             cfg.etcd_key.clone()
         };
-        self.fabric.alive_cluster_for_key(&key)
+        // Joining needs a leader (MemberAddAsLearner with WithRequireLeader).
+        self.fabric
+            .alive_cluster_for_key(&key)
+            .filter(|uid| self.fabric.has_quorum(*uid))
     }
 
     /// Adds this node as a member of `uid` at once.
@@ -1089,6 +1114,9 @@ impl NodeInner {
         {
             let mut store = self.fabric.etcd.lock().expect("etcd lock");
             let Some(c) = store.get_mut(uid) else { return };
+            // As Talos' addMember: a member with this node's name is a stale copy of
+            // itself (data wiped) and is removed before joining.
+            c.members.retain(|m| m.name != info.name);
             c.members.push(info);
             c.raft_index += 1;
         }
