@@ -374,11 +374,10 @@ async fn apply_config_reboots_into_mtls_with_roles() {
     let s = Secrets::new();
 
     // Record every state the node goes through.
-    let mut rx = node.watch_state();
+    let mut rx = node.transitions();
     let seen = tokio::spawn(async move {
-        let mut seen = vec![*rx.borrow_and_update()];
-        while rx.changed().await.is_ok() {
-            let st = *rx.borrow_and_update();
+        let mut seen = vec![];
+        while let Ok(st) = rx.recv().await {
             seen.push(st);
             if st == NodeState::Running {
                 break;

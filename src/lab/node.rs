@@ -242,6 +242,8 @@ pub(crate) struct NodeInner {
     pub v112: bool,
     pub fabric: Arc<Fabric>,
     pub state_tx: watch::Sender<NodeState>,
+    /// Every transition, none coalesced.
+    pub transitions_tx: broadcast::Sender<NodeState>,
     pub data: Mutex<NodeData>,
     pub drop_calls: AtomicUsize,
     pub wrong_ca: AtomicBool,
@@ -336,6 +338,7 @@ impl NodeInner {
             v112,
             fabric,
             state_tx,
+            transitions_tx: broadcast::channel(256).0,
             data: Mutex::new(NodeData {
                 config: None,
                 installed: false,
@@ -424,7 +427,10 @@ impl NodeInner {
     }
 
     fn set_state(&self, s: NodeState) {
-        self.state_tx.send_replace(s);
+        let old = self.state_tx.send_replace(s);
+        if old != s {
+            let _ = self.transitions_tx.send(s);
+        }
     }
 
     /// Records a machine event (flushed by [`Self::commit`]).
