@@ -118,16 +118,41 @@ fn pair(ca: &CertificateAuthority) -> Result<EncodedPair, ConfigError> {
 }
 
 /// Generates the RSA-4096 service-account key (PKCS#1 PEM) used by contracts > 1.6.
-/// Slow in debug builds; tests load a fixed bundle instead.
+/// The two 2048-bit primes are searched on two threads at once: prime search is
+/// nearly all of the cost, and doing it in parallel halves `gen secrets`.
 pub fn generate_service_account_key() -> Result<String, ConfigError> {
+    use num_bigint_dig::RandPrime;
     use rsa::pkcs1::EncodeRsaPrivateKey;
-    let mut rng = rsa::rand_core::OsRng;
-    let key = rsa::RsaPrivateKey::new(&mut rng, 4096)
-        .map_err(|e| ConfigError::Crypto(format!("RSA key generation: {e}")))?;
-    let pem = key
-        .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
-        .map_err(|e| ConfigError::Crypto(format!("RSA key encoding: {e}")))?;
-    Ok(pem.to_string())
+    let exponent = rsa::BigUint::from(65_537u32);
+    // A prime pair can (rarely) share a factor with e-1 structure; retry then.
+    for _ in 0..8 {
+        let search = || {
+            let mut rng = rsa::rand_core::OsRng;
+            rng.gen_prime(2048)
+        };
+        let (p, q) = std::thread::scope(|scope| {
+            let other = scope.spawn(search);
+            let p = search();
+            other.join().map(|q| (p, q))
+        })
+        .map_err(|_| ConfigError::Crypto("RSA prime search thread panicked".into()))?;
+        if p == q {
+            continue;
+        }
+        let Ok(key) = rsa::RsaPrivateKey::from_p_q(p, q, exponent.clone()) else {
+            continue;
+        };
+        if key.validate().is_err() || rsa::traits::PublicKeyParts::n(&key).bits() != 4096 {
+            continue;
+        }
+        let pem = key
+            .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
+            .map_err(|e| ConfigError::Crypto(format!("RSA key encoding: {e}")))?;
+        return Ok(pem.to_string());
+    }
+    Err(ConfigError::Crypto(
+        "RSA key generation: no valid key after 8 prime pairs".into(),
+    ))
 }
 
 impl SecretsBundle {
