@@ -107,7 +107,7 @@ impl KubeLab {
 
     /// Stops serving (the lab is going away).
     pub(crate) fn halt(&self) {
-        let _ = self.shared.stop.send(true);
+        let _ = self.shared.stop.send_replace(true);
         if let Some(t) = self
             .shared
             .supervisor
@@ -294,14 +294,14 @@ async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
         if !same {
             if let Some((_, _, r)) = running.take() {
                 *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let _ = shared.addr.send(None);
+                let _ = shared.addr.send_replace(None);
                 r.stop().await;
             }
             if let Some(w) = want {
                 match start(&fabric, &shared, &w).await {
                     Ok(r) => {
                         running = Some((w.addr, w.ca.pair.cert_pem.clone(), r));
-                        let _ = shared.addr.send(Some(w.addr));
+                        let _ = shared.addr.send_replace(Some(w.addr));
                     }
                     Err(e) => tracing::warn!("lab kube-apiserver on {}: {e}", w.addr),
                 }

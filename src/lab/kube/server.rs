@@ -1277,7 +1277,7 @@ impl Running {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send_replace(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             t.abort();
@@ -1288,7 +1288,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send_replace(true);
         for t in self
             .tasks
             .lock()
