@@ -125,7 +125,8 @@ async fn discovery_nodes_ready_after_cni_and_server_side_apply() {
             .any(|a| a.type_ == "InternalIP" && kc.ips.contains(&a.address)));
     }
 
-    // Server-side apply of the CNI; applying it again changes nothing.
+    // Server-side apply of the CNI; applying it again changes nothing (the
+    // controllers may have written status in between, which does not bump generation).
     let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
     let pp = PatchParams::apply("endsys-bootstrap");
     let first = ds
@@ -136,15 +137,35 @@ async fn discovery_nodes_ready_after_cni_and_server_side_apply() {
         .patch("cilium", &pp, &Patch::Apply(cilium()))
         .await
         .unwrap();
-    assert_eq!(
-        first.metadata.resource_version, again.metadata.resource_version,
-        "SSA is idempotent"
-    );
+    assert_eq!(first.metadata.generation, Some(1));
+    assert_eq!(again.metadata.generation, Some(1));
     let mf = again.metadata.managed_fields.unwrap();
     assert!(mf
         .iter()
         .any(|m| m.manager.as_deref() == Some("endsys-bootstrap")
             && m.operation.as_deref() == Some("Apply")));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"mode": v}});
+    let a = cms
+        .patch(
+            "settings",
+            &PatchParams::apply("alpha"),
+            &Patch::Apply(cm("a")),
+        )
+        .await
+        .unwrap();
+    let b = cms
+        .patch(
+            "settings",
+            &PatchParams::apply("alpha"),
+            &Patch::Apply(cm("a")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        a.metadata.resource_version, b.metadata.resource_version,
+        "SSA is idempotent"
+    );
 
     for name in ["node1", "node2", "node3"] {
         within(
@@ -262,7 +283,7 @@ async fn discovery_nodes_ready_after_cni_and_server_side_apply() {
     let nowhere: Api<ConfigMap> = Api::namespaced(client.clone(), "nowhere");
     let e = api_status(
         nowhere
-            .patch("x", &PatchParams::apply("m"), &Patch::Apply(cm("a")))
+            .patch("settings", &PatchParams::apply("m"), &Patch::Apply(cm("a")))
             .await
             .unwrap_err(),
     );

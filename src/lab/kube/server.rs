@@ -1193,7 +1193,9 @@ fn forbidden(who: &Identity, method: &Method, q: &HashMap<String, String>, t: &T
             t.ty.group
         ),
     );
-    e.details = Some(json!({"name": t.name, "group": t.ty.group, "kind": t.ty.plural}));
+    e.details = Some(
+        json!({"name": t.name.clone().unwrap_or_default(), "group": t.ty.group, "kind": t.ty.plural}),
+    );
     e
 }
 
