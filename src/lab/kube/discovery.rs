@@ -44,7 +44,7 @@ fn groups(types: &[ResType]) -> BTreeMap<String, Vec<(String, Vec<ResType>)>> {
     out.into_iter()
         .map(|(g, vs)| {
             let mut vs: Vec<(String, Vec<ResType>)> = vs.into_iter().collect();
-            vs.sort_by(|a, b| version_priority(&b.0).cmp(&version_priority(&a.0)));
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(&v.0)));
             (g, vs)
         })
         .collect()
@@ -332,11 +332,14 @@ fn condition_status(v: &Value, t: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Computes one table cell from an object.
+type Cell = Box<dyn Fn(&Value) -> Value>;
+
 /// A `meta.k8s.io/v1` Table (what `kubectl get` prints).
 pub(crate) fn table(ty: &ResType, items: &[Value], rev: i64, q: &HashMap<String, String>) -> Value {
     let col = |n: &str, t: &str, f: &str| json!({"name": n, "type": t, "format": f, "description": n, "priority": 0});
     let mut cols = vec![col("Name", "string", "name")];
-    let extra: Vec<(&str, Box<dyn Fn(&Value) -> Value>)> = match ty.kind.as_str() {
+    let extra: Vec<(&str, Cell)> = match ty.kind.as_str() {
         "Node" => vec![
             (
                 "Status",

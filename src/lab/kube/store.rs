@@ -142,6 +142,9 @@ struct Window {
     capacity: usize,
 }
 
+/// Objects (key, value), their revision, and the changes after it.
+pub(crate) type ListAndWatch = (Vec<(String, Value)>, i64, broadcast::Receiver<Signal>);
+
 pub(crate) struct Store {
     pub etcd: EtcdHandle,
     window: Mutex<Window>,
@@ -296,10 +299,7 @@ impl Store {
     }
 
     /// A consistent list plus a receiver for what follows it.
-    pub fn list_and_watch(
-        &self,
-        prefix: &str,
-    ) -> Result<(Vec<(String, Value)>, i64, broadcast::Receiver<Signal>), ApiError> {
+    pub fn list_and_watch(&self, prefix: &str) -> Result<ListAndWatch, ApiError> {
         let w = self.lock();
         let rx = self.tx.subscribe();
         let rev = self.etcd.revision()?;
