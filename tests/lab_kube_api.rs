@@ -679,3 +679,74 @@ async fn objects_survive_an_etcd_snapshot_and_recovery() {
         .unwrap();
     assert_eq!(nodes.items.len(), 3);
 }
+
+#[tokio::test]
+async fn delays_follow_the_time_scale() {
+    use endsys_bootstrap::lab::{Lab, LabOptions};
+    let lab = Lab::start(LabOptions {
+        nodes: 3,
+        controlplanes: 3,
+        first_ip: std::net::Ipv4Addr::new(127, 0, 158, 11),
+        time_scale: 0.05,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let kc = kubelab::up_lab(lab, "k158").await;
+    let client = client(&kc.kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["node1", "node2", "node3"] {
+        within(
+            "node registered",
+            await_condition(nodes.clone(), name, |n: Option<&Node>| {
+                n.and_then(node_ready) == Some(false)
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let pp = PatchParams::apply("endsys-bootstrap");
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    ds.patch("cilium", &pp, &Patch::Apply(cilium()))
+        .await
+        .unwrap();
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let dep = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}}});
+    deps.patch("web", &pp, &Patch::Apply(dep)).await.unwrap();
+    // The CNI takes 8 s × 0.05 to roll out: nodes are not Ready yet.
+    let now = nodes.list(&ListParams::default()).await.unwrap();
+    assert!(now.items.iter().all(|n| node_ready(n) == Some(false)));
+    let web = within(
+        "progressing",
+        await_condition(deps.clone(), "web", |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref())
+                .is_some_and(|s| s.observed_generation == Some(1))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        web.status.unwrap().available_replicas,
+        None,
+        "pods wait for the network"
+    );
+    for name in ["node1", "node2", "node3"] {
+        within(
+            "node ready",
+            await_condition(nodes.clone(), name, |n: Option<&Node>| {
+                n.and_then(node_ready) == Some(true)
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    within(
+        "deployment available",
+        await_condition(deps.clone(), "web", conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap();
+}

@@ -51,7 +51,11 @@ pub async fn apply_all(cluster: &TestCluster, lab: &Lab, cps: usize) {
 
 /// Three control planes, bootstrapped; the API is up and the kubeconfig fetched.
 pub async fn up(subnet: u8, name: &str) -> KubeCluster {
-    let lab = lab(subnet, 3, 3, "v1.13.9").await;
+    up_lab(lab(subnet, 3, 3, "v1.13.9").await, name).await
+}
+
+/// The same on a lab started by the caller (e.g. with a non-zero time scale).
+pub async fn up_lab(lab: Lab, name: &str) -> KubeCluster {
     let cluster = TestCluster::new(name);
     apply_all(&cluster, &lab, 3).await;
     let ips: Vec<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();

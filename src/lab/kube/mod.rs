@@ -35,6 +35,9 @@ use server::Api;
 /// The Kubernetes version the simulated API reports.
 pub use discovery::KUBE_VERSION;
 
+/// Seconds (× time scale) from etcd up to the API server listening.
+const API_START: f64 = 3.0;
+
 /// Faults injected into the simulation.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Faults {
@@ -271,6 +274,17 @@ fn desired(fabric: &Fabric) -> Option<Want> {
         // A DNS endpoint: serve on the control plane's own address.
         Err(_) => (IpAddr::V4(cp.ip), Some(host.to_string())),
     };
+    // An endpoint that is a node's own address is only served while that node
+    // runs (a VIP or DNS name moves between control planes).
+    if let Some(owner) = nodes.iter().find(|n| IpAddr::V4(n.ip) == ip) {
+        let serves = owner.state() == NodeState::Running
+            && owner
+                .config()
+                .is_some_and(|c| c.machine_type.is_control_plane());
+        if !serves {
+            return None;
+        }
+    }
     let ips = nodes.iter().map(|n| IpAddr::V4(n.ip)).collect();
     Some(Want {
         addr: SocketAddr::new(ip, port),
@@ -298,6 +312,12 @@ async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
                 r.stop().await;
             }
             if let Some(w) = want {
+                // kube-apiserver takes a while to come up after etcd; the port
+                // refuses connections meanwhile.
+                tokio::time::sleep(fabric.scaled(API_START)).await;
+                let Some(w) = desired(&fabric).filter(|x| x.addr == w.addr) else {
+                    continue;
+                };
                 match start(&fabric, &shared, &w).await {
                     Ok(r) => {
                         running = Some((w.addr, w.ca.pair.cert_pem.clone(), r));
