@@ -170,4 +170,19 @@ async fn kubectl_gets_applies_and_waits() {
     assert_eq!(out.trim(), "3");
     let out = k.ok(&["get", "ns"]).await;
     assert!(out.contains("flux-system"), "{out}");
+    // Discovery as kubectl sees it, and errors as it prints them.
+    let out = k.ok(&["api-resources"]).await;
+    assert!(
+        out.contains("daemonsets") && out.contains("customresourcedefinitions"),
+        "{out}"
+    );
+    let (ok, out) = k
+        .run(&["get", "configmap", "-n", "default", "missing"])
+        .await;
+    assert!(
+        !ok && out.contains("NotFound") && out.contains("\"missing\" not found"),
+        "{out}"
+    );
+    let out = k.ok(&["delete", "namespace", "flux-system"]).await;
+    assert!(out.contains("deleted"), "{out}");
 }

@@ -742,7 +742,7 @@ impl Api {
         }
         // Contents go with their namespace, and custom objects with their CRD.
         if ty.kind == "Namespace" {
-            for other in types::builtins().into_iter().chain(self.types()) {
+            for other in self.types() {
                 if other.namespaced {
                     let (items, _) = self.store.list(&other.list_prefix(Some(name)))?;
                     for (k, _) in items {
