@@ -8,6 +8,13 @@
 //! Objects live in the simulated etcd (see [`store`]), so snapshots capture them.
 //! Simulated kubelets and controllers ([`sim`]) register nodes, roll workloads out
 //! after delays (× the lab's time scale) and honour injected faults.
+//!
+//! Simplifications, on purpose: server-side apply treats lists as atomic (no
+//! `k:`/`v:` merge keys) and strategic merge patch as a JSON merge patch; LIST
+//! ignores `limit`/`continue` (everything in one page); `fieldValidation` is accepted
+//! but unknown fields are kept; workloads get status but no Pod objects; there is
+//! no `/openapi/v2`, no protobuf, no Table watches, no admission or RBAC beyond
+//! "system:masters may do anything, other users only discovery".
 
 mod discovery;
 mod fields;
