@@ -750,3 +750,38 @@ async fn delays_follow_the_time_scale() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn workers_register_and_powered_off_nodes_go_unknown() {
+    let kc = kubelab::up_lab(common::lab(159, 4, 3, "v1.13.9").await, "k159").await;
+    let client = client(&kc.kubeconfig).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let worker = within(
+        "worker registered",
+        await_condition(nodes.clone(), "node4", |n: Option<&Node>| n.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let labels = worker.metadata.labels.unwrap();
+    assert_eq!(labels["kubernetes.io/hostname"], "node4");
+    assert!(!labels.contains_key("node-role.kubernetes.io/control-plane"));
+
+    kc.lab.nodes()[1].power_off().await;
+    let status = |n: Option<&Node>| {
+        n.and_then(|n| n.status.as_ref()?.conditions.clone())
+            .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status)
+    };
+    within(
+        "node2 unknown",
+        await_condition(nodes.clone(), "node2", move |n: Option<&Node>| {
+            status(n).as_deref() == Some("Unknown")
+        }),
+    )
+    .await
+    .unwrap();
+    let lab = kc.lab.kube();
+    assert_eq!(lab.list("Node", None).len(), 4);
+    assert!(lab.get("nodes", None, "node1").is_some());
+}
