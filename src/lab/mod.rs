@@ -17,6 +17,7 @@ mod config;
 mod etcd;
 mod hardware;
 pub mod identity;
+pub mod kube;
 mod node;
 mod resources;
 mod routing;
@@ -102,6 +103,7 @@ pub enum LabError {
 pub struct Lab {
     nodes: Vec<LabNode>,
     fabric: Arc<Fabric>,
+    kube: kube::KubeLab,
 }
 
 impl Lab {
@@ -162,7 +164,12 @@ impl Lab {
                 return Err(LabError::Options(format!("node {addr} did not boot")));
             }
         }
-        Ok(Lab { nodes, fabric })
+        let kube = kube::KubeLab::start(fabric.clone());
+        Ok(Lab {
+            nodes,
+            fabric,
+            kube,
+        })
     }
 
     pub fn nodes(&self) -> &[LabNode] {
@@ -183,9 +190,16 @@ impl Lab {
 
     /// Powers every node off (listeners closed, connections cut).
     pub async fn shutdown(self) {
+        self.kube.halt();
         for n in &self.nodes {
             n.inner.power_off().await;
         }
+    }
+
+    /// The simulated Kubernetes API (up once a control plane runs with etcd
+    /// bootstrapped, on the config's control-plane endpoint).
+    pub fn kube(&self) -> kube::KubeLab {
+        self.kube.clone()
     }
 
     /// The simulated etcd key-value store.
@@ -199,6 +213,7 @@ impl Lab {
 impl Drop for Lab {
     /// A lab dropped without [`Lab::shutdown`] still stops serving.
     fn drop(&mut self) {
+        self.kube.halt();
         for n in &self.nodes {
             n.inner.halt();
         }

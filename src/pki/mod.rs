@@ -162,12 +162,19 @@ impl PrivateKey {
                         reason: e.to_string(),
                     }
                 })?;
-                let sec1 = sk.to_sec1_der().map_err(|e| PkiError::BadKey {
-                    what: "ECDSA key".into(),
-                    label: "EC PRIVATE KEY".into(),
-                    reason: e.to_string(),
-                })?;
-                Ok(pem_lf(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec())))
+                // SEC1 with the named-curve parameters, as Go's x509.MarshalECPrivateKey
+                // writes it: p256's to_sec1_der leaves them out, and Go (kubectl,
+                // Talos) and OpenSSL then refuse the key.
+                use p256::elliptic_curve::sec1::ToEncodedPoint;
+                let public = sk.public_key().to_encoded_point(false);
+                let mut der = vec![0x30, 0x77, 0x02, 0x01, 0x01, 0x04, 0x20];
+                der.extend_from_slice(&sk.to_bytes());
+                der.extend_from_slice(&[
+                    0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]);
+                der.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
+                der.extend_from_slice(public.as_bytes());
+                Ok(pem_lf(&pem::Pem::new("EC PRIVATE KEY", der)))
             }
         }
     }
