@@ -1,7 +1,7 @@
 //! endsys-bootstrap: arguments in, library calls out.
 
 use clap::{Parser, Subcommand};
-use endsys_bootstrap::cli::{talos_cmd, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{talos_cmd, up, CliError, Output, OutputFormat};
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -18,6 +18,10 @@ struct Cli {
 enum Command {
     /// Low-level Talos API calls (version, apply, bootstrap, members, …) for when things go wrong.
     Talos(talos_cmd::TalosArgs),
+    /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
+    Kubeconfig(up::KubeconfigArgs),
+    /// The whole flow against simulated nodes on this machine (no hardware needed).
+    Demo(up::DemoArgs),
 }
 
 fn main() {
@@ -38,6 +42,8 @@ fn main() {
     let result: Result<(), CliError> = runtime.block_on(async {
         match cli.command {
             Command::Talos(args) => talos_cmd::run(args, &out).await,
+            Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
+            Command::Demo(args) => up::demo(args, &out).await,
         }
     });
     if let Err(e) = result {

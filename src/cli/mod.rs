@@ -2,6 +2,7 @@
 //! Everything here calls into the library; no behaviour lives here.
 
 pub mod talos_cmd;
+pub mod up;
 
 use thiserror::Error;
 

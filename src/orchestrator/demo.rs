@@ -162,19 +162,17 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     .map_err(|e| FlowError::Source(format!("cannot start the lab: {e}")))?;
     let transitions = record_lab_transitions(&lab);
     let def = lab_definition(&lab, opts.controlplanes, "lab");
-    let tmp;
     let state_dir = match &opts.state_dir {
         Some(d) => d.clone(),
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("endsys-demo-")
-                .tempdir()
-                .map_err(|e| FlowError::Local {
-                    path: std::env::temp_dir().display().to_string(),
-                    detail: e.to_string(),
-                })?;
-            tmp.path().to_path_buf()
-        }
+        None => tempfile::Builder::new()
+            .prefix("endsys-demo-")
+            .tempdir()
+            .map_err(|e| FlowError::Local {
+                path: std::env::temp_dir().display().to_string(),
+                detail: e.to_string(),
+            })?
+            // Kept: the operator may want to look at the journal and kubeconfig.
+            .keep(),
     };
     let source = MemorySource::new(def.clone(), None);
     let mut uo = UpOptions::new(state_dir.clone());

@@ -102,6 +102,16 @@ impl StepId {
         }
     }
 
+    /// The `--until` value that stops after this step.
+    pub fn until_flag(self) -> &'static str {
+        match self {
+            StepId::Apply => "apply",
+            StepId::WaitConfigured => "configured",
+            StepId::EtcdQuorum | StepId::Kubeconfig => "etcd",
+            other => other.name(),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<StepId> {
         StepId::UP.into_iter().find(|st| st.name() == s)
     }

@@ -97,12 +97,16 @@ impl Ledger {
         self.lock().steps.clone()
     }
 
-    /// When the tool first saw `node` in `state` (e.g. "running").
+    /// When the tool first saw `node` in `state` (e.g. "running", which also
+    /// matches "running, waiting for …").
     pub fn observed(&self, node: &str, state: &str) -> Option<Instant> {
+        let prefix = format!("{state},");
         self.lock()
             .observed
-            .get(&(node.to_string(), state.to_string()))
-            .copied()
+            .iter()
+            .filter(|((n, s), _)| n == node && (s == state || s.starts_with(&prefix)))
+            .map(|(_, at)| *at)
+            .min()
     }
 
     pub fn decision_at(&self, key: &str) -> Option<Instant> {

@@ -225,7 +225,7 @@ async fn run_steps(
         let t0 = Instant::now();
         if step > run.opts.until {
             let outcome = Outcome::Skipped {
-                reason: format!("not run: --until {}", run.opts.until.name()),
+                reason: format!("not run: --until {}", run.opts.until.until_flag()),
             };
             run.em.finished(step, None, outcome.clone(), t0);
             report.steps.push((step, outcome));
@@ -330,6 +330,16 @@ fn aggregate(results: &[(&NodeDef, Outcome)]) -> Outcome {
         Outcome::Done {
             detail: format!("{done} node(s) changed, {skipped} already in place"),
         }
+    }
+}
+
+/// The doctor's cause, or the error itself when the doctor has nothing specific.
+fn short_cause(e: &TalosError) -> String {
+    let cause = e.likely_cause();
+    if cause == "the node returned an error" {
+        e.root().to_string()
+    } else {
+        cause
     }
 }
 
@@ -622,7 +632,7 @@ async fn wait_node_running(run: &Run<'_>, n: &NodeDef) -> Result<Outcome, FlowEr
         |p| {
             let now = match &p {
                 WaitProgress::Status(s) => s.summary(),
-                WaitProgress::Away(e) => format!("away: {}", e.likely_cause()),
+                WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
             };
             if first_seen.is_none() {
                 first_seen = Some(now.clone());
@@ -1296,7 +1306,7 @@ pub async fn plan(
         None,
         false,
         if opts.until < StepId::Apiserver {
-            format!("not run: --until {}", opts.until.name())
+            format!("not run: --until {}", opts.until.until_flag())
         } else {
             "wait for kube-apiserver to serve TLS with the cluster CA".into()
         },
