@@ -1,7 +1,7 @@
 //! endsys-bootstrap: arguments in, library calls out.
 
 use clap::{Parser, Subcommand};
-use endsys_bootstrap::cli::{talos_cmd, up, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -20,8 +20,17 @@ enum Command {
     Talos(talos_cmd::TalosArgs),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
-    /// The whole flow against simulated nodes on this machine (no hardware needed).
+    /// Simulated Talos nodes on loopback, for trying the tool without hardware.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// The real `up` against simulated nodes on this machine, with a timing table.
     Demo(up::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Run simulated nodes (127.0.0.11, .12, …) until Ctrl-C.
+    Serve(lab_cmd::ServeArgs),
 }
 
 fn main() {
@@ -43,6 +52,7 @@ fn main() {
         match cli.command {
             Command::Talos(args) => talos_cmd::run(args, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
+            Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Demo(args) => up::demo(args, &out).await,
         }
     });

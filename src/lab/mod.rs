@@ -16,6 +16,7 @@ mod api;
 mod config;
 mod etcd;
 mod hardware;
+pub mod identity;
 mod node;
 mod resources;
 mod routing;
@@ -261,6 +262,19 @@ impl LabNode {
 
     pub fn hardware(&self) -> &Hardware {
         &self.inner.hardware
+    }
+
+    /// The OS CA of the applied config (what an operator holds in secrets.yaml);
+    /// `lab serve` mints the lab talosconfig from it.
+    pub fn os_ca(&self) -> Option<crate::pki::CertificateAuthority> {
+        self.inner.config().map(|c| c.os_ca.clone())
+    }
+
+    /// Whether the applied config makes this node a control plane.
+    pub fn is_control_plane(&self) -> bool {
+        self.inner
+            .config()
+            .is_some_and(|c| c.machine_type.is_control_plane())
     }
 
     /// Whether the etcd data directory is non-empty.
