@@ -76,7 +76,10 @@ pub async fn serve(args: ServeArgs, out: &Output) -> Result<(), CliError> {
     for n in lab.nodes() {
         out.info(
             &n.addr().to_string(),
-            &format!("simulated Talos {} node in maintenance mode", args.lab.talos_version),
+            &format!(
+                "simulated Talos {} node in maintenance mode",
+                args.lab.talos_version
+            ),
         );
     }
     out.info(
@@ -149,39 +152,78 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
     let creds = identity.credentials(&["os:admin"]).map_err(lab_err)?;
     let policy = CallPolicy::default();
     let mut phases: Vec<(&str, Duration)> = Vec::new();
-    out.info("demo", &format!("lab of {} simulated nodes ({} control planes), time scale {}", ips.len(), args.controlplanes, args.time_scale));
+    out.info(
+        "demo",
+        &format!(
+            "lab of {} simulated nodes ({} control planes), time scale {}",
+            ips.len(),
+            args.controlplanes,
+            args.time_scale
+        ),
+    );
 
     // 1. Classify every node from the TLS handshake; read its hardware.
     let t = Instant::now();
     for ip in &ips {
         let dial = Dial::parse(ip).map_err(talos)?;
-        let mode = probe_mode(&dial, Some(&creds), Duration::from_secs(5)).await.map_err(talos)?;
-        let c = TalosClient::connect(ip, TlsMode::Insecure { fingerprint: None }, policy).map_err(talos)?;
+        let mode = probe_mode(&dial, Some(&creds), Duration::from_secs(5))
+            .await
+            .map_err(talos)?;
+        let c = TalosClient::connect(ip, TlsMode::Insecure { fingerprint: None }, policy)
+            .map_err(talos)?;
         let version = match c.version().await {
             Ok(v) => v.tag,
             Err(e) => format!("n/a ({})", e.likely_cause()),
         };
         let disks = c.disks().await.map_err(talos)?;
-        let disk_list: Vec<String> = disks.iter().map(|d| format!("{} {} {}", d.name, d.spec.model, d.spec.serial)).collect();
-        out.info(ip, &format!("{} | Talos {version} | disks: {}", describe(&mode), disk_list.join("; ")));
+        let disk_list: Vec<String> = disks
+            .iter()
+            .map(|d| format!("{} {} {}", d.name, d.spec.model, d.spec.serial))
+            .collect();
+        out.info(
+            ip,
+            &format!(
+                "{} | Talos {version} | disks: {}",
+                describe(&mode),
+                disk_list.join("; ")
+            ),
+        );
     }
     phases.push(("probe", t.elapsed()));
 
     // 2. Apply configs in parallel over the insecure maintenance connection.
     let t = Instant::now();
     let applies = ips.iter().enumerate().map(|(i, ip)| {
-        let role = if i < args.controlplanes { "controlplane" } else { "worker" };
+        let role = if i < args.controlplanes {
+            "controlplane"
+        } else {
+            "worker"
+        };
         let config = identity.machine_config(&format!("node{}", i + 1), role, &endpoint);
         async move {
             let config = config.map_err(lab_err)?;
-            let c = TalosClient::connect(ip, TlsMode::Insecure { fingerprint: None }, policy).map_err(talos)?;
-            let r = c.apply_configuration(config.as_bytes(), ApplyMode::Auto, false).await.map_err(talos)?;
+            let c = TalosClient::connect(ip, TlsMode::Insecure { fingerprint: None }, policy)
+                .map_err(talos)?;
+            let r = c
+                .apply_configuration(config.as_bytes(), ApplyMode::Auto, false)
+                .await
+                .map_err(talos)?;
             Ok::<_, CliError>((ip.clone(), role, r))
         }
     });
     for r in futures::future::join_all(applies).await {
         let (ip, role, r) = r?;
-        out.info(&ip, &format!("applied {role} config: {}", if r.mode_details.is_empty() { "ok".into() } else { r.mode_details }));
+        out.info(
+            &ip,
+            &format!(
+                "applied {role} config: {}",
+                if r.mode_details.is_empty() {
+                    "ok".into()
+                } else {
+                    r.mode_details
+                }
+            ),
+        );
     }
     phases.push(("apply", t.elapsed()));
 
@@ -192,16 +234,22 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
         async move {
             let c = TalosClient::connect(ip, TlsMode::Mutual(creds), policy).map_err(talos)?;
             let mut last = String::new();
-            wait_for_status(&c, "running", Duration::from_secs(120), |s| s.stage == MachineStage::Running, |p| {
-                let line = match p {
-                    WaitProgress::Status(s) => s.summary(),
-                    WaitProgress::Away(e) => format!("away: {}", e.likely_cause()),
-                };
-                if line != last {
-                    out.info(ip, &line);
-                    last = line;
-                }
-            })
+            wait_for_status(
+                &c,
+                "running",
+                Duration::from_secs(120),
+                |s| s.stage == MachineStage::Running,
+                |p| {
+                    let line = match p {
+                        WaitProgress::Status(s) => s.summary(),
+                        WaitProgress::Away(e) => format!("away: {}", e.likely_cause()),
+                    };
+                    if line != last {
+                        out.info(ip, &line);
+                        last = line;
+                    }
+                },
+            )
             .await
             .map_err(|e| CliError::Failed(e.to_string()))?;
             Ok::<_, CliError>(())
@@ -214,13 +262,18 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
 
     // 4. Bootstrap etcd once, then watch the others join.
     let t = Instant::now();
-    let first = TalosClient::connect(&endpoint, TlsMode::Mutual(creds.clone()), policy).map_err(talos)?;
+    let first =
+        TalosClient::connect(&endpoint, TlsMode::Mutual(creds.clone()), policy).map_err(talos)?;
     first.bootstrap(false, false).await.map_err(talos)?;
     out.info(&endpoint, "etcd bootstrap requested");
     let cps = &ips[..args.controlplanes];
     for ip in cps {
         let c = first.for_node(ip);
-        let mut events = Box::pin(c.watch("etcd", "EtcdMembers.etcd.talos.dev", Some("local")).await.map_err(talos)?);
+        let mut events = Box::pin(
+            c.watch("etcd", "EtcdMembers.etcd.talos.dev", Some("local"))
+                .await
+                .map_err(talos)?,
+        );
         use futures::StreamExt;
         while let Some(ev) = events.next().await {
             if ev.map_err(talos)?.resource.is_some() {
@@ -232,9 +285,20 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
     phases.push(("etcd", t.elapsed()));
     let members = first.etcd_members(false).await.map_err(talos)?;
     for m in &members {
-        out.info(&endpoint, &format!("member {} {} {}", m.id_hex(), m.hostname, m.peer_urls.join(",")));
+        out.info(
+            &endpoint,
+            &format!(
+                "member {} {} {}",
+                m.id_hex(),
+                m.hostname,
+                m.peer_urls.join(",")
+            ),
+        );
     }
-    let again = first.for_node(&cps[cps.len() - 1]).bootstrap(false, false).await;
+    let again = first
+        .for_node(&cps[cps.len() - 1])
+        .bootstrap(false, false)
+        .await;
     if let Err(e) = again {
         if e.is_already_bootstrapped() {
             out.info(&cps[cps.len() - 1], "a second Bootstrap is refused: etcd data directory is not empty (exactly-once holds)");
@@ -245,13 +309,26 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
     let t = Instant::now();
     let kc = first.kubeconfig().await.map_err(talos)?;
     phases.push(("kubeconfig", t.elapsed()));
-    out.info(&endpoint, &format!("kubeconfig: {} bytes, context admin@demo", kc.len()));
+    out.info(
+        &endpoint,
+        &format!("kubeconfig: {} bytes, context admin@demo", kc.len()),
+    );
 
     out.info("demo", "phase timings:");
     for (name, d) in &phases {
-        out.info("demo", &format!("  {name:<14} {:>8.0} ms", d.as_secs_f64() * 1000.0));
+        out.info(
+            "demo",
+            &format!("  {name:<14} {:>8.0} ms", d.as_secs_f64() * 1000.0),
+        );
     }
-    out.info("demo", &format!("  {:<14} {:>8.0} ms", "total", started.elapsed().as_secs_f64() * 1000.0));
+    out.info(
+        "demo",
+        &format!(
+            "  {:<14} {:>8.0} ms",
+            "total",
+            started.elapsed().as_secs_f64() * 1000.0
+        ),
+    );
     lab.shutdown().await;
     Ok(())
 }
@@ -260,7 +337,9 @@ fn describe(mode: &NodeMode) -> &'static str {
     match mode {
         NodeMode::Maintenance => "maintenance",
         NodeMode::Configured { our_ca: Some(true) } => "configured (our CA)",
-        NodeMode::Configured { our_ca: Some(false) } => "configured with ANOTHER CA",
+        NodeMode::Configured {
+            our_ca: Some(false),
+        } => "configured with ANOTHER CA",
         NodeMode::Configured { our_ca: None } => "configured",
     }
 }

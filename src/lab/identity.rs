@@ -31,7 +31,11 @@ impl LabIdentity {
         Ok(Self {
             name: name.to_string(),
             os_ca: CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY)?,
-            k8s_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "kubernetes", CA_VALIDITY)?,
+            k8s_ca: CertificateAuthority::generate(
+                KeyAlgorithm::EcdsaP256,
+                "kubernetes",
+                CA_VALIDITY,
+            )?,
             etcd_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "etcd", CA_VALIDITY)?,
         })
     }
@@ -63,9 +67,18 @@ impl LabIdentity {
     }
 
     /// A minimal but complete machine config (v1alpha1 + HostnameConfig).
-    pub fn machine_config(&self, hostname: &str, machine_type: &str, endpoint_ip: &str) -> Result<String, PkiError> {
+    pub fn machine_config(
+        &self,
+        hostname: &str,
+        machine_type: &str,
+        endpoint_ip: &str,
+    ) -> Result<String, PkiError> {
         let ca = |c: &CertificateAuthority| -> Result<String, PkiError> {
-            Ok(format!("{{crt: {}, key: {}}}", b64(&c.pair.cert_pem), b64(&c.pair.key_pem()?)))
+            Ok(format!(
+                "{{crt: {}, key: {}}}",
+                b64(&c.pair.cert_pem),
+                b64(&c.pair.key_pem()?)
+            ))
         };
         Ok(format!(
             "version: v1alpha1\nmachine:\n  type: {machine_type}\n  token: abcdef.0123456789abcdef\n  ca: {os}\n  certSANs: []\n  install:\n    disk: /dev/sda\n    image: ghcr.io/siderolabs/installer:v1.13.9\n  network: {{}}\ncluster:\n  id: lab\n  secret: lab\n  clusterName: {name}\n  controlPlane:\n    endpoint: https://{endpoint_ip}:6443\n  ca: {k8s}\n  etcd:\n    ca: {etcd}\n---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: {hostname}\nauto: \"off\"\n",

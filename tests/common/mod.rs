@@ -23,7 +23,9 @@ impl TestCluster {
     }
 
     pub fn machine_config(&self, hostname: &str, machine_type: &str, endpoint_ip: &str) -> String {
-        self.0.machine_config(hostname, machine_type, endpoint_ip).unwrap()
+        self.0
+            .machine_config(hostname, machine_type, endpoint_ip)
+            .unwrap()
     }
 }
 
