@@ -1,7 +1,10 @@
 //! endsys-bootstrap: arguments in, library calls out.
 
 use clap::{Parser, Subcommand};
-use endsys_bootstrap::cli::{lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
+use std::path::PathBuf;
+
+use endsys_bootstrap::cli::{gen, lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
+use endsys_bootstrap::machineconfig::Vars;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -18,6 +21,18 @@ struct Cli {
 enum Command {
     /// Low-level Talos API calls (version, apply, bootstrap, members, …) for when things go wrong.
     Talos(talos_cmd::TalosArgs),
+    /// Generate secrets or machine configs from a talhelper cluster definition.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Check the cluster definition and the configs it renders (talosctl's metal checks,
+    /// cluster-level checks, the upstream schema). Changes nothing.
+    Validate {
+        #[command(flatten)]
+        args: gen::ValidateArgs,
+        /// age identity file for SOPS-encrypted secrets.
+        #[arg(long)]
+        age_key: Option<PathBuf>,
+    },
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -25,6 +40,21 @@ enum Command {
     Lab(LabCommand),
     /// The real `up` against simulated nodes on this machine, with a timing table.
     Demo(up::DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum GenCommand {
+    /// Create a new secrets bundle (refuses to overwrite one). A `*.sops.yaml` target is
+    /// encrypted for the recipients of the matching `.sops.yaml` creation rule.
+    Secrets(gen::GenSecretsArgs),
+    /// Render one machine config per node plus a talosconfig (files 0600).
+    Config {
+        #[command(flatten)]
+        args: gen::GenConfigArgs,
+        /// age identity file for SOPS-encrypted secrets [default: $SOPS_AGE_KEY_FILE, then ~/.config/sops/age/keys.txt].
+        #[arg(long)]
+        age_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +81,50 @@ fn main() {
     let result: Result<(), CliError> = runtime.block_on(async {
         match cli.command {
             Command::Talos(args) => talos_cmd::run(args, &out).await,
+            Command::Gen(GenCommand::Secrets(args)) => gen::run_gen_secrets_cli(&args).map(|p| {
+                out.result(
+                    "gen",
+                    "secrets",
+                    &format!("wrote {} (0600)", p.display()),
+                    serde_json::json!({"path": p}),
+                );
+            }),
+            Command::Gen(GenCommand::Config { args, age_key }) => {
+                let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
+                secrets.and_then(|s| {
+                    let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
+                        .map_err(|e| CliError::Config(Box::new(e)))?;
+                    for w in &report.warnings {
+                        out.warn("validate", &w.to_string());
+                    }
+                    for f in &report.files {
+                        out.result(
+                            "gen",
+                            "config",
+                            &format!("wrote {} (0600)", f.display()),
+                            serde_json::json!({"path": f}),
+                        );
+                    }
+                    Ok(())
+                })
+            }
+            Command::Validate { args, age_key } => {
+                let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
+                secrets.and_then(|s| {
+                    let findings = gen::run_validate(&args, &s, Vars::from_process_env())
+                        .map_err(|e| CliError::Config(Box::new(e)))?;
+                    for w in &findings {
+                        out.warn("validate", &w.to_string());
+                    }
+                    out.result(
+                        "validate",
+                        "validate",
+                        "definition and rendered configs are valid",
+                        serde_json::json!({"warnings": findings.len()}),
+                    );
+                    Ok(())
+                })
+            }
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Demo(args) => up::demo(args, &out).await,

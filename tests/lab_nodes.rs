@@ -374,11 +374,10 @@ async fn apply_config_reboots_into_mtls_with_roles() {
     let s = Secrets::new();
 
     // Record every state the node goes through.
-    let mut rx = node.watch_state();
+    let mut rx = node.transitions();
     let seen = tokio::spawn(async move {
-        let mut seen = vec![*rx.borrow_and_update()];
-        while rx.changed().await.is_ok() {
-            let st = *rx.borrow_and_update();
+        let mut seen = vec![];
+        while let Ok(st) = rx.recv().await {
             seen.push(st);
             if st == NodeState::Running {
                 break;
@@ -1181,5 +1180,79 @@ async fn delays_follow_the_time_scale() {
     assert!(lines.last().unwrap().ends_with(": OK"), "{lines:?}");
     assert!(b.has_etcd_data(), "second control plane joined");
     assert_eq!(lab.etcd().members().unwrap().len(), 2);
+    lab.shutdown().await;
+}
+
+#[tokio::test]
+async fn reimaged_control_plane_rejoins_and_quorum_matters() {
+    let lab = Lab::start(opts(10, 3, "v1.13.9")).await.unwrap();
+    let s = Secrets::new();
+    let nodes = lab.nodes().to_vec();
+    for (i, n) in nodes.iter().enumerate() {
+        apply(
+            n,
+            s.config("controlplane", &format!("cp-{i}"), nodes[0].ip()),
+        )
+        .await;
+    }
+    for n in &nodes {
+        wait_state(n, NodeState::Running).await;
+    }
+    mtls(&nodes[0], &s, &["os:admin"])
+        .await
+        .bootstrap(machine::BootstrapRequest::default())
+        .await
+        .unwrap();
+    for n in &nodes {
+        wait_etcd_member(n, &s).await;
+    }
+    let old_ids: Vec<u64> = lab.etcd().members().unwrap().iter().map(|m| m.id).collect();
+
+    // Reimage cp-2 without leaving etcd: its stale member stays until it rejoins.
+    nodes[2].set_reboot_delay(Duration::from_millis(200));
+    mtls(&nodes[2], &s, &["os:admin"])
+        .await
+        .reset(machine::ResetRequest {
+            graceful: false,
+            reboot: true,
+            system_partitions_to_wipe: ["STATE", "EPHEMERAL"]
+                .iter()
+                .map(|l| machine::ResetPartitionSpec {
+                    label: l.to_string(),
+                    wipe: true,
+                })
+                .collect(),
+            user_disks_to_wipe: vec![],
+            mode: 0,
+        })
+        .await
+        .unwrap();
+    wait_state(&nodes[2], NodeState::Rebooting).await;
+    wait_state(&nodes[2], NodeState::Maintenance).await;
+    assert_eq!(lab.etcd().members().unwrap().len(), 3, "stale member kept");
+    apply(&nodes[2], s.config("controlplane", "cp-2", nodes[0].ip())).await;
+    wait_state(&nodes[2], NodeState::Running).await;
+    wait_etcd_member(&nodes[2], &s).await;
+    let members = lab.etcd().members().unwrap();
+    assert_eq!(members.len(), 3, "stale member replaced, not duplicated");
+    let cp2 = members.iter().find(|m| m.name == "cp-2").unwrap();
+    assert!(!old_ids.contains(&cp2.id));
+
+    // Two of three down: no leader.
+    nodes[1].power_off().await;
+    nodes[2].power_off().await;
+    let err = mtls(&nodes[0], &s, &["os:reader"])
+        .await
+        .etcd_member_list(machine::EtcdMemberListRequest { query_local: true })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert_eq!(err.message(), "etcdserver: no leader");
+    // The local member still answers status and snapshots.
+    mtls(&nodes[0], &s, &["os:reader"])
+        .await
+        .etcd_status(())
+        .await
+        .unwrap();
     lab.shutdown().await;
 }

@@ -1,6 +1,7 @@
 //! The command-line face: argument types, output (text or NDJSON), exit codes.
 //! Everything here calls into the library; no behaviour lives here.
 
+pub mod gen;
 pub mod lab_cmd;
 pub mod talos_cmd;
 pub mod up;
@@ -71,6 +72,12 @@ pub enum CliError {
     /// A Talos call failed: exit 1, with cause and next action.
     #[error("{}", .0.explain())]
     Talos(Box<crate::talos::TalosError>),
+    /// Cluster definition, patches or secrets bundle problems (exit 2 for bad input).
+    #[error("{0}")]
+    Config(Box<crate::machineconfig::ConfigError>),
+    /// A SOPS file could not be read or written (keys, recipients, MAC): exit 2.
+    #[error("{0}")]
+    Sops(Box<crate::sops::SopsError>),
     /// Anything else that failed while acting: exit 1.
     #[error("{0}")]
     Failed(String),
@@ -79,7 +86,8 @@ pub enum CliError {
 impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Usage(_) => 2,
+            CliError::Usage(_) | CliError::Sops(_) => 2,
+            CliError::Config(e) => e.exit_code(),
             CliError::Talos(_) | CliError::Failed(_) => 1,
         }
     }

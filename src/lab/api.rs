@@ -231,6 +231,15 @@ impl LabApi {
         }
     }
 
+    /// Calls wrapped in `WithRequireLeader` fail without quorum.
+    fn require_leader(&self, uid: u64) -> Result<(), Status> {
+        if self.node.fabric.has_quorum(uid) {
+            Ok(())
+        } else {
+            Err(Status::unavailable("etcdserver: no leader"))
+        }
+    }
+
     fn with_cluster<R>(
         &self,
         uid: u64,
@@ -603,7 +612,13 @@ impl MachineService for LabApi {
             // A cluster of this secrets bundle already runs: this node would have
             // joined it moments later; the lab joins it now, so the answer is the
             // one every later Bootstrap gets.
-            if let Some(uid) = node.fabric.alive_cluster_for_key(&cfg.etcd_key) {
+            // Without quorum it could not join, and Talos would start a second
+            // cluster: so does the lab.
+            if let Some(uid) = node
+                .fabric
+                .alive_cluster_for_key(&cfg.etcd_key)
+                .filter(|uid| node.fabric.has_quorum(*uid))
+            {
                 node.join_now(uid);
                 node.commit();
                 return Err(Status::already_exists("etcd data directory is not empty"));
@@ -731,6 +746,7 @@ impl MachineService for LabApi {
                 .alive_cluster_for_key(&cfg.etcd_key)
                 .ok_or(e)?,
         };
+        self.require_leader(uid)?;
         let members = self.with_cluster(uid, |c| c.members.clone())?;
         Ok(Response::new(machine::EtcdMemberListResponse {
             messages: vec![machine::EtcdMembers {
@@ -765,6 +781,7 @@ impl MachineService for LabApi {
                 .alive_cluster_for_key(&cfg.etcd_key)
                 .ok_or(e)?,
         };
+        self.require_leader(uid)?;
         let removed = self.with_cluster(uid, |c| {
             let pos = c.members.iter().position(|m| m.id == id)?;
             let m = c.members.remove(pos);
@@ -807,7 +824,8 @@ impl MachineService for LabApi {
     ) -> Result<Response<machine::EtcdLeaveClusterResponse>, Status> {
         let info = self.gate(&request, "EtcdLeaveCluster")?;
         self.control_plane(&info, "etcd leave")?;
-        self.local_etcd()?;
+        let me = self.local_etcd()?;
+        self.require_leader(me.cluster_uid)?;
         self.node.leave_etcd();
         Ok(Response::new(machine::EtcdLeaveClusterResponse {
             messages: vec![machine::EtcdLeaveCluster { metadata: None }],
@@ -821,6 +839,7 @@ impl MachineService for LabApi {
         let info = self.gate(&request, "EtcdForfeitLeadership")?;
         self.control_plane(&info, "etcd forfeit leadership")?;
         let me = self.local_etcd()?;
+        self.require_leader(me.cluster_uid)?;
         let new_leader = self.with_cluster(me.cluster_uid, |c| {
             if c.leader != me.member_id {
                 return String::new();

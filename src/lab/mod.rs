@@ -255,6 +255,12 @@ impl LabNode {
         self.inner.state_tx.subscribe()
     }
 
+    /// Every state transition from now on, none coalesced (a `watch` only keeps
+    /// the latest, and at `time_scale` 0 some states last microseconds).
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<NodeState> {
+        self.inner.transitions_tx.subscribe()
+    }
+
     /// Hostname from the applied config, if any.
     pub fn hostname(&self) -> Option<String> {
         self.inner.config().and_then(|c| c.hostname.clone())

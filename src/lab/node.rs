@@ -120,6 +120,28 @@ impl Fabric {
             .find(|uid| store.get(*uid).is_some_and(|c| c.key == key))
     }
 
+    /// Whether more than half of the members of cluster `uid` run (a leader exists).
+    pub(crate) fn has_quorum(&self, uid: u64) -> bool {
+        let members: Vec<u64> = {
+            let store = self.etcd.lock().expect("etcd lock");
+            match store.get(uid) {
+                Some(c) => c.members.iter().map(|m| m.id).collect(),
+                None => return false,
+            }
+        };
+        let healthy = self
+            .nodes()
+            .iter()
+            .filter(|n| {
+                let d = n.data.lock().expect("data lock");
+                d.etcd
+                    .is_some_and(|m| m.cluster_uid == uid && members.contains(&m.member_id))
+                    && d.services.get("etcd").is_some_and(|s| s.state == "Running")
+            })
+            .count();
+        healthy * 2 > members.len()
+    }
+
     pub(crate) fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -224,6 +246,8 @@ pub(crate) struct NodeInner {
     pub v112: bool,
     pub fabric: Arc<Fabric>,
     pub state_tx: watch::Sender<NodeState>,
+    /// Every transition, none coalesced.
+    pub transitions_tx: broadcast::Sender<NodeState>,
     pub data: Mutex<NodeData>,
     pub drop_calls: AtomicUsize,
     pub wrong_ca: AtomicBool,
@@ -318,6 +342,7 @@ impl NodeInner {
             v112,
             fabric,
             state_tx,
+            transitions_tx: broadcast::channel(256).0,
             data: Mutex::new(NodeData {
                 config: None,
                 installed: false,
@@ -406,7 +431,10 @@ impl NodeInner {
     }
 
     fn set_state(&self, s: NodeState) {
-        self.state_tx.send_replace(s);
+        let old = self.state_tx.send_replace(s);
+        if old != s {
+            let _ = self.transitions_tx.send(s);
+        }
     }
 
     /// Records a machine event (flushed by [`Self::commit`]).
@@ -1083,7 +1111,10 @@ impl NodeInner {
             }
             cfg.etcd_key.clone()
         };
-        self.fabric.alive_cluster_for_key(&key)
+        // Joining needs a leader (MemberAddAsLearner with WithRequireLeader).
+        self.fabric
+            .alive_cluster_for_key(&key)
+            .filter(|uid| self.fabric.has_quorum(*uid))
     }
 
     /// Adds this node as a member of `uid` at once.
@@ -1093,6 +1124,9 @@ impl NodeInner {
         {
             let mut store = self.fabric.etcd.lock().expect("etcd lock");
             let Some(c) = store.get_mut(uid) else { return };
+            // As Talos' addMember: a member with this node's name is a stale copy of
+            // itself (data wiped) and is removed before joining.
+            c.members.retain(|m| m.name != info.name);
             c.members.push(info);
             c.raft_index += 1;
         }

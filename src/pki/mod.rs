@@ -143,13 +143,13 @@ impl PrivateKey {
 
     /// PEM with the standard `PRIVATE KEY` label (for rustls/tonic identities).
     pub fn to_pkcs8_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PRIVATE KEY", self.pkcs8_der.clone()))
+        pem_lf(&pem::Pem::new("PRIVATE KEY", self.pkcs8_der.clone()))
     }
 
     /// PEM in the form Talos writes: `ED25519 PRIVATE KEY` or SEC1 `EC PRIVATE KEY`.
     pub fn to_talos_pem(&self) -> Result<String, PkiError> {
         match self.algorithm {
-            KeyAlgorithm::Ed25519 => Ok(pem::encode(&pem::Pem::new(
+            KeyAlgorithm::Ed25519 => Ok(pem_lf(&pem::Pem::new(
                 "ED25519 PRIVATE KEY",
                 self.pkcs8_der.clone(),
             ))),
@@ -167,7 +167,7 @@ impl PrivateKey {
                     label: "EC PRIVATE KEY".into(),
                     reason: e.to_string(),
                 })?;
-                Ok(pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec())))
+                Ok(pem_lf(&pem::Pem::new("EC PRIVATE KEY", sec1.to_vec())))
             }
         }
     }
@@ -184,6 +184,14 @@ impl PrivateKey {
             reason: e.to_string(),
         })
     }
+}
+
+/// PEM with `\n` line endings, as Go writes it (the pem crate defaults to CRLF).
+fn pem_lf(block: &pem::Pem) -> String {
+    pem::encode_config(
+        block,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -288,7 +296,10 @@ impl CertificateAuthority {
         let kp = key.key_pair()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, org);
+        // Talos's front-proxy (aggregator) CA has an empty subject.
+        if !org.is_empty() {
+            dn.push(DnType::OrganizationName, org);
+        }
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -547,7 +558,7 @@ mod tests {
     fn garbage_is_rejected_with_the_source_named() {
         let err = PrivateKey::from_pem(b"not pem", "talosconfig key").unwrap_err();
         assert!(err.to_string().contains("talosconfig key"));
-        let rsa = pem::encode(&pem::Pem::new("RSA PRIVATE KEY", vec![1, 2, 3]));
+        let rsa = pem_lf(&pem::Pem::new("RSA PRIVATE KEY", vec![1, 2, 3]));
         let err = PrivateKey::from_pem(rsa.as_bytes(), "k").unwrap_err();
         assert!(matches!(err, PkiError::BadKey { .. }));
         let err = CertInfo::from_pem(

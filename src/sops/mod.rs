@@ -648,6 +648,18 @@ fn rfc3339_from_unix(secs: u64) -> String {
     )
 }
 
+/// True when the text is a SOPS-encrypted YAML file (its first document has a
+/// top-level `sops` mapping with a `mac`).
+pub fn is_sops_yaml(text: &str) -> bool {
+    let Some(doc) = serde_yaml_ng::Deserializer::from_str(text).next() else {
+        return false;
+    };
+    let Ok(value) = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc) else {
+        return false;
+    };
+    value.get("sops").and_then(|s| s.get("mac")).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,3 +776,4 @@ mod tests {
         assert_eq!(rfc3339_from_unix(951_782_400), "2000-02-29T00:00:00Z");
     }
 }
+
