@@ -13,7 +13,8 @@ use crate::lab::{Lab, LabOptions, NodeState};
 use super::error::FlowError;
 use super::events::{Emitter, StepId};
 use super::ledger::{percentile, Ledger};
-use super::source::{ClusterSource, Definition, DiskTarget, MemorySource, NodeDef};
+use super::source::{ClusterSource, Definition, DiskTarget, NodeDef};
+use super::talhelper::TalhelperSource;
 use super::up::{up, UpOptions, UpReport};
 
 /// Lab delays along `up`'s critical path, in seconds at time scale 1
@@ -119,6 +120,57 @@ pub fn lab_definition(lab: &Lab, controlplanes: usize, cluster: &str) -> Definit
     }
 }
 
+/// The lab as a talhelper `talconfig.yaml`, the format operators keep in git.
+pub fn lab_talconfig(def: &Definition, talos_version: &str) -> String {
+    let mut out = format!(
+        "# Written by `endsys-bootstrap demo`: {} simulated node(s) on loopback.\nclusterName: {}\ntalosVersion: {talos_version}\nkubernetesVersion: v1.35.0\nendpoint: {}\nnodes:\n",
+        def.nodes.len(),
+        def.cluster,
+        def.endpoint
+    );
+    for n in &def.nodes {
+        out.push_str(&format!(
+            "  - hostname: {}\n    ipAddress: {}\n    controlPlane: {}\n",
+            n.hostname, n.address, n.control_plane
+        ));
+        match &n.install_disk {
+            Some(DiskTarget::Selector(fields)) => {
+                out.push_str("    installDiskSelector:\n");
+                for (k, v) in fields {
+                    out.push_str(&format!("      {k}: \"{v}\"\n"));
+                }
+            }
+            Some(DiskTarget::Path(p)) => out.push_str(&format!("    installDisk: {p}\n")),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Writes `talconfig.yaml` and a fresh `talsecret.yaml` (0600) into `dir`.
+pub fn write_lab_files(
+    dir: &std::path::Path,
+    def: &Definition,
+    talos_version: &str,
+) -> Result<(PathBuf, PathBuf), FlowError> {
+    let local = |p: &std::path::Path, e: String| FlowError::Local {
+        path: p.display().to_string(),
+        detail: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| local(dir, e.to_string()))?;
+    let talconfig = dir.join("talconfig.yaml");
+    std::fs::write(&talconfig, lab_talconfig(def, talos_version))
+        .map_err(|e| local(&talconfig, e.to_string()))?;
+    let secrets = dir.join("talsecret.yaml");
+    if !secrets.exists() {
+        let bundle = crate::machineconfig::SecretsBundle::generate()
+            .map_err(|e| FlowError::Source(e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, bundle.to_yaml().as_bytes())
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
+    Ok((talconfig, secrets))
+}
+
 /// Records when each lab node enters each state (the lab's side of the lag).
 pub fn record_lab_transitions(lab: &Lab) -> Arc<Mutex<Vec<(usize, NodeState, Instant)>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -174,7 +226,10 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
             // Kept: the operator may want to look at the journal and kubeconfig.
             .keep(),
     };
-    let source = MemorySource::new(def.clone(), None);
+    let (talconfig, secrets) =
+        write_lab_files(&state_dir.join("talos"), &def, &opts.talos_version)?;
+    let mut source = TalhelperSource::new(&talconfig, &secrets);
+    source.vars = crate::machineconfig::Vars::default();
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
     uo.new_cluster = false;

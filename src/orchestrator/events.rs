@@ -224,7 +224,8 @@ pub trait EventSink: Send {
 /// Hands events to the synchronous sinks and the broadcast channel.
 #[derive(Clone)]
 pub struct Emitter {
-    started: Instant,
+    /// Start of the run (reset by `run_started`); `elapsed_ms` counts from here.
+    started: Arc<Mutex<Instant>>,
     tx: broadcast::Sender<Event>,
     sinks: Arc<Mutex<Vec<Box<dyn EventSink>>>>,
 }
@@ -245,7 +246,7 @@ impl Emitter {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(16 * 1024);
         Self {
-            started: Instant::now(),
+            started: Arc::new(Mutex::new(Instant::now())),
             tx,
             sinks: Arc::new(Mutex::new(Vec::new())),
         }
@@ -266,7 +267,7 @@ impl Emitter {
     }
 
     pub fn started(&self) -> Instant {
-        self.started
+        *self.started.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn emit(&self, step: StepId, node: Option<&str>, kind: EventKind) {
@@ -275,9 +276,12 @@ impl Emitter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        if matches!(kind, EventKind::RunStarted { .. }) {
+            *self.started.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        }
         let event = Event {
             ts_ms,
-            elapsed_ms: at.duration_since(self.started).as_millis() as u64,
+            elapsed_ms: at.duration_since(self.started()).as_millis() as u64,
             at,
             step,
             layer: step.layer().number(),

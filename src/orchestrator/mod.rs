@@ -19,6 +19,7 @@ pub mod journal;
 pub mod kubeconfig;
 pub mod ledger;
 pub mod source;
+pub mod talhelper;
 pub mod up;
 
 pub use error::FlowError;
