@@ -33,6 +33,10 @@ enum Command {
         #[arg(long)]
         age_key: Option<PathBuf>,
     },
+    /// From maintenance-mode nodes to a running cluster, resumable at any point.
+    Up(up::UpArgs),
+    /// Print what `up` would do now; changes nothing.
+    Plan(up::UpArgs),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -125,6 +129,8 @@ fn main() {
                     Ok(())
                 })
             }
+            Command::Up(args) => up::up(args, &out).await,
+            Command::Plan(args) => up::plan(args, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Demo(args) => up::demo(args, &out).await,

@@ -13,7 +13,8 @@ use super::{CliError, Output, OutputFormat};
 use crate::orchestrator::demo::{run_demo, DemoOptions};
 use crate::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
 use crate::orchestrator::ledger::Ledger;
-use crate::orchestrator::{journal, kubeconfig, FlowError};
+use crate::orchestrator::talhelper::TalhelperSource;
+use crate::orchestrator::{journal, kubeconfig, ClusterSource, FlowError};
 
 /// Which steps to run: everything (default), or stop after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +37,27 @@ impl Until {
             Until::Etcd => StepId::Kubeconfig,
             Until::Apiserver => StepId::Apiserver,
         }
+    }
+}
+
+/// `up` and `plan`: the cluster definition and how to run.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub definition: super::gen::DefinitionArgs,
+    /// age identity file for SOPS-encrypted secrets [default: $SOPS_AGE_KEY_FILE, then ~/.config/sops/age/keys.txt].
+    #[arg(long)]
+    pub age_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl UpArgs {
+    fn source(&self) -> TalhelperSource {
+        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets);
+        s.paths = self.definition.paths();
+        s.age_key = self.age_key.clone();
+        s
     }
 }
 
@@ -264,6 +286,81 @@ async fn bars(mut rx: broadcast::Receiver<Event>) {
 }
 
 // ---- verbs -------------------------------------------------------------------------
+
+pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
+    let source = args.source();
+    let def = source.definition().map_err(flow_error)?;
+    let opts = args.run.options(&def.cluster);
+    let em = Emitter::new();
+    let ledger = Ledger::new();
+    em.add_sink(ledger.sink());
+    let display = spawn_display(&em, out);
+    let result = crate::orchestrator::up(&source as &dyn ClusterSource, &opts, &em).await;
+    drop(em);
+    let _ = display.await;
+    let report = result.map_err(flow_error)?;
+    if out.format == OutputFormat::Text {
+        println!("{}", ledger.table());
+        println!("talosconfig: {}", report.talosconfig.display());
+        if let Some(k) = &report.kubeconfig {
+            println!(
+                "kubeconfig:  {}  (merge it: endsys-bootstrap kubeconfig --cluster {} --merge)",
+                k.display(),
+                def.cluster
+            );
+        }
+        println!(
+            "journal:     {}",
+            journal::Journal::path(&opts.state_dir).display()
+        );
+    }
+    Ok(())
+}
+
+pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
+    let source = args.source();
+    let def = source.definition().map_err(flow_error)?;
+    let opts = args.run.options(&def.cluster);
+    let items = crate::orchestrator::plan(&source as &dyn ClusterSource, &opts)
+        .await
+        .map_err(flow_error)?;
+    match out.format {
+        OutputFormat::Json => {
+            for i in &items {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "plan", "step": i.step, "layer": i.step.layer().number(), "node": i.node, "acts": i.acts, "action": i.action})
+                );
+            }
+        }
+        OutputFormat::Text => {
+            println!("plan for cluster {} (nothing changed):", def.cluster);
+            let mut last = None;
+            for i in &items {
+                if last != Some(i.step) {
+                    println!(
+                        "layer {} {}: {}",
+                        i.step.layer().number(),
+                        i.step.name(),
+                        i.step.describe()
+                    );
+                    last = Some(i.step);
+                }
+                let mark = if i.acts { "+" } else { "=" };
+                let node = i
+                    .node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default();
+                println!("  {mark} {node}{}", i.action);
+            }
+            println!("layers 2-5 (gitops, data services, security, applications): not driven by this version yet");
+            let n = items.iter().filter(|i| i.acts).count();
+            println!("{n} action(s) would change the cluster; `up` runs them.");
+        }
+    }
+    Ok(())
+}
 
 pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliError> {
     let dir = journal::state_dir(args.state_dir.as_deref(), &args.cluster);

@@ -13,7 +13,7 @@ use crate::lab::{Lab, LabOptions, NodeState};
 use super::error::FlowError;
 use super::events::{Emitter, StepId};
 use super::ledger::{percentile, Ledger};
-use super::source::{ClusterSource, Definition, DiskTarget, NodeDef};
+use super::source::{ClusterSource, Definition, DiskTarget, MemorySource, NodeDef};
 use super::talhelper::TalhelperSource;
 use super::up::{up, UpOptions, UpReport};
 
@@ -228,14 +228,29 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     };
     let (talconfig, secrets) =
         write_lab_files(&state_dir.join("talos"), &def, &opts.talos_version)?;
-    let mut source = TalhelperSource::new(&talconfig, &secrets);
-    source.vars = crate::machineconfig::Vars::default();
+    let mut files = TalhelperSource::new(&talconfig, &secrets);
+    files.vars = crate::machineconfig::Vars::default();
+    // The lab cannot run real worker configs yet (their machine.ca carries no key;
+    // real workers get the apid certificate from trustd). With workers, the demo
+    // renders minimal configs in memory instead; control planes use the real files.
+    let memory;
+    let source: &dyn ClusterSource = if opts.controlplanes < opts.nodes {
+        em.progress(
+            StepId::Preflight,
+            None,
+            "lab workers need minimal in-memory configs (the lab has no trustd yet)",
+        );
+        memory = MemorySource::new(def.clone(), None);
+        &memory
+    } else {
+        &files
+    };
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
     uo.new_cluster = false;
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
-    let report = up(&source as &dyn ClusterSource, &uo, em).await?;
+    let report = up(source, &uo, em).await?;
 
     let wall = ledger.wall().unwrap_or(report.duration);
     let mut lags = Vec::new();

@@ -1311,6 +1311,8 @@ pub async fn plan(
             "wait for kube-apiserver to serve TLS with the cluster CA".into()
         },
     ));
+    // Step order; nodes keep their definition order within a step.
+    items.sort_by_key(|i| i.step);
     Ok(items)
 }
 
