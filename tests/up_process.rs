@@ -10,6 +10,9 @@ use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
 use endsys_bootstrap::orchestrator::demo::{lab_definition, lab_talconfig};
 use serde_json::Value;
 
+/// A named kill point: SIGKILL on the first event line it matches.
+type KillPoint = (&'static str, fn(&Value) -> bool);
+
 const SECRETS: &str = "tests/fixtures/machineconfig/secrets.yaml";
 
 async fn lab(subnet: u8, nodes: usize, cps: usize, scale: f64) -> Lab {
@@ -177,7 +180,7 @@ async fn ndjson_events_cover_every_step_node_and_timing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn process_killed_at_step_boundaries_converges_with_one_bootstrap() {
-    let points: [(&str, fn(&Value) -> bool); 5] = [
+    let points: [KillPoint; 5] = [
         ("preflight finished", |v| {
             is(v, "step_finished", "preflight")
         }),
@@ -220,7 +223,7 @@ async fn process_killed_at_step_boundaries_converges_with_one_bootstrap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_cluster_per_kill_point_converges() {
     // Each boundary on its own fresh cluster: the kill is the only interruption.
-    let points: [(&str, fn(&Value) -> bool); 3] = [
+    let points: [KillPoint; 3] = [
         ("apply finished", |v| is(v, "step_finished", "apply")),
         ("calling Bootstrap", |v| {
             v["event"] == "progress" && v["message"] == "calling Bootstrap"
