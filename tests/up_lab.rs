@@ -382,3 +382,22 @@ async fn plan_shows_what_up_would_do_and_changes_nothing() {
     assert_eq!(lab.apply_calls(), 3);
     assert_eq!(lab.bootstrap_calls(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_node_is_named_and_nothing_is_applied() {
+    let lab = lab(146, 3).await;
+    lab.nodes()[1].power_off().await;
+    let src = MemorySource::new(lab_definition(&lab, 3, "down"), None);
+    let dir = tempfile::tempdir().unwrap();
+    let (r, events) = run(&src, &options(dir.path())).await;
+    let e = r.unwrap_err();
+    let text = e.explain();
+    assert!(
+        text.contains("cp2 (127.0.146.12)") && text.contains("unreachable"),
+        "{text}"
+    );
+    assert!(text.contains("power the nodes on"), "{text}");
+    assert_eq!(lab.apply_calls(), 0);
+    assert!(events.iter().any(|e| e.node.as_deref() == Some("cp2")
+        && matches!(&e.kind, EventKind::NodeState { state } if state.starts_with("unreachable"))));
+}

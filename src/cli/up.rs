@@ -99,6 +99,9 @@ pub struct DemoArgs {
     /// Third octet of the lab's loopback addresses (127.0.N.11 and up).
     #[arg(long, default_value_t = 0)]
     pub subnet: u8,
+    /// Use a copy of this (plain) secrets bundle instead of generating one.
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
 }
 
 /// Shared options of `up`-like runs.
@@ -419,6 +422,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
         talos_version: args.talos_version,
         first_ip: std::net::Ipv4Addr::new(127, 0, args.subnet, 11),
         state_dir: args.state_dir,
+        secrets_from: args.secrets,
         ..DemoOptions::default()
     };
     if out.format == OutputFormat::Text {

@@ -32,6 +32,8 @@ pub struct DemoOptions {
     /// Keep the state here instead of a temporary directory.
     pub state_dir: Option<PathBuf>,
     pub until: StepId,
+    /// Copy this secrets bundle instead of generating one (RSA-4096 takes seconds).
+    pub secrets_from: Option<PathBuf>,
 }
 
 impl Default for DemoOptions {
@@ -45,6 +47,7 @@ impl Default for DemoOptions {
             state_dir: None,
             // The lab has no Kubernetes API yet (next issue): stop after etcd + kubeconfig.
             until: StepId::Kubeconfig,
+            secrets_from: None,
         }
     }
 }
@@ -152,6 +155,7 @@ pub fn write_lab_files(
     dir: &std::path::Path,
     def: &Definition,
     talos_version: &str,
+    secrets_from: Option<&std::path::Path>,
 ) -> Result<(PathBuf, PathBuf), FlowError> {
     let local = |p: &std::path::Path, e: String| FlowError::Local {
         path: p.display().to_string(),
@@ -162,6 +166,11 @@ pub fn write_lab_files(
     std::fs::write(&talconfig, lab_talconfig(def, talos_version))
         .map_err(|e| local(&talconfig, e.to_string()))?;
     let secrets = dir.join("talsecret.yaml");
+    if let (false, Some(from)) = (secrets.exists(), secrets_from) {
+        let text = std::fs::read(from).map_err(|e| local(from, e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, &text)
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
     if !secrets.exists() {
         let bundle = crate::machineconfig::SecretsBundle::generate()
             .map_err(|e| FlowError::Source(e.to_string()))?;
@@ -226,8 +235,12 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
             // Kept: the operator may want to look at the journal and kubeconfig.
             .keep(),
     };
-    let (talconfig, secrets) =
-        write_lab_files(&state_dir.join("talos"), &def, &opts.talos_version)?;
+    let (talconfig, secrets) = write_lab_files(
+        &state_dir.join("talos"),
+        &def,
+        &opts.talos_version,
+        opts.secrets_from.as_deref(),
+    )?;
     let mut files = TalhelperSource::new(&talconfig, &secrets);
     files.vars = crate::machineconfig::Vars::default();
     // The lab cannot run real worker configs yet (their machine.ca carries no key;

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tonic::Code;
 
 use crate::talos::resources::MachineStage;
-use crate::talos::wait::{wait_for_status, WaitError, WaitProgress};
+use crate::talos::wait::WaitProgress;
 use crate::talos::{
     probe_mode, ApplyMode, CallPolicy, Credentials, Dial, NodeMode, TalosClient, TalosError,
     TlsFailure, TlsMode,
@@ -624,47 +624,27 @@ async fn wait_node_running(run: &Run<'_>, n: &NodeDef) -> Result<Outcome, FlowEr
         Some(&n.hostname),
         format!("{} to run its config", n.label()),
     );
-    let status = wait_for_status(
-        &c,
-        "running",
-        run.opts.node_deadline,
-        |s| s.stage == MachineStage::Running,
-        |p| {
-            let now = match &p {
-                WaitProgress::Status(s) => s.summary(),
-                WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
-            };
-            if first_seen.is_none() {
-                first_seen = Some(now.clone());
+    let status = watch_until_running(&c, run.opts.node_deadline, |p| {
+        let now = match &p {
+            WaitProgress::Status(s) => s.summary(),
+            WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
+        };
+        if first_seen.is_none() {
+            first_seen = Some(now.clone());
+        }
+        if now != last {
+            match &p {
+                WaitProgress::Status(_) => em.node_state(step, &n.hostname, now.clone()),
+                WaitProgress::Away(_) => em.waiting(
+                    step,
+                    Some(&n.hostname),
+                    format!("{} to come back ({now})", n.label()),
+                ),
             }
-            if now != last {
-                match &p {
-                    WaitProgress::Status(_) => em.node_state(step, &n.hostname, now.clone()),
-                    WaitProgress::Away(_) => em.waiting(
-                        step,
-                        Some(&n.hostname),
-                        format!("{} to come back ({now})", n.label()),
-                    ),
-                }
-                last = now;
-            }
-        },
-    )
-    .await
-    .map_err(|e| match e {
-        WaitError::Timeout {
-            node,
-            wanted,
-            after,
-            last,
-        } => FlowError::Timeout {
-            node,
-            what: wanted,
-            after,
-            last,
-        },
-        WaitError::Fatal(e) => FlowError::Talos(e),
-    })?;
+            last = now;
+        }
+    })
+    .await?;
     em.timing(step, Some(&n.hostname), "node_running", t0.elapsed());
     if first_seen.as_deref() == Some("running") {
         Ok(Outcome::Skipped {
@@ -674,6 +654,72 @@ async fn wait_node_running(run: &Run<'_>, n: &NodeDef) -> Result<Outcome, FlowEr
         Ok(Outcome::Done {
             detail: status.summary(),
         })
+    }
+}
+
+/// Follows MachineStatus over a COSI Watch until the stage is `running`. While the
+/// node is away (installing, rebooting, apid restarting with its new certificate)
+/// it reconnects at most [`POLL`] apart, so a node that comes back is seen within
+/// a quarter second (`talos::wait` caps at 1 s; the lag target here is 250 ms p95).
+async fn watch_until_running<P>(
+    client: &TalosClient,
+    deadline: Duration,
+    mut progress: P,
+) -> Result<crate::talos::resources::MachineStatus, FlowError>
+where
+    P: FnMut(WaitProgress),
+{
+    let started = Instant::now();
+    let once = client.with_policy(client.policy().once());
+    let mut last = String::from("nothing yet");
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let remaining = deadline.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(FlowError::Timeout {
+                node: client.label().to_string(),
+                what: "running".into(),
+                after: started.elapsed(),
+                last,
+            });
+        }
+        let attempt = tokio::time::timeout(remaining, async {
+            let mut stream = Box::pin(once.watch_machine_status().await?);
+            while let Some(item) = stream.next().await {
+                let status = item?;
+                last = status.summary();
+                let done = status.stage == MachineStage::Running;
+                progress(WaitProgress::Status(status.clone()));
+                if done {
+                    return Ok(Some(status));
+                }
+            }
+            Ok::<_, TalosError>(None) // stream ended: the node went away
+        })
+        .await;
+        match attempt {
+            Err(_) => continue,
+            Ok(Ok(Some(status))) => return Ok(status),
+            Ok(Ok(None)) => pause = Duration::from_millis(25),
+            Ok(Err(e)) => {
+                let waitable = e.is_transient()
+                    || matches!(
+                        e.root(),
+                        TalosError::Tls {
+                            kind: TlsFailure::UnknownAuthority | TlsFailure::Other,
+                            ..
+                        }
+                    )
+                    || matches!(e.code(), Some(Code::NotFound | Code::Unimplemented));
+                if !waitable {
+                    return Err(e.into());
+                }
+                last = e.to_string();
+                progress(WaitProgress::Away(e));
+            }
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_sub(started.elapsed()))).await;
+        pause = (pause * 2).min(POLL);
     }
 }
 
