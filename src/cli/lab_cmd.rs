@@ -10,7 +10,7 @@ use clap::Args;
 use super::{CliError, Output};
 use crate::lab::identity::{admin_talosconfig, LabIdentity};
 use crate::lab::{Lab, LabOptions, NodeState};
-use crate::talos::resources::MachineStage;
+use crate::talos::resources::{MachineStage, WatchEventKind};
 use crate::talos::wait::{wait_for_status, WaitProgress};
 use crate::talos::{probe_mode, ApplyMode, CallPolicy, Dial, NodeMode, TalosClient, TlsMode};
 
@@ -276,7 +276,9 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
         );
         use futures::StreamExt;
         while let Some(ev) = events.next().await {
-            if ev.map_err(talos)?.resource.is_some() {
+            let ev = ev.map_err(talos)?;
+            // A missing resource first arrives as a DESTROYED tombstone.
+            if matches!(ev.kind, WatchEventKind::Created | WatchEventKind::Updated) {
                 out.info(ip, "joined etcd");
                 break;
             }

@@ -1117,11 +1117,23 @@ pub(crate) fn status_to_error(node: &str, rpc: &'static str, status: Status) -> 
         }
         src = e.source();
     }
+    let message = status.message();
+    if status.code() == Code::Unknown
+        && (message.contains("h2 protocol error") || message.contains("error reading a body"))
+    {
+        // The node dropped the HTTP/2 connection under the call.
+        return TalosError::Connect {
+            node: node.to_string(),
+            addr: String::new(),
+            refused: false,
+            detail: format!("connection closed by the node during {rpc}: {message}"),
+        };
+    }
     TalosError::Rpc {
         node: node.to_string(),
         rpc,
         code: status.code(),
-        message: status.message().to_string(),
+        message: message.to_string(),
     }
 }
 

@@ -477,3 +477,17 @@ pub async fn probe_mode(
         Err(e) => Err(e),
     }
 }
+
+/// One TCP + TLS handshake in the given mode, then close. Returns whether the
+/// node asked for a client certificate. Used for probes and to time handshakes.
+pub async fn handshake(
+    dial_to: &Dial,
+    tls: &TlsMode,
+    timeout: Duration,
+) -> Result<bool, TalosError> {
+    let asked = Arc::new(AtomicBool::new(false));
+    let config = Arc::new(client_config(tls, asked.clone())?);
+    let stream = dial(dial_to, &dial_to.server_name, config, &asked, timeout).await?;
+    drop(stream);
+    Ok(asked.load(Ordering::SeqCst))
+}

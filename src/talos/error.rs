@@ -134,6 +134,9 @@ impl TalosError {
             TalosError::Connect { refused: true, .. } => {
                 "the node is not listening on 50000: it is rebooting, installing, powered off, or the address is wrong".into()
             }
+            TalosError::Connect { detail, .. } if detail.contains("closed") || detail.contains("lost") => {
+                "the node dropped the connection: it is rebooting or restarting its API (expected right after an apply, reboot or reset)".into()
+            }
             TalosError::Connect { .. } => "the node is unreachable from here (network, firewall, wrong address)".into(),
             TalosError::Tls { kind, .. } => match kind {
                 TlsFailure::UnknownAuthority => "the node's certificate is not from our CA: it has not rebooted into its config yet (still in maintenance or installing), or it was configured from a different secrets bundle".into(),
