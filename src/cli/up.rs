@@ -303,6 +303,7 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let _ = display.await;
     let report = result.map_err(flow_error)?;
     if out.format == OutputFormat::Text {
+        eprintln!();
         println!("{}", ledger.table());
         println!("talosconfig: {}", report.talosconfig.display());
         if let Some(k) = &report.kubeconfig {
@@ -441,6 +442,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
     let report = result.map_err(flow_error)?;
     match out.format {
         OutputFormat::Text => {
+            eprintln!();
             println!("{}", report.summary());
             println!("state kept in {}", report.state_dir.display());
         }
