@@ -401,3 +401,26 @@ async fn unreachable_node_is_named_and_nothing_is_applied() {
     assert!(events.iter().any(|e| e.node.as_deref() == Some("cp2")
         && matches!(&e.kind, EventKind::NodeState { state } if state.starts_with("unreachable"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talos_1_12_nodes_come_up_too() {
+    // 1.12 maintenance is a separate server without Version: classification is by
+    // TLS handshake only, applies use AUTO.
+    let lab = Lab::start(LabOptions {
+        nodes: 3,
+        controlplanes: 3,
+        first_ip: std::net::Ipv4Addr::new(127, 0, 147, 11),
+        port: 50000,
+        talos_version: "v1.12.6".into(),
+        time_scale: 0.0,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let src = MemorySource::new(lab_definition(&lab, 3, "old"), None);
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _) = run(&src, &options(dir.path())).await;
+    r.unwrap_or_else(|e| panic!("{}", e.explain()));
+    assert_eq!(lab.bootstrap_calls(), 1);
+    assert_eq!(etcd_member_count(&src, "127.0.147.11").await, 3);
+}
