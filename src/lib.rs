@@ -7,11 +7,13 @@
 //! - [`sops`]: SOPS files encrypted with age, in process.
 //! - [`talos`]: the Talos machine API: generated types, client, talosconfig.
 //! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
+//! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
 //! - [`cli`]: argument types and output for the binary.
 
 pub mod cli;
 pub mod lab;
 pub mod machineconfig;
+pub mod orchestrator;
 pub mod pki;
 pub mod sops;
 pub mod talos;

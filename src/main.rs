@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use endsys_bootstrap::cli::{gen, lab_cmd, talos_cmd, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{gen, lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
 use endsys_bootstrap::machineconfig::Vars;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
@@ -33,11 +33,17 @@ enum Command {
         #[arg(long)]
         age_key: Option<PathBuf>,
     },
+    /// From maintenance-mode nodes to a running cluster, resumable at any point.
+    Up(up::UpArgs),
+    /// Print what `up` would do now; changes nothing.
+    Plan(up::UpArgs),
+    /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
+    Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
     #[command(subcommand)]
     Lab(LabCommand),
-    /// Walk the Talos API calls of a bootstrap against a fresh lab, with timings.
-    Demo(lab_cmd::LabArgs),
+    /// The real `up` against simulated nodes on this machine, with a timing table.
+    Demo(up::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +65,9 @@ enum GenCommand {
 enum LabCommand {
     /// Run simulated nodes (127.0.0.11, .12, …) until Ctrl-C.
     Serve(lab_cmd::ServeArgs),
+    /// Walk the raw Talos API calls of a bootstrap (probe, apply, wait for mTLS,
+    /// bootstrap, members, kubeconfig) against a fresh lab, one by one, with timings.
+    Walkthrough(lab_cmd::LabArgs),
 }
 
 fn main() {
@@ -123,8 +132,12 @@ fn main() {
                     Ok(())
                 })
             }
+            Command::Up(args) => up::up(args, &out).await,
+            Command::Plan(args) => up::plan(args, &out).await,
+            Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
-            Command::Demo(args) => lab_cmd::demo(args, &out).await,
+            Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,
+            Command::Demo(args) => up::demo(args, &out).await,
         }
     });
     if let Err(e) = result {

@@ -21,6 +21,10 @@ fn every_verb_has_help() {
         &["gen", "config"],
         &["validate"],
         &["lab", "serve"],
+        &["lab", "walkthrough"],
+        &["up"],
+        &["plan"],
+        &["kubeconfig"],
         &["demo"],
     ];
     for v in verbs {

@@ -552,6 +552,9 @@ impl MachineService for LabApi {
         &self,
         request: Request<machine::ApplyConfigurationRequest>,
     ) -> Result<Response<machine::ApplyConfigurationResponse>, Status> {
+        if !request.get_ref().dry_run {
+            self.node.fabric.apply_calls.fetch_add(1, Ordering::SeqCst);
+        }
         let info = self.gate(&request, "ApplyConfiguration")?;
         if self
             .node
@@ -572,6 +575,10 @@ impl MachineService for LabApi {
         &self,
         request: Request<machine::BootstrapRequest>,
     ) -> Result<Response<machine::BootstrapResponse>, Status> {
+        self.node
+            .fabric
+            .bootstrap_calls
+            .fetch_add(1, Ordering::SeqCst);
         let info = self.gate(&request, "Bootstrap")?;
         let req = request.into_inner();
         let node = &self.node;

@@ -128,6 +128,8 @@ impl Lab {
             nodes: Mutex::new(Vec::new()),
             changed,
             time_scale: opts.time_scale,
+            bootstrap_calls: Default::default(),
+            apply_calls: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -200,6 +202,16 @@ impl Lab {
     /// bootstrapped, on the config's control-plane endpoint).
     pub fn kube(&self) -> kube::KubeLab {
         self.kube.clone()
+    }
+
+    /// How many Bootstrap calls reached any node of this lab (accepted or refused).
+    pub fn bootstrap_calls(&self) -> usize {
+        self.fabric.bootstrap_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many ApplyConfiguration calls (dry runs excluded) reached any node.
+    pub fn apply_calls(&self) -> usize {
+        self.fabric.apply_calls.load(Ordering::SeqCst)
     }
 
     /// The simulated etcd key-value store.

@@ -69,6 +69,10 @@ pub(crate) struct Fabric {
     /// Bumped on any change of any node (HealthCheck follows it).
     pub changed: watch::Sender<u64>,
     pub time_scale: f64,
+    /// Every Bootstrap RPC that reached a node's handler (tests assert exactly-once).
+    pub bootstrap_calls: std::sync::atomic::AtomicUsize,
+    /// Every non-dry-run ApplyConfiguration that reached a node's handler.
+    pub apply_calls: std::sync::atomic::AtomicUsize,
 }
 
 impl Fabric {

@@ -1,0 +1,462 @@
+//! `up`, `plan`, `kubeconfig` and `demo`: arguments, the progress display and the
+//! NDJSON stream. Everything else lives in [`crate::orchestrator`].
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::broadcast;
+
+use super::{CliError, Output, OutputFormat};
+use crate::orchestrator::demo::{run_demo, DemoOptions};
+use crate::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
+use crate::orchestrator::ledger::Ledger;
+use crate::orchestrator::talhelper::TalhelperSource;
+use crate::orchestrator::{journal, kubeconfig, ClusterSource, FlowError};
+
+/// Which steps to run: everything (default), or stop after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Until {
+    /// Stop after configs are applied.
+    Apply,
+    /// Stop once every node runs its config.
+    Configured,
+    /// Stop after etcd quorum and the kubeconfig fetch; kube-apiserver is not waited for.
+    Etcd,
+    /// Everything, including kube-apiserver serving.
+    Apiserver,
+}
+
+impl Until {
+    pub fn last_step(self) -> StepId {
+        match self {
+            Until::Apply => StepId::Apply,
+            Until::Configured => StepId::WaitConfigured,
+            Until::Etcd => StepId::Kubeconfig,
+            Until::Apiserver => StepId::Apiserver,
+        }
+    }
+}
+
+/// `up` and `plan`: the cluster definition and how to run.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub definition: super::gen::DefinitionArgs,
+    /// age identity file for SOPS-encrypted secrets [default: $SOPS_AGE_KEY_FILE, then ~/.config/sops/age/keys.txt].
+    #[arg(long)]
+    pub age_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl UpArgs {
+    fn source(&self) -> TalhelperSource {
+        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets);
+        s.paths = self.definition.paths();
+        s.age_key = self.age_key.clone();
+        s
+    }
+}
+
+/// `kubeconfig`: print where the admin kubeconfig is, or merge it.
+#[derive(Debug, clap::Args)]
+pub struct KubeconfigArgs {
+    /// Cluster name (the state directory's last component).
+    #[arg(long)]
+    pub cluster: String,
+    /// State directory (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Merge into ~/.kube/config (or --into) with context admin@<cluster>; idempotent.
+    #[arg(long)]
+    pub merge: bool,
+    /// Target of --merge.
+    #[arg(long, requires = "merge")]
+    pub into: Option<PathBuf>,
+}
+
+/// `demo`: the whole flow against simulated nodes on this machine.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// How many of them are control planes.
+    #[arg(long, default_value_t = 3)]
+    pub controlplanes: usize,
+    /// Multiplies every lab delay (1 ≈ real hardware in proportion; 0 = none).
+    #[arg(long, default_value_t = 1.5)]
+    pub time_scale: f64,
+    /// Talos version the simulated nodes emulate (v1.12.x or v1.13.x).
+    #[arg(long, default_value = "v1.13.9")]
+    pub talos_version: String,
+    /// Keep the state (journal, talosconfig, kubeconfig) here instead of a temp dir.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Third octet of the lab's loopback addresses (127.0.N.11 and up).
+    #[arg(long, default_value_t = 0)]
+    pub subnet: u8,
+    /// Use a copy of this (plain) secrets bundle instead of generating one.
+    #[arg(long)]
+    pub secrets: Option<PathBuf>,
+}
+
+/// Shared options of `up`-like runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Journal, talosconfig and kubeconfig directory
+    /// (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Allow generating a new secrets bundle although nodes already serve a CA.
+    #[arg(long)]
+    pub new_cluster: bool,
+    /// Stop after this stage. `etcd` skips waiting for kube-apiserver (reported, never silent).
+    #[arg(long, value_enum, default_value_t = Until::Apiserver)]
+    pub until: Until,
+    /// Per-node deadline from apply to running, in seconds.
+    #[arg(long, default_value_t = 1200)]
+    pub node_timeout: u64,
+}
+
+impl RunArgs {
+    pub fn options(&self, cluster: &str) -> crate::orchestrator::UpOptions {
+        let dir = journal::state_dir(self.state_dir.as_deref(), cluster);
+        let mut o = crate::orchestrator::UpOptions::new(dir);
+        o.new_cluster = self.new_cluster;
+        o.until = self.until.last_step();
+        o.node_deadline = Duration::from_secs(self.node_timeout);
+        o
+    }
+}
+
+pub fn flow_error(e: FlowError) -> CliError {
+    if e.is_input_error() {
+        CliError::Usage(e.explain())
+    } else {
+        CliError::Failed(e.explain())
+    }
+}
+
+// ---- display ---------------------------------------------------------------------
+
+/// Renders the event stream: NDJSON lines, an indicatif display on a terminal, or
+/// plain lines otherwise. Ends when the emitter is dropped.
+pub fn spawn_display(em: &Emitter, out: &Output) -> tokio::task::JoinHandle<()> {
+    let rx = em.subscribe();
+    let format = out.format;
+    let tty = std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        match format {
+            OutputFormat::Json => json_lines(rx).await,
+            OutputFormat::Text if tty => bars(rx).await,
+            OutputFormat::Text => plain(rx).await,
+        }
+    })
+}
+
+async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
+    loop {
+        match rx.recv().await {
+            Ok(e) => return Some(e),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
+}
+
+async fn json_lines(mut rx: broadcast::Receiver<Event>) {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    while let Some(e) = next(&mut rx).await {
+        let mut lock = stdout.lock();
+        let _ = writeln!(lock, "{}", e.to_json_line());
+        let _ = lock.flush();
+    }
+}
+
+fn outcome_text(o: &Outcome) -> String {
+    match o {
+        Outcome::Done { detail } => format!("done: {detail}"),
+        Outcome::Skipped { reason } => format!("skipped: {reason}"),
+        Outcome::Failed { error, .. } => format!("FAILED: {error}"),
+    }
+}
+
+async fn plain(mut rx: broadcast::Receiver<Event>) {
+    let mut last_wait: BTreeMap<Option<String>, String> = BTreeMap::new();
+    while let Some(e) = next(&mut rx).await {
+        let who = e.node.clone().map(|n| format!(" {n}")).unwrap_or_default();
+        let t = e.elapsed_ms as f64 / 1000.0;
+        let line = match &e.kind {
+            EventKind::StepStarted { description } if e.node.is_none() => Some(format!(
+                "[{t:7.2}s] layer {} {}: {description}",
+                e.layer,
+                e.step.name()
+            )),
+            EventKind::StepFinished {
+                outcome,
+                duration_ms,
+            } => Some(format!(
+                "[{t:7.2}s] {}{who}: {} ({:.2}s)",
+                e.step.name(),
+                outcome_text(outcome),
+                *duration_ms as f64 / 1000.0
+            )),
+            EventKind::Waiting { what } => {
+                if last_wait.get(&e.node) == Some(what) {
+                    None
+                } else {
+                    last_wait.insert(e.node.clone(), what.clone());
+                    Some(format!(
+                        "[{t:7.2}s] {}{who}: waiting for {what}",
+                        e.step.name()
+                    ))
+                }
+            }
+            EventKind::NodeState { state } => {
+                Some(format!("[{t:7.2}s] {}{who}: {state}", e.step.name()))
+            }
+            EventKind::Progress { message } => {
+                Some(format!("[{t:7.2}s] {}{who}: {message}", e.step.name()))
+            }
+            EventKind::Decision { key, value } => {
+                Some(format!("[{t:7.2}s] {}: {key} = {value}", e.step.name()))
+            }
+            _ => None,
+        };
+        if let Some(l) = line {
+            eprintln!("{l}");
+        }
+    }
+}
+
+async fn bars(mut rx: broadcast::Receiver<Event>) {
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{spinner} {prefix:<22} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let layer = multi.add(ProgressBar::new_spinner());
+    layer.set_style(style.clone());
+    layer.set_prefix("layer 1 foundation");
+    layer.enable_steady_tick(Duration::from_millis(120));
+    let mut nodes: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    while let Some(e) = next(&mut rx).await {
+        let bar = match &e.node {
+            None => layer.clone(),
+            Some(n) => nodes
+                .entry(n.clone())
+                .or_insert_with(|| {
+                    let b = multi.add(ProgressBar::new_spinner());
+                    b.set_style(style.clone());
+                    b.set_prefix(format!("  {n}"));
+                    b.enable_steady_tick(Duration::from_millis(120));
+                    b
+                })
+                .clone(),
+        };
+        match &e.kind {
+            EventKind::StepStarted { description } if e.node.is_none() => {
+                bar.set_message(format!("{}: {description}", e.step.name()))
+            }
+            EventKind::StepFinished { outcome, .. } => {
+                let msg = format!("{}: {}", e.step.name(), outcome_text(outcome));
+                if e.node.is_none() {
+                    let _ = multi.println(format!("layer {} {msg}", e.layer));
+                }
+                bar.set_message(msg);
+            }
+            EventKind::Waiting { what } => {
+                bar.set_message(format!("{}: waiting for {what}", e.step.name()))
+            }
+            EventKind::NodeState { state } => {
+                bar.set_message(format!("{}: {state}", e.step.name()))
+            }
+            EventKind::Progress { message } => {
+                bar.set_message(format!("{}: {message}", e.step.name()))
+            }
+            EventKind::RunFinished { ok, .. } => {
+                layer.finish_with_message(if *ok { "done" } else { "failed" });
+                for b in nodes.values() {
+                    b.finish();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---- verbs -------------------------------------------------------------------------
+
+pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
+    let source = args.source();
+    let def = source.definition().map_err(flow_error)?;
+    let opts = args.run.options(&def.cluster);
+    let em = Emitter::new();
+    let ledger = Ledger::new();
+    em.add_sink(ledger.sink());
+    let display = spawn_display(&em, out);
+    let result = crate::orchestrator::up(&source as &dyn ClusterSource, &opts, &em).await;
+    drop(em);
+    let _ = display.await;
+    let report = result.map_err(flow_error)?;
+    if out.format == OutputFormat::Text {
+        eprintln!();
+        println!("{}", ledger.table());
+        println!("talosconfig: {}", report.talosconfig.display());
+        if let Some(k) = &report.kubeconfig {
+            println!(
+                "kubeconfig:  {}  (merge it: endsys-bootstrap kubeconfig --cluster {} --merge)",
+                k.display(),
+                def.cluster
+            );
+        }
+        println!(
+            "journal:     {}",
+            journal::Journal::path(&opts.state_dir).display()
+        );
+    }
+    Ok(())
+}
+
+pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
+    let source = args.source();
+    let def = source.definition().map_err(flow_error)?;
+    let opts = args.run.options(&def.cluster);
+    let items = crate::orchestrator::plan(&source as &dyn ClusterSource, &opts)
+        .await
+        .map_err(flow_error)?;
+    match out.format {
+        OutputFormat::Json => {
+            for i in &items {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "plan", "step": i.step, "layer": i.step.layer().number(), "node": i.node, "acts": i.acts, "action": i.action})
+                );
+            }
+        }
+        OutputFormat::Text => {
+            println!("plan for cluster {} (nothing changed):", def.cluster);
+            let mut last = None;
+            for i in &items {
+                if last != Some(i.step) {
+                    println!(
+                        "layer {} {}: {}",
+                        i.step.layer().number(),
+                        i.step.name(),
+                        i.step.describe()
+                    );
+                    last = Some(i.step);
+                }
+                let mark = if i.acts { "+" } else { "=" };
+                let node = i
+                    .node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default();
+                println!("  {mark} {node}{}", i.action);
+            }
+            println!("layers 2-5 (gitops, data services, security, applications): not driven by this version yet");
+            let n = items.iter().filter(|i| i.acts).count();
+            println!("{n} action(s) would change the cluster; `up` runs them.");
+        }
+    }
+    Ok(())
+}
+
+pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliError> {
+    let dir = journal::state_dir(args.state_dir.as_deref(), &args.cluster);
+    let file = dir.join("kubeconfig");
+    if !file.exists() {
+        return Err(CliError::Failed(format!(
+            "{}: no kubeconfig yet\n  next action:  run `up` for cluster {} first",
+            file.display(),
+            args.cluster
+        )));
+    }
+    if !args.merge {
+        out.result(
+            &args.cluster,
+            "kubeconfig",
+            &file.display().to_string(),
+            serde_json::json!({"path": file}),
+        );
+        return Ok(());
+    }
+    let target = args
+        .into
+        .unwrap_or_else(kubeconfig::default_kubeconfig_path);
+    let changed = kubeconfig::merge_into(&file, &target, &args.cluster).map_err(flow_error)?;
+    let ctx = format!("admin@{}", args.cluster);
+    out.result(
+        &args.cluster,
+        "kubeconfig_merge",
+        &format!(
+            "{} context {ctx} in {}",
+            if changed { "merged" } else { "unchanged:" },
+            target.display()
+        ),
+        serde_json::json!({"path": target, "context": ctx, "changed": changed}),
+    );
+    Ok(())
+}
+
+pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
+    if args.nodes == 0 || args.controlplanes == 0 || args.controlplanes > args.nodes {
+        return Err(CliError::Usage(format!(
+            "--controlplanes must be between 1 and --nodes ({}), got {}",
+            args.nodes, args.controlplanes
+        )));
+    }
+    if !(args.time_scale >= 0.0 && args.time_scale.is_finite()) {
+        return Err(CliError::Usage(format!(
+            "--time-scale must be a number >= 0, got {}",
+            args.time_scale
+        )));
+    }
+    let opts = DemoOptions {
+        nodes: args.nodes,
+        controlplanes: args.controlplanes,
+        time_scale: args.time_scale,
+        talos_version: args.talos_version,
+        first_ip: std::net::Ipv4Addr::new(127, 0, args.subnet, 11),
+        state_dir: args.state_dir,
+        secrets_from: args.secrets,
+        ..DemoOptions::default()
+    };
+    if out.format == OutputFormat::Text {
+        eprintln!(
+            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal.\n      The lab has no Kubernetes API yet: the run stops after etcd and the kubeconfig (--until etcd).\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
+            opts.nodes, opts.controlplanes, args.subnet, opts.time_scale
+        );
+    }
+    let em = Emitter::new();
+    let ledger = Ledger::new();
+    em.add_sink(ledger.sink());
+    let display = spawn_display(&em, out);
+    let result = run_demo(&opts, &em).await;
+    drop(em);
+    let _ = display.await;
+    let report = result.map_err(flow_error)?;
+    match out.format {
+        OutputFormat::Text => {
+            eprintln!();
+            println!("{}", report.summary());
+            println!("state kept in {}", report.state_dir.display());
+        }
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({
+                "event": "demo_report",
+                "wall_ms": report.wall.as_millis() as u64,
+                "critical_path_ms": report.critical_path.as_millis() as u64,
+                "overhead_ms": report.overhead().as_millis() as u64,
+                "lag_p95_ms": report.lag_p95.as_millis() as u64,
+                "nodes": opts.nodes,
+            })
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! `demo`: starts the lab, describes it as a cluster definition, and runs the real
+//! `up` against it over the same gRPC/TLS paths as on metal. Measures the tool
+//! against the lab: overhead beyond the lab's own critical path, and how long the
+//! tool takes to notice each node reaching `running`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::lab::{Lab, LabOptions, NodeState};
+
+use super::error::FlowError;
+use super::events::{Emitter, StepId};
+use super::ledger::{percentile, Ledger};
+use super::source::{ClusterSource, Definition, DiskTarget, MemorySource, NodeDef};
+use super::talhelper::TalhelperSource;
+use super::up::{up, UpOptions, UpReport};
+
+/// Lab delays along `up`'s critical path, in seconds at time scale 1
+/// (src/lab/node.rs `delay`): install 4 + reboot 3 + boot 2, then etcd start 1
+/// after Bootstrap, then etcd join 2 for the other control planes.
+pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub nodes: usize,
+    pub controlplanes: usize,
+    pub time_scale: f64,
+    pub talos_version: String,
+    pub first_ip: Ipv4Addr,
+    /// Keep the state here instead of a temporary directory.
+    pub state_dir: Option<PathBuf>,
+    pub until: StepId,
+    /// Copy this secrets bundle instead of generating one (RSA-4096 takes seconds).
+    pub secrets_from: Option<PathBuf>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            controlplanes: 3,
+            time_scale: 1.5,
+            talos_version: "v1.13.9".into(),
+            first_ip: Ipv4Addr::new(127, 0, 0, 11),
+            state_dir: None,
+            // The lab has no Kubernetes API yet (next issue): stop after etcd + kubeconfig.
+            until: StepId::Kubeconfig,
+            secrets_from: None,
+        }
+    }
+}
+
+/// What a demo run measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub up: UpReport,
+    pub table: String,
+    pub wall: Duration,
+    /// The lab's own delays on the critical path (scaled).
+    pub critical_path: Duration,
+    /// Node reaching `running` in the lab → the tool observing it.
+    pub lags: Vec<Duration>,
+    pub lag_p95: Duration,
+    pub state_dir: PathBuf,
+}
+
+impl DemoReport {
+    pub fn overhead(&self) -> Duration {
+        self.wall.saturating_sub(self.critical_path)
+    }
+
+    pub fn summary(&self) -> String {
+        let overhead = self.overhead();
+        let pct = if self.critical_path.is_zero() {
+            0.0
+        } else {
+            100.0 * overhead.as_secs_f64() / self.critical_path.as_secs_f64()
+        };
+        format!(
+            "{}\nlab critical path {:.2}s, tool wall time {:.2}s, overhead {:.0} ms ({pct:.1}%)\nreaction lag (lab node running -> tool notices): p95 {:.0} ms over {} node(s), max {:.0} ms",
+            self.table,
+            self.critical_path.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            overhead.as_secs_f64() * 1000.0,
+            self.lag_p95.as_secs_f64() * 1000.0,
+            self.lags.len(),
+            self.lags.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        )
+    }
+}
+
+/// The cluster definition of a lab: node i is `cp<i>` or `worker<i>` at its lab IP,
+/// install disk chosen by model (the NVMe), endpoint the first control plane.
+pub fn lab_definition(lab: &Lab, controlplanes: usize, cluster: &str) -> Definition {
+    let mut nodes = Vec::new();
+    let (mut cp, mut w) = (0, 0);
+    for (i, n) in lab.nodes().iter().enumerate() {
+        let control_plane = i < controlplanes;
+        let hostname = if control_plane {
+            cp += 1;
+            format!("cp{cp}")
+        } else {
+            w += 1;
+            format!("worker{w}")
+        };
+        nodes.push(NodeDef {
+            hostname,
+            address: n.ip().to_string(),
+            control_plane,
+            install_disk: Some(DiskTarget::Selector(vec![(
+                "model".into(),
+                "Samsung SSD 980*".into(),
+            )])),
+            links: vec![],
+        });
+    }
+    Definition {
+        cluster: cluster.to_string(),
+        endpoint: format!("https://{}:6443", lab.nodes()[0].ip()),
+        nodes,
+    }
+}
+
+/// The lab as a talhelper `talconfig.yaml`, the format operators keep in git.
+pub fn lab_talconfig(def: &Definition, talos_version: &str) -> String {
+    let mut out = format!(
+        "# Written by `endsys-bootstrap demo`: {} simulated node(s) on loopback.\nclusterName: {}\ntalosVersion: {talos_version}\nkubernetesVersion: v1.35.0\nendpoint: {}\nnodes:\n",
+        def.nodes.len(),
+        def.cluster,
+        def.endpoint
+    );
+    for n in &def.nodes {
+        out.push_str(&format!(
+            "  - hostname: {}\n    ipAddress: {}\n    controlPlane: {}\n",
+            n.hostname, n.address, n.control_plane
+        ));
+        match &n.install_disk {
+            Some(DiskTarget::Selector(fields)) => {
+                out.push_str("    installDiskSelector:\n");
+                for (k, v) in fields {
+                    out.push_str(&format!("      {k}: \"{v}\"\n"));
+                }
+            }
+            Some(DiskTarget::Path(p)) => out.push_str(&format!("    installDisk: {p}\n")),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Writes `talconfig.yaml` and a fresh `talsecret.yaml` (0600) into `dir`.
+pub fn write_lab_files(
+    dir: &std::path::Path,
+    def: &Definition,
+    talos_version: &str,
+    secrets_from: Option<&std::path::Path>,
+) -> Result<(PathBuf, PathBuf), FlowError> {
+    let local = |p: &std::path::Path, e: String| FlowError::Local {
+        path: p.display().to_string(),
+        detail: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| local(dir, e.to_string()))?;
+    let talconfig = dir.join("talconfig.yaml");
+    std::fs::write(&talconfig, lab_talconfig(def, talos_version))
+        .map_err(|e| local(&talconfig, e.to_string()))?;
+    let secrets = dir.join("talsecret.yaml");
+    if let (false, Some(from)) = (secrets.exists(), secrets_from) {
+        let text = std::fs::read(from).map_err(|e| local(from, e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, &text)
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
+    if !secrets.exists() {
+        let bundle = crate::machineconfig::SecretsBundle::generate()
+            .map_err(|e| FlowError::Source(e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, bundle.to_yaml().as_bytes())
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
+    Ok((talconfig, secrets))
+}
+
+/// Records when each lab node enters each state (the lab's side of the lag).
+pub fn record_lab_transitions(lab: &Lab) -> Arc<Mutex<Vec<(usize, NodeState, Instant)>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for n in lab.nodes() {
+        let mut rx = n.watch_state();
+        let idx = n.index();
+        let log = log.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = *rx.borrow_and_update();
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((idx, s, Instant::now()));
+            }
+        });
+    }
+    log
+}
+
+/// Starts the lab and runs `up` against it.
+pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, FlowError> {
+    if opts.controlplanes == 0 || opts.controlplanes > opts.nodes {
+        return Err(FlowError::Definition {
+            file: "demo options".into(),
+            detail: format!(
+                "--controlplanes must be between 1 and --nodes ({}), got {}",
+                opts.nodes, opts.controlplanes
+            ),
+        });
+    }
+    let lab = Lab::start(LabOptions {
+        nodes: opts.nodes,
+        controlplanes: opts.controlplanes,
+        first_ip: opts.first_ip,
+        port: 50000,
+        talos_version: opts.talos_version.clone(),
+        time_scale: opts.time_scale,
+        ..LabOptions::default()
+    })
+    .await
+    .map_err(|e| FlowError::Source(format!("cannot start the lab: {e}")))?;
+    let transitions = record_lab_transitions(&lab);
+    let def = lab_definition(&lab, opts.controlplanes, "lab");
+    let state_dir = match &opts.state_dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("endsys-demo-")
+            .tempdir()
+            .map_err(|e| FlowError::Local {
+                path: std::env::temp_dir().display().to_string(),
+                detail: e.to_string(),
+            })?
+            // Kept: the operator may want to look at the journal and kubeconfig.
+            .keep(),
+    };
+    let (talconfig, secrets) = write_lab_files(
+        &state_dir.join("talos"),
+        &def,
+        &opts.talos_version,
+        opts.secrets_from.as_deref(),
+    )?;
+    let mut files = TalhelperSource::new(&talconfig, &secrets);
+    files.vars = crate::machineconfig::Vars::default();
+    // The lab cannot run real worker configs yet (their machine.ca carries no key;
+    // real workers get the apid certificate from trustd). With workers, the demo
+    // renders minimal configs in memory instead; control planes use the real files.
+    let memory;
+    let source: &dyn ClusterSource = if opts.controlplanes < opts.nodes {
+        em.progress(
+            StepId::Preflight,
+            None,
+            "lab workers need minimal in-memory configs (the lab has no trustd yet)",
+        );
+        memory = MemorySource::new(def.clone(), None);
+        &memory
+    } else {
+        &files
+    };
+    let mut uo = UpOptions::new(state_dir.clone());
+    uo.until = opts.until;
+    uo.new_cluster = false;
+    let ledger = Ledger::new();
+    em.add_sink(ledger.sink());
+    let report = up(source, &uo, em).await?;
+
+    let wall = ledger.wall().unwrap_or(report.duration);
+    let mut lags = Vec::new();
+    let log = transitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (i, n) in def.nodes.iter().enumerate() {
+        let lab_running = log
+            .iter()
+            .find(|(idx, s, _)| *idx == i && *s == NodeState::Running)
+            .map(|(_, _, at)| *at);
+        if let (Some(lab_at), Some(tool_at)) =
+            (lab_running, ledger.observed(&n.hostname, "running"))
+        {
+            lags.push(tool_at.saturating_duration_since(lab_at));
+        }
+    }
+    let critical_secs = if opts.until >= StepId::EtcdQuorum {
+        if opts.controlplanes > 1 {
+            LAB_CRITICAL_PATH_SECS
+        } else {
+            LAB_CRITICAL_PATH_SECS - 2.0
+        }
+    } else {
+        4.0 + 3.0 + 2.0
+    };
+    let critical_path = Duration::from_secs_f64(critical_secs * opts.time_scale);
+    lab.shutdown().await;
+    Ok(DemoReport {
+        up: report,
+        table: ledger.table(),
+        wall,
+        critical_path,
+        lag_p95: percentile(&lags, 95.0),
+        lags,
+        state_dir,
+    })
+}
