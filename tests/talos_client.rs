@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{insecure, lab, mtls, policy, TestCluster};
+use common::{apply_all, insecure, lab, mtls, policy, TestCluster};
 use endsys_bootstrap::lab::NodeState;
 use endsys_bootstrap::talos::client::ResetOptions;
 use endsys_bootstrap::talos::resources::MachineStage;
@@ -15,31 +15,6 @@ use futures::StreamExt;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn apply_all(cluster: &TestCluster, lab: &endsys_bootstrap::lab::Lab, cps: usize) {
-    let endpoint = lab.nodes()[0].ip().to_string();
-    for (i, node) in lab.nodes().iter().enumerate() {
-        let role = if i < cps { "controlplane" } else { "worker" };
-        let cfg = cluster.machine_config(&format!("node{}", i + 1), role, &endpoint);
-        insecure(&node.ip().to_string())
-            .apply_configuration(cfg.as_bytes(), ApplyMode::Auto, false)
-            .await
-            .unwrap();
-    }
-    let creds = cluster.credentials(&["os:admin"]);
-    for node in lab.nodes() {
-        let c = mtls(&node.ip().to_string(), creds.clone());
-        wait_for_status(
-            &c,
-            "running",
-            WAIT,
-            |s| s.stage == MachineStage::Running,
-            |_| {},
-        )
-        .await
-        .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn maintenance_mode_is_detected_and_restricted() {

@@ -5,11 +5,9 @@
 use std::time::Duration;
 
 use endsys_bootstrap::lab::Lab;
-use endsys_bootstrap::talos::resources::MachineStage;
-use endsys_bootstrap::talos::wait::wait_for_status;
-use endsys_bootstrap::talos::{ApplyMode, TalosClient};
+use endsys_bootstrap::talos::TalosClient;
 
-use crate::common::{insecure, lab, mtls, TestCluster};
+use crate::common::{lab, mtls, TestCluster};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -22,32 +20,7 @@ pub struct KubeCluster {
     pub kubeconfig: String,
 }
 
-/// Applies configs to every node (the first `cps` are control planes, endpoint =
-/// node 0) and waits until they all run.
-pub async fn apply_all(cluster: &TestCluster, lab: &Lab, cps: usize) {
-    let endpoint = lab.nodes()[0].ip().to_string();
-    for (i, node) in lab.nodes().iter().enumerate() {
-        let role = if i < cps { "controlplane" } else { "worker" };
-        let cfg = cluster.machine_config(&format!("node{}", i + 1), role, &endpoint);
-        insecure(&node.ip().to_string())
-            .apply_configuration(cfg.as_bytes(), ApplyMode::Auto, false)
-            .await
-            .unwrap();
-    }
-    let creds = cluster.credentials(&["os:admin"]);
-    for node in lab.nodes() {
-        let c = mtls(&node.ip().to_string(), creds.clone());
-        wait_for_status(
-            &c,
-            "running",
-            WAIT,
-            |s| s.stage == MachineStage::Running,
-            |_| {},
-        )
-        .await
-        .unwrap();
-    }
-}
+pub use crate::common::apply_all;
 
 /// Three control planes, bootstrapped; the API is up and the kubeconfig fetched.
 pub async fn up(subnet: u8, name: &str) -> KubeCluster {

@@ -62,3 +62,33 @@ pub fn insecure(ip: &str) -> TalosClient {
 pub fn mtls(ip: &str, creds: Arc<Credentials>) -> TalosClient {
     TalosClient::connect(ip, TlsMode::Mutual(creds), policy()).unwrap()
 }
+
+/// Applies configs to every node (the first `cps` are control planes, endpoint =
+/// node 0) and waits, on each node's MachineStatus watch, until they all run.
+pub async fn apply_all(cluster: &TestCluster, lab: &Lab, cps: usize) {
+    use endsys_bootstrap::talos::resources::MachineStage;
+    use endsys_bootstrap::talos::wait::wait_for_status;
+    use endsys_bootstrap::talos::ApplyMode;
+    let endpoint = lab.nodes()[0].ip().to_string();
+    for (i, node) in lab.nodes().iter().enumerate() {
+        let role = if i < cps { "controlplane" } else { "worker" };
+        let cfg = cluster.machine_config(&format!("node{}", i + 1), role, &endpoint);
+        insecure(&node.ip().to_string())
+            .apply_configuration(cfg.as_bytes(), ApplyMode::Auto, false)
+            .await
+            .unwrap();
+    }
+    let creds = cluster.credentials(&["os:admin"]);
+    for node in lab.nodes() {
+        let c = mtls(&node.ip().to_string(), creds.clone());
+        wait_for_status(
+            &c,
+            "running",
+            Duration::from_secs(20),
+            |s| s.stage == MachineStage::Running,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    }
+}
