@@ -657,70 +657,39 @@ async fn wait_node_running(run: &Run<'_>, n: &NodeDef) -> Result<Outcome, FlowEr
     }
 }
 
-/// Follows MachineStatus over a COSI Watch until the stage is `running`. While the
-/// node is away (installing, rebooting, apid restarting with its new certificate)
-/// it reconnects at most [`POLL`] apart, so a node that comes back is seen within
-/// a quarter second (`talos::wait` caps at 1 s; the lag target here is 250 ms p95).
+/// Follows MachineStatus (COSI Watch, reconnecting while the node is away) until
+/// the stage is `running`.
 async fn watch_until_running<P>(
     client: &TalosClient,
     deadline: Duration,
-    mut progress: P,
+    progress: P,
 ) -> Result<crate::talos::resources::MachineStatus, FlowError>
 where
     P: FnMut(WaitProgress),
 {
-    let started = Instant::now();
-    let once = client.with_policy(client.policy().once());
-    let mut last = String::from("nothing yet");
-    let mut pause = Duration::from_millis(25);
-    loop {
-        let remaining = deadline.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
-            return Err(FlowError::Timeout {
-                node: client.label().to_string(),
-                what: "running".into(),
-                after: started.elapsed(),
-                last,
-            });
-        }
-        let attempt = tokio::time::timeout(remaining, async {
-            let mut stream = Box::pin(once.watch_machine_status().await?);
-            while let Some(item) = stream.next().await {
-                let status = item?;
-                last = status.summary();
-                let done = status.stage == MachineStage::Running;
-                progress(WaitProgress::Status(status.clone()));
-                if done {
-                    return Ok(Some(status));
-                }
-            }
-            Ok::<_, TalosError>(None) // stream ended: the node went away
-        })
-        .await;
-        match attempt {
-            Err(_) => continue,
-            Ok(Ok(Some(status))) => return Ok(status),
-            Ok(Ok(None)) => pause = Duration::from_millis(25),
-            Ok(Err(e)) => {
-                let waitable = e.is_transient()
-                    || matches!(
-                        e.root(),
-                        TalosError::Tls {
-                            kind: TlsFailure::UnknownAuthority | TlsFailure::Other,
-                            ..
-                        }
-                    )
-                    || matches!(e.code(), Some(Code::NotFound | Code::Unimplemented));
-                if !waitable {
-                    return Err(e.into());
-                }
-                last = e.to_string();
-                progress(WaitProgress::Away(e));
-            }
-        }
-        tokio::time::sleep(pause.min(deadline.saturating_sub(started.elapsed()))).await;
-        pause = (pause * 2).min(POLL);
-    }
+    use crate::talos::wait::{wait_for_status, WaitError};
+    wait_for_status(
+        client,
+        "running",
+        deadline,
+        |s| s.stage == MachineStage::Running,
+        progress,
+    )
+    .await
+    .map_err(|e| match e {
+        WaitError::Timeout {
+            node,
+            wanted,
+            after,
+            last,
+        } => FlowError::Timeout {
+            node,
+            what: wanted,
+            after,
+            last,
+        },
+        WaitError::Fatal(e) => FlowError::from(*e),
+    })
 }
 
 async fn wait_configured(run: &mut Run<'_>) -> Result<Outcome, FlowError> {

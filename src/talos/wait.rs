@@ -1,5 +1,5 @@
 //! Waiting for a node to reach a state, event-driven: a COSI Watch on its
-//! MachineStatus while the node answers, and reconnect attempts at most a second
+//! MachineStatus while the node answers, and reconnect attempts at most 250 ms
 //! apart while it does not (installing, rebooting, apid restarting).
 
 use std::time::{Duration, Instant};
@@ -10,8 +10,9 @@ use super::client::TalosClient;
 use super::error::TalosError;
 use super::resources::MachineStatus;
 
-/// Longest pause between reconnect attempts while a node is away.
-pub const POLL_FALLBACK: Duration = Duration::from_secs(1);
+/// Longest pause between reconnect attempts while a node is away: a node that comes
+/// back is seen within a quarter second (the reaction-lag budget of `up`).
+pub const POLL_FALLBACK: Duration = Duration::from_millis(250);
 
 /// What the wait saw, for progress output.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ where
     let started = Instant::now();
     let once = client.with_policy(client.policy().once());
     let mut last = String::from("nothing yet");
-    let mut pause = Duration::from_millis(50);
+    let mut pause = Duration::from_millis(25);
     loop {
         let remaining = deadline.saturating_sub(started.elapsed());
         if remaining.is_zero() {
@@ -86,7 +87,7 @@ where
         match attempt {
             Err(_) => continue, // deadline reached; the top of the loop reports it
             Ok(Ok(Some(status))) => return Ok(status),
-            Ok(Ok(None)) => pause = Duration::from_millis(50),
+            Ok(Ok(None)) => pause = Duration::from_millis(25),
             Ok(Err(e)) => {
                 if !is_waitable(&e) {
                     return Err(WaitError::Fatal(Box::new(e)));
