@@ -428,7 +428,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
     };
     if out.format == OutputFormat::Text {
         eprintln!(
-            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal.\n      The lab has no Kubernetes API yet: the run stops after etcd and the kubeconfig (--until etcd).\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
+            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
             opts.nodes, opts.controlplanes, args.subnet, opts.time_scale
         );
     }

@@ -45,8 +45,8 @@ impl Default for DemoOptions {
             talos_version: "v1.13.9".into(),
             first_ip: Ipv4Addr::new(127, 0, 0, 11),
             state_dir: None,
-            // The lab has no Kubernetes API yet (next issue): stop after etcd + kubeconfig.
-            until: StepId::Kubeconfig,
+            // The lab serves kube-apiserver on the control-plane endpoint: go all the way.
+            until: StepId::Apiserver,
             secrets_from: None,
         }
     }
