@@ -81,6 +81,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("lab/repo/bootstrap/charts/spegel/values.yaml"),
     ),
     (
+        "bootstrap/crds/dnsendpoints.yaml",
+        include_str!("lab/repo/bootstrap/crds/dnsendpoints.yaml"),
+    ),
+    (
         "bootstrap/helmfile.yaml",
         include_str!("lab/repo/bootstrap/helmfile.yaml"),
     ),
@@ -125,6 +129,34 @@ pub const SECRETS: &[&str] = &[
     "kubernetes/components/common/sops/cluster-secrets.sops.yaml",
     "kubernetes/components/common/sops/sops-age.sops.yaml",
 ];
+
+/// CRD sources (relative to the repository).
+pub const CRDS: &[&str] = &["bootstrap/crds/dnsendpoints.yaml"];
+
+/// The Kubernetes half for the lab repository written at `repo`.
+pub fn kube_half(
+    repo: std::path::PathBuf,
+    helm: Option<crate::charts::helm::Helm>,
+) -> Result<crate::orchestrator::layer1::KubeHalf, crate::sops::SopsError> {
+    use crate::orchestrator::layer1::{KubeHalf, Renderer};
+    let mut half = KubeHalf::endsys(repo);
+    half.secrets = SECRETS.iter().map(Into::into).collect();
+    half.crds = CRDS
+        .iter()
+        .map(|c| crate::charts::ManifestSource::File(c.into()))
+        .collect();
+    half.renderer = match helm {
+        Some(h) => Renderer::Helm(Some(h.path)),
+        None => Renderer::Prerendered(prerendered),
+    };
+    half.identities = Some(std::sync::Arc::new(crate::sops::AgeIdentities::parse(
+        AGE_KEY,
+        "the lab's throw-away test key",
+    )?));
+    half.nodes_deadline = std::time::Duration::from_secs(120);
+    half.chart_deadline = std::time::Duration::from_secs(120);
+    Ok(half)
+}
 
 /// Pre-rendered manifests by release name.
 pub fn prerendered(release: &str) -> Option<&'static str> {

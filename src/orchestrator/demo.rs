@@ -22,6 +22,11 @@ use super::up::{up, UpOptions, UpReport};
 /// after Bootstrap, then etcd join 2 for the other control planes.
 pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
 
+/// Lab delays along the Kubernetes half's critical path (src/lab/kube: API start
+/// 3, CRD Established 0.5, CNI rollout 8 (nodes Ready with it), then coredns,
+/// spegel and cert-manager rollouts 4 each, cert-manager's CRD 0.5).
+pub const LAB_KUBE_CRITICAL_PATH_SECS: f64 = 3.0 + 0.5 + 8.0 + 4.0 + 4.0 + 0.5 + 4.0;
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub nodes: usize,
@@ -34,6 +39,10 @@ pub struct DemoOptions {
     pub until: StepId,
     /// Copy this secrets bundle instead of generating one (RSA-4096 takes seconds).
     pub secrets_from: Option<PathBuf>,
+    /// helm for the lab charts; `None`: `helm` on PATH, else pre-rendered manifests.
+    pub helm: Option<PathBuf>,
+    /// Run `up` a second time after the first (it must change nothing).
+    pub rerun: bool,
 }
 
 impl Default for DemoOptions {
@@ -45,9 +54,10 @@ impl Default for DemoOptions {
             talos_version: "v1.13.9".into(),
             first_ip: Ipv4Addr::new(127, 0, 0, 11),
             state_dir: None,
-            // The lab has no Kubernetes API yet (next issue): stop after etcd + kubeconfig.
-            until: StepId::Kubeconfig,
+            until: StepId::Layer1Done,
             secrets_from: None,
+            helm: None,
+            rerun: false,
         }
     }
 }
@@ -56,6 +66,8 @@ impl Default for DemoOptions {
 #[derive(Debug, Clone)]
 pub struct DemoReport {
     pub up: UpReport,
+    /// The second run, with `rerun`.
+    pub rerun: Option<UpReport>,
     pub table: String,
     pub wall: Duration,
     /// The lab's own delays on the critical path (scaled).
@@ -261,9 +273,47 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
     uo.new_cluster = false;
+    if opts.until >= StepId::KubeApi {
+        let repo = state_dir.join("repo");
+        crate::charts::lab::write_repo(&repo).map_err(|e| FlowError::Local {
+            path: repo.display().to_string(),
+            detail: format!("cannot write the lab repository: {e}"),
+        })?;
+        let helm = match crate::charts::helm::Helm::find(opts.helm.as_deref()).await {
+            Ok(h) => {
+                em.progress(
+                    StepId::Preflight,
+                    None,
+                    format!(
+                        "lab charts: rendered by helm {} ({})",
+                        h.version,
+                        h.path.display()
+                    ),
+                );
+                Some(h)
+            }
+            Err(e) => {
+                em.progress(
+                    StepId::Preflight,
+                    None,
+                    format!("lab charts: {e} — using the pre-rendered manifests of the lab chart set (same apply/wait path)"),
+                );
+                None
+            }
+        };
+        uo.kube = Some(
+            crate::charts::lab::kube_half(repo, helm)
+                .map_err(|e| FlowError::Source(format!("lab age key: {e}")))?,
+        );
+    }
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
     let report = up(source, &uo, em).await?;
+    let rerun = if opts.rerun {
+        Some(up(source, &uo, em).await?)
+    } else {
+        None
+    };
 
     let wall = ledger.wall().unwrap_or(report.duration);
     let mut lags = Vec::new();
@@ -291,10 +341,16 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     } else {
         4.0 + 3.0 + 2.0
     };
-    let critical_path = Duration::from_secs_f64(critical_secs * opts.time_scale);
+    let kube_secs = if opts.until >= StepId::Layer1Done {
+        LAB_KUBE_CRITICAL_PATH_SECS
+    } else {
+        0.0
+    };
+    let critical_path = Duration::from_secs_f64((critical_secs + kube_secs) * opts.time_scale);
     lab.shutdown().await;
     Ok(DemoReport {
         up: report,
+        rerun,
         table: ledger.table(),
         wall,
         critical_path,
