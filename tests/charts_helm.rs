@@ -42,7 +42,12 @@ async fn stub_helm_gets_the_template_argv_and_old_or_missing_helm_is_refused() {
         .expect("helm 4 accepted");
     assert_eq!(helm.version, "v4.1.4+g05fa379");
     let (repo, hf) = lab_repo();
-    let order: Vec<&str> = hf.ordered().expect("order").iter().map(|r| r.name.as_str()).collect();
+    let order: Vec<&str> = hf
+        .ordered()
+        .expect("order")
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(order, ["cilium", "coredns", "spegel", "cert-manager"]);
     let cilium = &hf.releases[0];
     let out = helm
@@ -85,7 +90,9 @@ fn real_helm() -> Option<PathBuf> {
     if std::env::var_os("CI").is_some() {
         panic!("CI is set but .tools/bin/helm is missing: run scripts/fetch-tools.sh");
     }
-    eprintln!("\n*** SKIPPED: real helm interop (no .tools/bin/helm; run scripts/fetch-tools.sh) ***\n");
+    eprintln!(
+        "\n*** SKIPPED: real helm interop (no .tools/bin/helm; run scripts/fetch-tools.sh) ***\n"
+    );
     None
 }
 
@@ -110,7 +117,13 @@ async fn real_helm_renders_the_lab_charts_like_the_prerendered_manifests() {
             r.name
         );
         if r.name == "cert-manager" {
-            assert!(ours.iter().any(|o| o.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition")), "--include-crds");
+            assert!(
+                ours.iter().any(|o| o
+                    .types
+                    .as_ref()
+                    .is_some_and(|t| t.kind == "CustomResourceDefinition")),
+                "--include-crds"
+            );
         }
     }
 }
@@ -118,7 +131,9 @@ async fn real_helm_renders_the_lab_charts_like_the_prerendered_manifests() {
 #[tokio::test]
 async fn every_applied_object_carries_helm_ownership() {
     let kc = kubelab::up(175, "k175").await;
-    let client = client_from_kubeconfig(kc.kubeconfig.as_bytes()).await.expect("client");
+    let client = client_from_kubeconfig(kc.kubeconfig.as_bytes())
+        .await
+        .expect("client");
     let mut applier = Applier::new(client).await.expect("discovery");
     let (_repo, hf) = lab_repo();
     let mut applied = Vec::new();
@@ -127,12 +142,19 @@ async fn every_applied_object_carries_helm_ownership() {
             .expect("parses");
         add_ownership(&mut objs, &r.name, &r.namespace);
         let ns = parse_manifests(
-            &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n", r.namespace),
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+                r.namespace
+            ),
             "ns",
         )
         .expect("parses");
         applier.apply_all(ns, "default").await.expect("namespace");
-        for a in applier.apply_all(objs, &r.namespace).await.expect("applies") {
+        for a in applier
+            .apply_all(objs, &r.namespace)
+            .await
+            .expect("applies")
+        {
             applied.push((a, r.name.clone(), r.namespace.clone()));
         }
     }
@@ -144,6 +166,10 @@ async fn every_applied_object_carries_helm_ownership() {
             .get(&a.gvk.kind, a.namespace.as_deref(), &a.name)
             .unwrap_or_else(|| panic!("{} stored", a.label()));
         let o: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
-        assert!(has_ownership(&o, release, ns), "{} lacks Helm ownership", a.label());
+        assert!(
+            has_ownership(&o, release, ns),
+            "{} lacks Helm ownership",
+            a.label()
+        );
     }
 }

@@ -354,13 +354,47 @@ fn change_word(a: &Applied) -> &'static str {
     }
 }
 
+/// The objects of one SOPS file, decrypted in process, namespaced to
+/// flux-system when they name none. `None`: the file is missing (a warning);
+/// a file that does not decrypt is an error naming it.
+pub fn secret_objects(
+    repo: &Path,
+    rel: &Path,
+    identities: Option<&AgeIdentities>,
+) -> Result<Option<Vec<kube::api::DynamicObject>>, FlowError> {
+    let step = StepId::Secrets;
+    let path = repo.join(rel);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let ids = identities.ok_or_else(|| FlowError::Kube {
+        step: step.name().into(),
+        detail: format!("{}: no age identity to decrypt it", rel.display()),
+        cause: "no age key was found".into(),
+        next: "pass --age-key or set SOPS_AGE_KEY_FILE".into(),
+    })?;
+    let clear = crate::sops::decrypt_yaml(&text, ids, &path).map_err(|e| FlowError::Kube {
+        step: step.name().into(),
+        detail: format!("{} does not decrypt: {e}", rel.display()),
+        cause: "the file is damaged or encrypted for another age key".into(),
+        next: "check the file with `sops -d` and the age key in use".into(),
+    })?;
+    let mut objs =
+        parse_manifests(&clear, &rel.display().to_string()).map_err(|e| kube_err(step, e))?;
+    for o in &mut objs {
+        o.metadata
+            .namespace
+            .get_or_insert_with(|| "flux-system".into());
+    }
+    Ok(Some(objs))
+}
+
 async fn secrets(half: &KubeHalf, st: &mut KubeState, em: &Emitter) -> Result<Outcome, FlowError> {
     let step = StepId::Secrets;
     let mut all = Vec::new();
     let mut missing = Vec::new();
     for rel in &half.secrets {
-        let path = half.repo.join(rel);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Some(objs) = secret_objects(&half.repo, rel, half.identities.as_deref())? else {
             em.progress(
                 step,
                 None,
@@ -369,25 +403,6 @@ async fn secrets(half: &KubeHalf, st: &mut KubeState, em: &Emitter) -> Result<Ou
             missing.push(rel.display().to_string());
             continue;
         };
-        let ids = half.identities.as_ref().ok_or_else(|| FlowError::Kube {
-            step: step.name().into(),
-            detail: format!("{}: no age identity to decrypt it", rel.display()),
-            cause: "no age key was found".into(),
-            next: "pass --age-key or set SOPS_AGE_KEY_FILE".into(),
-        })?;
-        let clear = crate::sops::decrypt_yaml(&text, ids, &path).map_err(|e| FlowError::Kube {
-            step: step.name().into(),
-            detail: format!("{} does not decrypt: {e}", rel.display()),
-            cause: "the file is damaged or encrypted for another age key".into(),
-            next: "check the file with `sops -d` and the age key in use".into(),
-        })?;
-        let mut objs =
-            parse_manifests(&clear, &rel.display().to_string()).map_err(|e| kube_err(step, e))?;
-        for o in &mut objs {
-            o.metadata
-                .namespace
-                .get_or_insert_with(|| "flux-system".into());
-        }
         let applied = applier(st, step)?
             .apply_all(objs, "flux-system")
             .await
