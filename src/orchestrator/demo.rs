@@ -309,13 +309,14 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
     let report = up(source, &uo, em).await?;
+    // Measured on the first run only; the re-run is a check that nothing changes.
+    let wall = ledger.wall().unwrap_or(report.duration);
     let rerun = if opts.rerun {
         Some(up(source, &uo, em).await?)
     } else {
         None
     };
 
-    let wall = ledger.wall().unwrap_or(report.duration);
     let mut lags = Vec::new();
     let log = transitions
         .lock()
