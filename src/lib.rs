@@ -6,11 +6,15 @@
 //! - [`machineconfig`]: cluster definition, secrets bundle, rendering, patches, validation.
 //! - [`sops`]: SOPS files encrypted with age, in process.
 //! - [`talos`]: the Talos machine API: generated types, client, talosconfig.
+//! - [`charts`]: helmfile model, helm template, Helm ownership, Cilium lint, lab chart set.
+//! - [`kube`]: server-side apply engine and readiness waits (kube-rs).
 //! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
 //! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
 //! - [`cli`]: argument types and output for the binary.
 
+pub mod charts;
 pub mod cli;
+pub mod kube;
 pub mod lab;
 pub mod machineconfig;
 pub mod orchestrator;

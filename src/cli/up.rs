@@ -25,8 +25,12 @@ pub enum Until {
     Configured,
     /// Stop after etcd quorum and the kubeconfig fetch; kube-apiserver is not waited for.
     Etcd,
-    /// Everything, including kube-apiserver serving.
+    /// The Talos half, including kube-apiserver serving.
     Apiserver,
+    /// Through the CNI: namespaces, secrets, CRDs, Cilium, nodes Ready.
+    Cni,
+    /// Everything: layer 1 done (the Kubernetes half needs --repo).
+    Layer1,
 }
 
 impl Until {
@@ -36,6 +40,8 @@ impl Until {
             Until::Configured => StepId::WaitConfigured,
             Until::Etcd => StepId::Kubeconfig,
             Until::Apiserver => StepId::Apiserver,
+            Until::Cni => StepId::NodesReady,
+            Until::Layer1 => StepId::Layer1Done,
         }
     }
 }
@@ -102,6 +108,13 @@ pub struct DemoArgs {
     /// Use a copy of this (plain) secrets bundle instead of generating one.
     #[arg(long)]
     pub secrets: Option<PathBuf>,
+    /// helm for the lab charts [default: helm on PATH; without one, the lab
+    /// chart set's pre-rendered manifests go through the same apply/wait path].
+    #[arg(long)]
+    pub helm: Option<PathBuf>,
+    /// Run `up` a second time afterwards; it must change nothing.
+    #[arg(long)]
+    pub rerun: bool,
 }
 
 /// Shared options of `up`-like runs.
@@ -115,11 +128,27 @@ pub struct RunArgs {
     #[arg(long)]
     pub new_cluster: bool,
     /// Stop after this stage. `etcd` skips waiting for kube-apiserver (reported, never silent).
-    #[arg(long, value_enum, default_value_t = Until::Apiserver)]
+    #[arg(long, value_enum, default_value_t = Until::Layer1)]
     pub until: Until,
     /// Per-node deadline from apply to running, in seconds.
     #[arg(long, default_value_t = 1200)]
     pub node_timeout: u64,
+    /// The gitops repository (endsys layout: bootstrap/helmfile.yaml,
+    /// kubernetes/apps/<namespace>/, SOPS files); enables the Kubernetes half.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// helm binary for `helm template` [default: helm on PATH]; checked in preflight.
+    #[arg(long)]
+    pub helm: Option<PathBuf>,
+    /// CRD manifest source (URL or file relative to --repo), applied before the charts. Repeatable.
+    #[arg(long = "crd")]
+    pub crds: Vec<String>,
+    /// Take over fields other field managers own (server-side apply force).
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Deadline of each chart's rollout and of nodes registering/Ready, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub kube_timeout: u64,
 }
 
 impl RunArgs {
@@ -130,6 +159,32 @@ impl RunArgs {
         o.until = self.until.last_step();
         o.node_deadline = Duration::from_secs(self.node_timeout);
         o
+    }
+
+    /// The Kubernetes half from `--repo` (none without it).
+    pub fn kube_half(
+        &self,
+        age_key: Option<&std::path::Path>,
+    ) -> Result<Option<crate::orchestrator::layer1::KubeHalf>, CliError> {
+        use crate::orchestrator::layer1::{KubeHalf, Renderer};
+        let Some(repo) = &self.repo else {
+            return Ok(None);
+        };
+        let mut half = KubeHalf::endsys(repo.clone());
+        half.renderer = Renderer::Helm(self.helm.clone());
+        half.crds = self
+            .crds
+            .iter()
+            .map(|c| crate::charts::ManifestSource::parse(c))
+            .collect();
+        half.force_conflicts = self.force_conflicts;
+        half.nodes_deadline = Duration::from_secs(self.kube_timeout);
+        half.chart_deadline = Duration::from_secs(self.kube_timeout);
+        // A missing key only matters if a SOPS file exists (the step says so).
+        half.identities = crate::sops::AgeIdentities::load(age_key)
+            .ok()
+            .map(std::sync::Arc::new);
+        Ok(Some(half))
     }
 }
 
@@ -293,7 +348,8 @@ async fn bars(mut rx: broadcast::Receiver<Event>) {
 pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let source = args.source();
     let def = source.definition().map_err(flow_error)?;
-    let opts = args.run.options(&def.cluster);
+    let mut opts = args.run.options(&def.cluster);
+    opts.kube = args.run.kube_half(args.age_key.as_deref())?;
     let em = Emitter::new();
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
@@ -324,7 +380,8 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
 pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let source = args.source();
     let def = source.definition().map_err(flow_error)?;
-    let opts = args.run.options(&def.cluster);
+    let mut opts = args.run.options(&def.cluster);
+    opts.kube = args.run.kube_half(args.age_key.as_deref())?;
     let items = crate::orchestrator::plan(&source as &dyn ClusterSource, &opts)
         .await
         .map_err(flow_error)?;
@@ -424,11 +481,13 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
         first_ip: std::net::Ipv4Addr::new(127, 0, args.subnet, 11),
         state_dir: args.state_dir,
         secrets_from: args.secrets,
+        helm: args.helm,
+        rerun: args.rerun,
         ..DemoOptions::default()
     };
     if out.format == OutputFormat::Text {
         eprintln!(
-            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
+            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal,\n      then the Kubernetes half (namespaces, SOPS secrets, CRDs, Cilium, nodes Ready, charts) against the lab's Kubernetes API.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
             opts.nodes, opts.controlplanes, args.subnet, opts.time_scale
         );
     }
@@ -453,6 +512,8 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
                 "wall_ms": report.wall.as_millis() as u64,
                 "critical_path_ms": report.critical_path.as_millis() as u64,
                 "overhead_ms": report.overhead().as_millis() as u64,
+                "kube_half_ms": report.kube_wall.as_millis() as u64,
+                "kube_half_overhead_ms": report.kube_overhead().as_millis() as u64,
                 "lag_p95_ms": report.lag_p95.as_millis() as u64,
                 "nodes": opts.nodes,
             })

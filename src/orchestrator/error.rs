@@ -92,6 +92,15 @@ pub enum FlowError {
     /// The cluster source (definition, secrets, renderer) failed.
     #[error("{0}")]
     Source(String),
+
+    /// The Kubernetes half: an apply, a wait, a chart or a secret failed.
+    #[error("{step}: {detail}")]
+    Kube {
+        step: String,
+        detail: String,
+        cause: String,
+        next: String,
+    },
 }
 
 impl From<TalosError> for FlowError {
@@ -135,6 +144,7 @@ impl FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "the node has etcd data that this tool cannot confirm belongs to this cluster".into(),
             FlowError::Local { .. } => "a local file could not be read or written".into(),
             FlowError::Source(_) => "the cluster definition or secrets could not be turned into configs".into(),
+            FlowError::Kube { cause, .. } => cause.clone(),
         }
     }
 
@@ -158,6 +168,7 @@ impl FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "compare `talos members` on each control plane; if the node belongs to another cluster, reset it".into(),
             FlowError::Local { .. } => "check the path's permissions and free space, or pass --state-dir".into(),
             FlowError::Source(_) => "run `validate` on the definition".into(),
+            FlowError::Kube { next, .. } => next.clone(),
         }
     }
 

@@ -57,11 +57,21 @@ pub enum StepId {
     EtcdQuorum,
     Kubeconfig,
     Apiserver,
+    /// The Kubernetes half of layer 1 (src/orchestrator/layer1.rs).
+    KubeApi,
+    NodesRegistered,
+    Namespaces,
+    Secrets,
+    Crds,
+    Cni,
+    NodesReady,
+    Charts,
+    Layer1Done,
 }
 
 impl StepId {
-    /// Steps of the Talos half of layer 1, in execution order.
-    pub const UP: [StepId; 7] = [
+    /// Steps of layer 1 (Talos half, then Kubernetes half), in execution order.
+    pub const UP: [StepId; 16] = [
         StepId::Preflight,
         StepId::Apply,
         StepId::WaitConfigured,
@@ -69,6 +79,15 @@ impl StepId {
         StepId::EtcdQuorum,
         StepId::Kubeconfig,
         StepId::Apiserver,
+        StepId::KubeApi,
+        StepId::NodesRegistered,
+        StepId::Namespaces,
+        StepId::Secrets,
+        StepId::Crds,
+        StepId::Cni,
+        StepId::NodesReady,
+        StepId::Charts,
+        StepId::Layer1Done,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +100,15 @@ impl StepId {
             StepId::EtcdQuorum => "etcd_quorum",
             StepId::Kubeconfig => "kubeconfig",
             StepId::Apiserver => "apiserver",
+            StepId::KubeApi => "kube_api",
+            StepId::NodesRegistered => "nodes_registered",
+            StepId::Namespaces => "namespaces",
+            StepId::Secrets => "secrets",
+            StepId::Crds => "crds",
+            StepId::Cni => "cni",
+            StepId::NodesReady => "nodes_ready",
+            StepId::Charts => "charts",
+            StepId::Layer1Done => "layer1_done",
         }
     }
 
@@ -99,6 +127,15 @@ impl StepId {
             StepId::EtcdQuorum => "wait for etcd quorum with every control plane a member",
             StepId::Kubeconfig => "fetch the admin kubeconfig",
             StepId::Apiserver => "wait for kube-apiserver to serve TLS on 6443",
+            StepId::KubeApi => "connect to the Kubernetes API with the fetched kubeconfig (version, discovery)",
+            StepId::NodesRegistered => "wait until every node is registered (NotReady is expected before the CNI)",
+            StepId::Namespaces => "one namespace per folder under kubernetes/apps/ (server-side apply)",
+            StepId::Secrets => "decrypt the listed SOPS files in process and apply them into flux-system",
+            StepId::Crds => "apply CRDs from manifest sources (URL or file), wait Established",
+            StepId::Cni => "render and apply the Cilium release (Talos values lint first), wait rolled out",
+            StepId::NodesReady => "wait until every node is Ready (the CNI is up)",
+            StepId::Charts => "render, apply and wait for the other bootstrap releases in needs order",
+            StepId::Layer1Done => "layer 1 done: nodes Ready, bootstrap charts healthy",
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`source`]: the seam to the machine-config room ([`source::ClusterSource`]).
 //! - [`hardware`]: install-disk and interface selector gate.
 //! - [`up`]: the `up` flow (Talos half of layer 1) and `plan`.
+//! - [`layer1`]: the Kubernetes half of `up` (namespaces, secrets, CRDs, charts).
 //! - [`kubeconfig`]: kubeconfig reading and merging.
 //! - [`ledger`]: timing ledger and the per-phase table.
 //! - [`demo`]: the whole flow against the lab.
@@ -17,6 +18,7 @@ pub mod events;
 pub mod hardware;
 pub mod journal;
 pub mod kubeconfig;
+pub mod layer1;
 pub mod ledger;
 pub mod source;
 pub mod talhelper;

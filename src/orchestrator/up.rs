@@ -52,6 +52,9 @@ pub struct UpOptions {
     pub policy: CallPolicy,
     /// One TLS probe.
     pub probe_timeout: Duration,
+    /// The Kubernetes half of layer 1 (namespaces, secrets, CRDs, charts); its
+    /// steps are skipped when `None`.
+    pub kube: Option<super::layer1::KubeHalf>,
 }
 
 impl UpOptions {
@@ -59,13 +62,14 @@ impl UpOptions {
         Self {
             state_dir,
             new_cluster: false,
-            until: StepId::Apiserver,
+            until: StepId::Layer1Done,
             node_deadline: Duration::from_secs(20 * 60),
             reach_deadline: Duration::from_secs(5 * 60),
             etcd_deadline: Duration::from_secs(10 * 60),
             apiserver_deadline: Duration::from_secs(10 * 60),
             policy: CallPolicy::default(),
             probe_timeout: Duration::from_secs(5),
+            kube: None,
         }
     }
 }
@@ -119,6 +123,7 @@ struct Run<'a> {
     journal: Journal,
     rendered: Option<Rendered>,
     classes: BTreeMap<String, NodeClass>,
+    kube: super::layer1::KubeState,
 }
 
 impl<'a> Run<'a> {
@@ -196,6 +201,7 @@ pub async fn up(
         journal,
         rendered: None,
         classes: BTreeMap::new(),
+        kube: Default::default(),
     };
     let mut report = UpReport {
         steps: Vec::new(),
@@ -243,6 +249,23 @@ async fn run_steps(
             StepId::Run => Ok(Outcome::Skipped {
                 reason: String::new(),
             }),
+            k8s => match &run.opts.kube {
+                None => Ok(Outcome::Skipped {
+                    reason: "no gitops repository given (--repo): the Kubernetes half is not run"
+                        .into(),
+                }),
+                Some(half) => {
+                    super::layer1::run_step(
+                        k8s,
+                        half,
+                        &mut run.kube,
+                        &run.opts.state_dir,
+                        run.def.nodes.len(),
+                        run.em,
+                    )
+                    .await
+                }
+            },
         };
         match result {
             Ok(outcome) => {
@@ -400,6 +423,13 @@ async fn preflight(run: &mut Run<'_>, source: &dyn ClusterSource) -> Result<Outc
     let em = run.em;
     let opts = run.opts;
     let step = StepId::Preflight;
+    // The Kubernetes half's inputs first: a missing helm or a broken helmfile
+    // must stop the run before any node is touched.
+    if let Some(half) = &opts.kube {
+        if opts.until >= StepId::KubeApi {
+            super::layer1::preflight_into(half, &mut run.kube, em).await?;
+        }
+    }
     em.progress(
         step,
         None,
@@ -1161,6 +1191,7 @@ pub async fn plan(
         journal,
         rendered,
         classes: BTreeMap::new(),
+        kube: Default::default(),
     };
     let mut items = Vec::new();
     let item = |step, node: Option<&NodeDef>, acts, action: String| PlanItem {
@@ -1326,6 +1357,7 @@ pub async fn plan(
             "wait for kube-apiserver to serve TLS with the cluster CA".into()
         },
     ));
+    items.extend(super::layer1::plan_items(opts).await);
     // Step order; nodes keep their definition order within a step.
     items.sort_by_key(|i| i.step);
     Ok(items)
