@@ -11,6 +11,7 @@
 //! - [`cli`]: argument types and output for the binary.
 
 pub mod cli;
+pub mod gitops;
 pub mod lab;
 pub mod machineconfig;
 pub mod orchestrator;
