@@ -58,7 +58,10 @@ const ENDSYS: &[(u8, &[&str])] = &[
             "dragonfly-operator",
         ],
     ),
-    (4, &["external-secrets", "external-secrets-stores", "pocket-id"]),
+    (
+        4,
+        &["external-secrets", "external-secrets-stores", "pocket-id"],
+    ),
 ];
 
 /// Name (or `namespace/name`) → layer. `namespace/name` entries win over bare names.
@@ -174,7 +177,11 @@ impl LayerMap {
 
 fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
-        .position(|l| l.trim_start().trim_start_matches('"').starts_with(needle.trim_matches('"')))
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches('"')
+                .starts_with(needle.trim_matches('"'))
+        })
         .map(|i| i + 1)
         .unwrap_or(1)
 }

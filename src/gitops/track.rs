@@ -319,9 +319,11 @@ fn assess(kind: Kind, o: &Obj, sources: &BTreeMap<Key, String>) -> (ItemState, S
         );
     }
     let (status, reason, msg) = o.ready.clone().unwrap_or_default();
-    if kind == Kind::HelmRelease && status == "False" && TERMINAL_HR_REASONS.contains(&&*reason)
-    {
+    if kind == Kind::HelmRelease && status == "False" && TERMINAL_HR_REASONS.contains(&&*reason) {
         return (ItemState::Failed, reason, msg);
+    }
+    if status != "True" {
+        return (ItemState::Waiting, reason, msg);
     }
     if o.generation != o.observed {
         return (
@@ -332,9 +334,6 @@ fn assess(kind: Kind, o: &Obj, sources: &BTreeMap<Key, String>) -> (ItemState, S
                 o.generation, o.observed
             ),
         );
-    }
-    if status != "True" {
-        return (ItemState::Waiting, reason, msg);
     }
     if let Some(rev) = o.source.as_ref().and_then(|k| sources.get(k)) {
         if !rev.is_empty() && &o.last_applied != rev {
@@ -365,7 +364,10 @@ impl World {
         let mut items = Vec::new();
         let mut state: BTreeMap<(Kind, &Key), ItemState> = BTreeMap::new();
         let mut assessed = Vec::new();
-        for (kind, map) in [(Kind::Kustomization, &self.ks), (Kind::HelmRelease, &self.hr)] {
+        for (kind, map) in [
+            (Kind::Kustomization, &self.ks),
+            (Kind::HelmRelease, &self.hr),
+        ] {
             for (k, o) in map {
                 let a = assess(kind, o, &self.git);
                 state.insert((kind, k), a.0);
@@ -455,7 +457,12 @@ fn ks_resource() -> ApiResource {
     )
 }
 fn hr_resource() -> ApiResource {
-    resource("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases")
+    resource(
+        "helm.toolkit.fluxcd.io",
+        "v2",
+        "HelmRelease",
+        "helmreleases",
+    )
 }
 fn git_resource() -> ApiResource {
     resource(

@@ -508,6 +508,21 @@ fn docs(repo: &Path, file: &Path) -> Result<Vec<Doc>, GitopsError> {
     Ok(out)
 }
 
+/// The documents a kustomize build of `dir` would apply (for the lab Flux):
+/// each document, where it starts, and the namespace an enclosing
+/// `kustomization.yaml` imposes.
+pub(crate) fn build_docs(
+    repo: &Path,
+    dir: &Path,
+) -> Result<Vec<(Value, Loc, Option<String>)>, GitopsError> {
+    let mut docs = Vec::new();
+    build(repo, dir, None, &mut docs, 0)?;
+    Ok(docs
+        .into_iter()
+        .map(|(d, ns)| (d.value, d.loc, ns))
+        .collect())
+}
+
 /// Missing dependencies and cycles.
 fn check(g: &mut Graph) {
     for n in g.nodes.values() {
