@@ -509,9 +509,13 @@ fn reconcile_ks(
     if s(ks, "/spec/decryption/provider") == "sops" {
         let secret = s(ks, "/spec/decryption/secretRef/name");
         if !secret.is_empty() {
-            let identity = get(api, &ty.secret, &ns, secret).and_then(|sec| age_recipient(&sec));
+            // The lab stands in for the common component that copies the Secret
+            // into every namespace: it also looks in flux-system.
+            let found = get(api, &ty.secret, &ns, secret)
+                .or_else(|| get(api, &ty.secret, "flux-system", secret));
+            let identity = found.as_ref().and_then(age_recipient);
             let Some(recipient) = identity else {
-                let exists = get(api, &ty.secret, &ns, secret).is_some();
+                let exists = found.is_some();
                 let msg = if exists {
                     format!("decryption secret error: Secret '{ns}/{secret}' has no valid age identity in 'age.agekey'")
                 } else {
