@@ -411,7 +411,11 @@ fn build(
         if r.contains("://") || r.starts_with("github.com/") {
             continue;
         }
-        let p = dir.join(r);
+        let p: PathBuf = dir
+            .join(r)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         if p.is_dir() {
             build(repo, &p, ns.clone(), out, depth + 1)?;
         } else if p.is_file() {
