@@ -12,11 +12,13 @@ fn lab_tree() -> PathBuf {
 }
 
 /// (namespace, app, dependsOn as (namespace, name)).
-fn endsys_apps() -> Vec<(
+type App = (
     &'static str,
     &'static str,
     Vec<(&'static str, &'static str)>,
-)> {
+);
+
+fn endsys_apps() -> Vec<App> {
     let ess = ("security", "external-secrets-stores");
     let cnpg = ("database", "cnpg-operator");
     let nfs = ("kube-system", "csi-driver-nfs");
