@@ -61,7 +61,8 @@ pub struct Item {
     pub depends_on: Vec<Key>,
     /// The dependencies that are not Ready.
     pub waiting_on: Vec<Key>,
-    /// Objects of the same kind that depend on this one, transitively.
+    /// Objects of the same kind that depend on this one, transitively (filled
+    /// in for blockers: objects not Ready whose dependencies all are).
     pub dependents: Vec<Key>,
     /// For a HelmRelease: the Kustomization that applied it.
     pub owner: Option<Key>,
@@ -382,14 +383,17 @@ impl World {
             }
         }
         for (kind, k, o, (st, reason, message)) in assessed {
-            let waiting_on = o
+            let waiting_on: Vec<Key> = o
                 .depends_on
                 .iter()
                 .filter(|d| state.get(&(kind, *d)) != Some(&ItemState::Ready))
                 .cloned()
                 .collect();
+            // Dependents only where reports need them (the blockers): the
+            // transitive walk is quadratic over long chains.
             let mut dependents = BTreeSet::new();
-            let mut todo = vec![k];
+            let blocker = st != ItemState::Ready && waiting_on.is_empty();
+            let mut todo = if blocker { vec![k] } else { vec![] };
             while let Some(x) = todo.pop() {
                 for y in rev.get(&(kind, x)).cloned().unwrap_or_default() {
                     if dependents.insert(y.clone()) {
