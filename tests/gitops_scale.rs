@@ -117,6 +117,8 @@ async fn lag_and_footprint_with_500_kustomizations() {
         let status = json!({"status": {"observedGeneration": 1, "lastAppliedRevision": "main@sha1:0",
             "conditions": [{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",
                 "message": "Applied revision: main@sha1:0", "lastTransitionTime": "2026-11-26T00:00:00Z"}]}});
+        // From before the status write: the watch event can beat its answer.
+        let written = Instant::now();
         ks.patch_status(
             &format!("a{i}"),
             &PatchParams::default(),
@@ -124,7 +126,6 @@ async fn lag_and_footprint_with_500_kustomizations() {
         )
         .await
         .expect("status");
-        let written = Instant::now();
         loop {
             let (ready, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
