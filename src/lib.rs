@@ -14,6 +14,7 @@
 
 pub mod charts;
 pub mod cli;
+pub mod gitops;
 pub mod kube;
 pub mod lab;
 pub mod machineconfig;

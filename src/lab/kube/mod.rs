@@ -18,6 +18,7 @@
 
 mod discovery;
 mod fields;
+pub mod flux;
 mod select;
 mod server;
 mod sim;

@@ -568,6 +568,10 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
         };
         api.sim_write(&job_t, ns.as_deref(), &name, |o| o["status"] = status)?;
     }
+    // The lab's Flux controllers (idle until a FluxInstance exists).
+    super::flux::pass(api, &mut |key, gen, base| {
+        is_due(api, fabric, st, key, gen, base)
+    })?;
     let _ = Duration::ZERO;
     Ok(())
 }
