@@ -5,7 +5,6 @@
 //! secrets file is SOPS-encrypted, the caller decrypts it (see `crate::sops`) and
 //! passes the text through [`SecretsInput::Text`].
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -80,24 +79,9 @@ impl SecretsInput {
     }
 }
 
-/// Writes a file readable only by its owner.
+/// Writes a file readable only by its owner (atomically, via the talosconfig writer).
 pub fn write_private(path: &Path, contents: &str) -> Result<(), ConfigError> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(|e| ConfigError::io(path, e))?;
-    #[cfg(unix)]
-    {
-        // An existing file keeps its mode on open; tighten it.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ConfigError::io(path, e))?;
-    }
-    f.write_all(contents.as_bytes())
+    crate::talos::talosconfig::write_private(path, contents.as_bytes())
         .map_err(|e| ConfigError::io(path, e))
 }
 
