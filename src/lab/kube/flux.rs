@@ -368,7 +368,7 @@ fn reconcile_instance(
         }
     }
     let source_problem = apply_sync(api, ty, fi, &ns, &sync_name)?;
-    if s(fi, "/spec/sync/kind") != "" {
+    if !s(fi, "/spec/sync/kind").is_empty() {
         inventory.push(json!({"id": inventory_id(&ns, &sync_name, "source.toolkit.fluxcd.io", "GitRepository"), "v": "v1"}));
         inventory.push(json!({"id": inventory_id(&ns, &sync_name, "kustomize.toolkit.fluxcd.io", "Kustomization"), "v": "v1"}));
     }
