@@ -229,6 +229,23 @@ async fn reimage_each_control_plane_keeps_quorum() {
     // Non-zero delays so the reimage spends real time in each lab state.
     let scale = 0.1;
     let env = cluster(202, scale).await;
+    // Pods on cp1: one to evict, one a DaemonSet's (drains leave those).
+    let kc =
+        endsys_bootstrap::kube::client_from_kubeconfig(env.cluster.kubeconfig.as_ref().unwrap())
+            .await
+            .unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(kc, "default");
+    for (name, owner) in [("web", None), ("agent", Some("DaemonSet"))] {
+        let mut pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "cp1", "containers": [{"name": "c", "image": "nginx"}]}});
+        if let Some(kind) = owner {
+            pod["metadata"]["ownerReferences"] = serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": "agent", "uid": "u1", "controller": true}]);
+        }
+        pods.create(&Default::default(), &serde_json::from_value(pod).unwrap())
+            .await
+            .unwrap();
+    }
     let (stop, sampler) = sample_quorum(&env.lab);
     let mut walls = Vec::new();
     for name in ["cp1", "cp2", "cp3"] {
@@ -242,6 +259,15 @@ async fn reimage_each_control_plane_keeps_quorum() {
         assert!(!r.resumed);
         assert!(r.forced.is_empty());
         assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
+        if name == "cp1" {
+            let drain = c.messages("drain").join("\n");
+            assert!(
+                drain.contains("1 pod(s) evicted, 1 DaemonSet/mirror"),
+                "{drain}"
+            );
+            assert!(pods.get_opt("web").await.unwrap().is_none());
+            assert!(pods.get_opt("agent").await.unwrap().is_some());
+        }
         // The leave was confirmed through another control plane.
         let leave = c.messages("leave_etcd").join("\n");
         assert!(leave.contains("confirmed by EtcdMemberList"), "{leave}");

@@ -131,11 +131,17 @@ pub async fn rejoin(
                     "remove_member",
                     format!("EtcdRemoveMemberByID {id:016x} ({peers}) → {from}"),
                 );
-                let target = via
+                let Some(target) = via
                     .iter()
                     .find(|n| n.hostname == from)
+                    .or(via.first())
                     .copied()
-                    .unwrap_or(via[0]);
+                else {
+                    return Err(Day2Error::NoHealthyControlPlane {
+                        what: "EtcdRemoveMemberByID".into(),
+                        tried: vec![],
+                    });
+                };
                 match cluster
                     .mtls(target, opts.policy)?
                     .etcd_remove_member(*id)

@@ -245,7 +245,7 @@ impl Api {
         if let Some(s) = &sub {
             // pods/eviction: the Eviction API drains use.
             let eviction = s == "eviction" && ty.kind == "Pod" && ty.group.is_empty();
-            if !(s == "status" && ty.status) && !eviction {
+            if !(eviction || (s == "status" && ty.status)) {
                 return Err(not_found());
             }
         }
