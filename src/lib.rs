@@ -9,11 +9,13 @@
 //! - [`charts`]: helmfile model, helm template, Helm ownership, Cilium lint, lab chart set.
 //! - [`kube`]: server-side apply engine and readiness waits (kube-rs).
 //! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
+//! - [`day2`]: etcd backup/status, quorum guard, node reimage and rejoin.
 //! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
 //! - [`cli`]: argument types and output for the binary.
 
 pub mod charts;
 pub mod cli;
+pub mod day2;
 pub mod gitops;
 pub mod kube;
 pub mod lab;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use endsys_bootstrap::cli::{gen, lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{day2, gen, lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
 use endsys_bootstrap::machineconfig::Vars;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
@@ -35,8 +35,15 @@ enum Command {
     },
     /// From maintenance-mode nodes to a running cluster, resumable at any point.
     Up(up::UpArgs),
-    /// Print what `up` would do now; changes nothing.
-    Plan(up::UpArgs),
+    /// Print what `up` would do now (or, with `node reimage|rejoin NAME`, a node
+    /// operation's steps and the node receiving each call); changes nothing.
+    Plan(day2::PlanArgs),
+    /// etcd: verified backups (snapshot + sidecar), status per control plane.
+    #[command(subcommand)]
+    Etcd(day2::EtcdCommand),
+    /// Day-2 node operations: reimage a live node, rejoin a dead or replaced one.
+    #[command(subcommand)]
+    Node(day2::NodeCommand),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -133,7 +140,12 @@ fn main() {
                 })
             }
             Command::Up(args) => up::up(args, &out).await,
-            Command::Plan(args) => up::plan(args, &out).await,
+            Command::Plan(args) => match args.what {
+                Some(what) => day2::plan(what, &out).await,
+                None => up::plan(args.up, &out).await,
+            },
+            Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
+            Command::Node(cmd) => day2::node(cmd, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,

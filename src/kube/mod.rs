@@ -5,9 +5,11 @@
 //! - [`Applier`]: server-side apply with one field manager ([`FIELD_MANAGER`]) in a
 //!   safe order — namespaces, CRDs, wait Established, refresh discovery, the rest —
 //!   reporting each object as created, changed or unchanged.
+//! - [`nodes`]: cordon, drain (Eviction API), uncordon, delete and wait for a Node.
 //! - [`wait`]: readiness by kind on watches, each with a deadline and the blocking
 //!   object's status on timeout.
 
+pub mod nodes;
 pub mod wait;
 
 use std::time::Duration;

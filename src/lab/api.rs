@@ -916,6 +916,16 @@ impl MachineService for LabApi {
         let info = self.gate(&request, "EtcdStatus")?;
         self.control_plane(&info, "etcd status")?;
         let me = self.local_etcd()?;
+        // etcd lists active alarms in the status errors as "memberID:<id> alarm:<type>".
+        let errors: Vec<String> = self
+            .node
+            .etcd_alarms
+            .lock()
+            .expect("alarms lock")
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{a}", me.member_id))
+            .collect();
+        let leader = self.node.fabric.elect_leader(me.cluster_uid);
         let status = self.with_cluster(me.cluster_uid, |c| {
             let size = c.snapshot().len() as i64;
             machine::EtcdMemberStatus {
@@ -924,11 +934,11 @@ impl MachineService for LabApi {
                 protocol_version: "3.6.5".into(),
                 db_size: size,
                 db_size_in_use: size,
-                leader: c.leader,
+                leader,
                 raft_index: c.raft_index,
                 raft_term: c.raft_term,
                 raft_applied_index: c.raft_index,
-                errors: vec![],
+                errors,
                 is_learner: false,
             }
         })?;

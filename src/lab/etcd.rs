@@ -231,6 +231,35 @@ impl EtcdHandle {
         self.with(|c| c.members.clone())
     }
 
+    /// Quorum of the running cluster right now: `(members with etcd running,
+    /// members, has quorum)`. Tests sample it on every lab change.
+    pub fn quorum(&self) -> Result<(usize, usize, bool), EtcdError> {
+        let alive = self.fabric.alive_cluster_uids();
+        let uid = *alive.first().ok_or(EtcdError::NoCluster)?;
+        let members: Vec<u64> = {
+            let store = self.fabric.etcd.lock().expect("etcd lock");
+            store
+                .get(uid)
+                .ok_or(EtcdError::NoCluster)?
+                .members
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        let healthy = self
+            .fabric
+            .nodes()
+            .iter()
+            .filter(|n| {
+                let d = n.data.lock().expect("data lock");
+                d.etcd
+                    .is_some_and(|m| m.cluster_uid == uid && members.contains(&m.member_id))
+                    && d.services.get("etcd").is_some_and(|s| s.state == "Running")
+            })
+            .count();
+        Ok((healthy, members.len(), self.fabric.has_quorum(uid)))
+    }
+
     /// How many distinct etcd clusters have live members (more than one = split brain).
     pub fn cluster_count(&self) -> usize {
         self.fabric.alive_cluster_uids().len()

@@ -214,6 +214,12 @@ impl Lab {
         self.fabric.apply_calls.load(Ordering::SeqCst)
     }
 
+    /// Bumped on every change of any node (state, services, etcd): observers
+    /// sample the lab on each change instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fabric.changed.subscribe()
+    }
+
     /// The simulated etcd key-value store.
     pub fn etcd(&self) -> EtcdHandle {
         EtcdHandle {
@@ -339,6 +345,35 @@ impl LabNode {
     /// Configured mode serves a certificate from a foreign CA while on.
     pub fn serve_wrong_ca(&self, on: bool) {
         self.inner.wrong_ca.store(on, Ordering::SeqCst);
+    }
+
+    /// Fault: etcd on this node never joins its cluster (the service stays
+    /// `Preparing`), until turned off again.
+    pub fn block_etcd_join(&self, on: bool) {
+        self.inner.etcd_join_blocked.store(on, Ordering::SeqCst);
+        if !on {
+            self.inner.fabric.kick_joins();
+        }
+    }
+
+    /// Fault: the local etcd member raises an alarm (`NOSPACE`, `CORRUPT`); it shows
+    /// in EtcdStatus errors the way etcd reports it. An empty name clears them.
+    pub fn set_etcd_alarm(&self, alarm: &str) {
+        let mut a = self.inner.etcd_alarms.lock().expect("alarms lock");
+        a.clear();
+        if !alarm.is_empty() {
+            a.push(alarm.to_string());
+        }
+    }
+
+    /// The etcd member ID this node holds in its data directory, if any.
+    pub fn etcd_member_id(&self) -> Option<u64> {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .etcd
+            .map(|m| m.member_id)
     }
 
     /// The system disk died and was replaced: the next power on boots into

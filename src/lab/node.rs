@@ -142,6 +142,37 @@ impl Fabric {
         healthy * 2 > members.len()
     }
 
+    /// The leader of cluster `uid` as its members see it: 0 without quorum; when
+    /// the recorded leader's etcd is not running, the healthy members elect one
+    /// of themselves (a new term), as raft does after an election timeout.
+    pub(crate) fn elect_leader(&self, uid: u64) -> u64 {
+        if !self.has_quorum(uid) {
+            return 0;
+        }
+        let running: Vec<u64> = self
+            .nodes()
+            .iter()
+            .filter_map(|n| {
+                let d = n.data.lock().expect("data lock");
+                let up = d.services.get("etcd").is_some_and(|s| s.state == "Running");
+                d.etcd
+                    .filter(|m| m.cluster_uid == uid && up)
+                    .map(|m| m.member_id)
+            })
+            .collect();
+        let mut store = self.etcd.lock().expect("etcd lock");
+        let Some(c) = store.get_mut(uid) else {
+            return 0;
+        };
+        if !running.contains(&c.leader) {
+            if let Some(m) = c.members.iter().find(|m| running.contains(&m.id)) {
+                c.leader = m.id;
+                c.raft_term += 1;
+            }
+        }
+        c.leader
+    }
+
     pub(crate) fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -253,6 +284,11 @@ pub(crate) struct NodeInner {
     pub wrong_ca: AtomicBool,
     pub reboot_delay: Mutex<Option<Duration>>,
     pub apply_busy: AtomicBool,
+    /// Fault: etcd on this node never joins (stays Preparing), as when the new
+    /// member cannot reach its peers.
+    pub etcd_join_blocked: AtomicBool,
+    /// Fault: alarms the local etcd member reports (`NOSPACE`, `CORRUPT`).
+    pub etcd_alarms: Mutex<Vec<String>>,
     pending_reply: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     generation: AtomicU64,
     serving: tokio::sync::Mutex<Option<Serving>>,
@@ -366,6 +402,8 @@ impl NodeInner {
             wrong_ca: AtomicBool::new(false),
             reboot_delay: Mutex::new(None),
             apply_busy: AtomicBool::new(false),
+            etcd_join_blocked: AtomicBool::new(false),
+            etcd_alarms: Mutex::new(Vec::new()),
             pending_reply: Mutex::new(None),
             generation: AtomicU64::new(0),
             serving: tokio::sync::Mutex::new(None),
@@ -1097,7 +1135,7 @@ impl NodeInner {
 
     /// Some(cluster uid) when this node should join an existing cluster now.
     pub(crate) fn join_eligible(&self) -> Option<u64> {
-        if self.state() != NodeState::Running {
+        if self.state() != NodeState::Running || self.etcd_join_blocked.load(Ordering::SeqCst) {
             return None;
         }
         let key = {

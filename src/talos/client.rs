@@ -653,7 +653,8 @@ impl TalosClient {
             .await?
             .into_inner();
         let part = part_path(path);
-        let mut file = std::fs::File::create(&part)
+        // 0600 from the first byte: a snapshot holds every Secret of the cluster.
+        let mut file = create_private(&part)
             .map_err(|e| io_err(format!("creating {}: {e}", part.display())))?;
         let mut hasher = sha2::Sha256::new();
         let mut size = 0u64;
@@ -1033,6 +1034,17 @@ fn jitter(d: Duration) -> Duration {
         return d;
     }
     Duration::from_millis(ms - spread + rand::random_range(0..=2 * spread))
+}
+
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
 }
 
 fn part_path(path: &Path) -> PathBuf {

@@ -243,7 +243,9 @@ impl Api {
         }
         let sub = sub.map(|s| s.to_string());
         if let Some(s) = &sub {
-            if !(s == "status" && ty.status) {
+            // pods/eviction: the Eviction API drains use.
+            let eviction = s == "eviction" && ty.kind == "Pod" && ty.group.is_empty();
+            if !(eviction || (s == "status" && ty.status)) {
                 return Err(not_found());
             }
         }
@@ -326,6 +328,14 @@ impl Api {
                         "metadata": {"resourceVersion": rev.to_string()},
                         "items": items,
                     }),
+                ))
+            }
+            (Method::POST, Some(name)) if t.sub.as_deref() == Some("eviction") => {
+                // No PodDisruptionBudgets in the lab: an eviction always deletes.
+                self.delete(&t.ty, t.ns.as_deref(), name, dry_run)?;
+                Ok(json_response(
+                    201,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 ))
             }
             (Method::POST, None) => {

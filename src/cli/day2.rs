@@ -1,0 +1,350 @@
+//! `etcd backup|status`, `node reimage|rejoin` and `plan node …`: arguments and
+//! output. The flows live in [`crate::day2`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, Output, OutputFormat};
+use crate::day2::{self, backup, Cluster, Day2Error, Day2Event, Day2Options, EventKind, Reporter};
+use crate::orchestrator::journal;
+use crate::orchestrator::talhelper::TalhelperSource;
+use crate::orchestrator::ClusterSource;
+
+/// Where the cluster comes from: the same definition and secrets `up` used.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub definition: super::gen::DefinitionArgs,
+    /// age identity file for SOPS-encrypted secrets [default: $SOPS_AGE_KEY_FILE, then ~/.config/sops/age/keys.txt].
+    #[arg(long)]
+    pub age_key: Option<PathBuf>,
+    /// State directory holding `up`'s journal, talosconfig and kubeconfig
+    /// (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
+        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets);
+        s.paths = self.definition.paths();
+        s.age_key = self.age_key.clone();
+        let def = s.definition().map_err(super::up::flow_error)?;
+        let dir = journal::state_dir(self.state_dir.as_deref(), &def.cluster);
+        let cluster = Cluster::load(&s, &dir).map_err(day2_error)?;
+        Ok((cluster, dir))
+    }
+}
+
+/// `etcd …`
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// Snapshot etcd from a healthy control plane (each asked directly, never
+    /// through the VIP), verify its SHA-256 trailer, and write it 0600 with a
+    /// metadata sidecar FILE.json (cluster, node, raft index, members, time,
+    /// sha256, tool version).
+    ///
+    /// Example: `etcd backup backups/etcd-$(date +%F).snapshot`. Without FILE the
+    /// snapshot goes to <state-dir>/backups/<cluster>-etcd-<UTC time>.snapshot.
+    Backup(BackupArgs),
+    /// Show etcd per control plane: members (ID, name, peer URLs, learner, the
+    /// definition node they belong to), the leader, DB size, raft index and
+    /// alarms. `--output json` for scripts.
+    Status(ClusterArgs),
+    /// Check a backup file: its SHA-256 trailer and its sidecar's checksum.
+    Verify {
+        /// The snapshot file (its sidecar is FILE.json).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Where to write the snapshot (written via FILE.tmp and renamed; 0600).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Wipe a live node and bring it back, etcd quorum kept throughout.
+    ///
+    /// Steps: quorum guard → automatic etcd snapshot (control plane) → cordon →
+    /// drain (Eviction API) → EtcdLeaveCluster, confirmed through another control
+    /// plane → Reset wiping STATE and EPHEMERAL (--wipe-all: the whole disk) into
+    /// maintenance → delete the Node → apply the config (maintenance) → wait for
+    /// running, etcd member count back, Node registered/Ready → uncordon →
+    /// verify. Journaled in <state-dir>/day2/: re-run the same command after an
+    /// interruption and it resumes. See `plan node reimage NAME` first.
+    Reimage(ReimageArgs),
+    /// Bring back a dead node, or one whose disk was replaced and now boots into
+    /// maintenance — or add a node new to the definition.
+    ///
+    /// Steps: quorum guard (the node need not answer) → automatic snapshot →
+    /// remove its stale etcd member by ID through a healthy control plane → delete
+    /// the old Node → apply the config (maintenance) → wait for running, etcd
+    /// member count back, Node registered → verify. Resumable like reimage.
+    Rejoin(RejoinArgs),
+}
+
+/// Options shared by reimage and rejoin.
+#[derive(Debug, Clone, Args)]
+pub struct OpArgs {
+    /// Proceed although the quorum guard refuses (its reasons are still printed).
+    /// Losing etcd quorum stops the whole cluster: bring members back instead.
+    #[arg(long)]
+    pub force: bool,
+    /// Skip cordon, drain, Node delete/Ready and uncordon (Talos steps only).
+    #[arg(long)]
+    pub skip_kubernetes: bool,
+    /// Do not take the automatic etcd snapshot before a control-plane operation.
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Deadline for the node to reach maintenance / come back running, in seconds.
+    #[arg(long, default_value_t = 1200)]
+    pub node_timeout: u64,
+    /// Deadline for etcd membership changes and drains, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub etcd_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReimageArgs {
+    /// Hostname (or address) of the node, as in the definition.
+    pub name: String,
+    /// Wipe the whole system disk instead of only STATE and EPHEMERAL.
+    #[arg(long)]
+    pub wipe_all: bool,
+    #[command(flatten)]
+    pub op: OpArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RejoinArgs {
+    /// Hostname (or address) of the node, as in the definition.
+    pub name: String,
+    #[command(flatten)]
+    pub op: OpArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `plan …`: `up`'s plan, or a node operation's steps.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PlanArgs {
+    #[command(subcommand)]
+    pub what: Option<PlanWhat>,
+    #[command(flatten)]
+    pub up: super::up::UpArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlanWhat {
+    /// The steps of a node operation, naming the node that receives each call.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+fn day2_error(e: Day2Error) -> CliError {
+    if e.is_input_error() {
+        CliError::Usage(e.explain())
+    } else {
+        CliError::Failed(e.explain())
+    }
+}
+
+/// Prints day-2 events as they come: lines on stderr, or NDJSON on stdout.
+struct Printer {
+    format: OutputFormat,
+}
+
+impl Reporter for Printer {
+    fn report(&self, ev: &Day2Event) {
+        match self.format {
+            OutputFormat::Json => {
+                let mut v = serde_json::to_value(ev).unwrap_or_default();
+                v["event"] = serde_json::json!("day2");
+                println!("{v}");
+            }
+            OutputFormat::Text => {
+                let tag = match ev.kind {
+                    EventKind::Started => "…",
+                    EventKind::Done => "done",
+                    EventKind::Skipped => "skipped",
+                    EventKind::Waiting => "waiting for",
+                    EventKind::Info => "",
+                    EventKind::Warning => "WARNING",
+                };
+                if tag.is_empty() {
+                    eprintln!("{} {}: {}", ev.node, ev.step, ev.message);
+                } else {
+                    eprintln!("{} {}: {tag} {}", ev.node, ev.step, ev.message);
+                }
+            }
+        }
+    }
+}
+
+fn options(dir: PathBuf, op: &OpArgs, out: &Output) -> Day2Options {
+    let mut o = Day2Options::new(dir);
+    o.force = op.force;
+    o.skip_kubernetes = op.skip_kubernetes;
+    o.auto_snapshot = !op.no_snapshot;
+    o.node_deadline = Duration::from_secs(op.node_timeout);
+    o.etcd_deadline = Duration::from_secs(op.etcd_timeout);
+    o.kube_deadline = Duration::from_secs(op.etcd_timeout);
+    o.reporter = Arc::new(Printer { format: out.format });
+    o
+}
+
+pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
+    match cmd {
+        EtcdCommand::Backup(args) => {
+            let (cluster, dir) = args.cluster.load()?;
+            let path = args
+                .file
+                .clone()
+                .unwrap_or_else(|| backup::default_backup_path(&dir, &cluster.def.cluster));
+            let meta = backup::take_backup(&cluster, Default::default(), &path)
+                .await
+                .map_err(day2_error)?;
+            out.result(
+                &meta.node,
+                "etcd-backup",
+                &format!(
+                    "wrote {} (0600, {} bytes, sha256 {}) and {}; {} members, raft index {}",
+                    path.display(),
+                    meta.size,
+                    meta.sha256,
+                    backup::sidecar_path(&path).display(),
+                    meta.members.len(),
+                    meta.raft_index
+                ),
+                serde_json::json!({"path": path, "sidecar": backup::sidecar_path(&path), "meta": meta}),
+            );
+            Ok(())
+        }
+        EtcdCommand::Status(args) => {
+            let (cluster, _) = args.load()?;
+            let report = backup::etcd_status(&cluster, Default::default()).await;
+            let json = serde_json::to_value(&report).unwrap_or_default();
+            out.result(&cluster.def.cluster, "etcd-status", &report.table, json);
+            if report.leader.is_none() {
+                return Err(CliError::Failed(
+                    "etcd has no leader: quorum is lost or no control plane answers".into(),
+                ));
+            }
+            Ok(())
+        }
+        EtcdCommand::Verify { file } => {
+            let meta = backup::verify_backup(&file).map_err(day2_error)?;
+            out.result(
+                &meta.node,
+                "etcd-verify",
+                &format!(
+                    "{}: trailer and sidecar checksum OK (cluster {}, taken {} from {}, {} members)",
+                    file.display(),
+                    meta.cluster,
+                    meta.taken_at,
+                    meta.node,
+                    meta.members.len()
+                ),
+                serde_json::to_value(&meta).unwrap_or_default(),
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn node(cmd: NodeCommand, out: &Output) -> Result<(), CliError> {
+    match cmd {
+        NodeCommand::Reimage(a) => {
+            let (cluster, dir) = a.cluster.load()?;
+            let mut o = options(dir, &a.op, out);
+            o.wipe_all = a.wipe_all;
+            let r = day2::reimage::reimage(&cluster, &a.name, &o)
+                .await
+                .map_err(day2_error)?;
+            out.result(
+                &r.node,
+                "reimage",
+                &format!(
+                    "reimaged in {:.1}s{}{}",
+                    r.elapsed.as_secs_f64(),
+                    r.backup.as_deref().map(|b| format!("; snapshot {b}")).unwrap_or_default(),
+                    if r.forced.is_empty() { String::new() } else { format!("; FORCED past: {}", r.forced.join("; ")) }
+                ),
+                serde_json::json!({"node": r.node, "steps": r.steps.iter().map(|(s, o)| serde_json::json!({"step": s, "outcome": o})).collect::<Vec<_>>(), "backup": r.backup, "forced": r.forced, "resumed": r.resumed, "elapsed_ms": r.elapsed.as_millis() as u64}),
+            );
+            Ok(())
+        }
+        NodeCommand::Rejoin(a) => {
+            let (cluster, dir) = a.cluster.load()?;
+            let o = options(dir, &a.op, out);
+            let r = day2::rejoin::rejoin(&cluster, &a.name, &o)
+                .await
+                .map_err(day2_error)?;
+            out.result(
+                &r.node,
+                "rejoin",
+                &format!(
+                    "rejoined in {:.1}s; stale members removed: {}",
+                    r.elapsed.as_secs_f64(),
+                    if r.removed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        r.removed.iter().map(|(i, p)| format!("{i} ({p})")).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                serde_json::json!({"node": r.node, "removed": r.removed, "steps": r.steps.iter().map(|(s, o)| serde_json::json!({"step": s, "outcome": o})).collect::<Vec<_>>(), "backup": r.backup, "forced": r.forced, "resumed": r.resumed, "elapsed_ms": r.elapsed.as_millis() as u64}),
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
+    let PlanWhat::Node(cmd) = what;
+    let (op_name, name, cluster_args, op, wipe_all) = match &cmd {
+        NodeCommand::Reimage(a) => ("reimage", &a.name, &a.cluster, &a.op, a.wipe_all),
+        NodeCommand::Rejoin(a) => ("rejoin", &a.name, &a.cluster, &a.op, false),
+    };
+    let (cluster, dir) = cluster_args.load()?;
+    let mut o = options(dir, op, out);
+    o.wipe_all = wipe_all;
+    let steps = if op_name == "reimage" {
+        day2::reimage::plan(&cluster, name, &o).await
+    } else {
+        day2::rejoin::plan(&cluster, name, &o).await
+    }
+    .map_err(day2_error)?;
+    let text = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "{:2}. {:<12} {}{}",
+                i + 1,
+                s.step,
+                s.action,
+                if s.done { "  [done]" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    out.result(
+        name,
+        &format!("plan-{op_name}"),
+        &format!("node {op_name} {name} would:\n{text}"),
+        serde_json::to_value(&steps).unwrap_or_default(),
+    );
+    Ok(())
+}
