@@ -10,10 +10,12 @@
 //! - [`kube`]: server-side apply engine and readiness waits (kube-rs).
 //! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
 //! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
+//! - [`day2`]: recover (disaster rebuild), Velero restores.
 //! - [`cli`]: argument types and output for the binary.
 
 pub mod charts;
 pub mod cli;
+pub mod day2;
 pub mod gitops;
 pub mod kube;
 pub mod lab;

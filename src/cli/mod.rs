@@ -3,6 +3,7 @@
 
 pub mod gen;
 pub mod lab_cmd;
+pub mod recover_cmd;
 pub mod talos_cmd;
 pub mod up;
 
