@@ -532,6 +532,8 @@ async fn recover_killed_at_every_step_boundary_converges() {
         let rerun = t0.elapsed();
         let journal = RecoverJournal::load(f.dir.path()).unwrap().unwrap();
         assert_eq!(journal.phase, Phase::Done, "{at:?}");
+        // (A kill point after the last await lets the run finish: the re-run then
+        // finds the recovery done and must converge without wiping anything.)
         if !reset_nodes {
             for rx in &mut resets {
                 while let Ok(s) = rx.try_recv() {

@@ -603,6 +603,20 @@ pub async fn recover(
             );
             j
         }
+        // The same command again after it finished: converge, never wipe the
+        // restored cluster. Only a new disaster (every node in maintenance)
+        // starts a new recovery from the same file.
+        Some(j)
+            if j.sha256 == facts.sha256
+                && !all_in_maintenance(source, &opts.up, em, &def.nodes).await? =>
+        {
+            em.progress(
+                STEP,
+                None,
+                "this snapshot was already restored and the nodes run: converging without resetting anything",
+            );
+            j
+        }
         _ => RecoverJournal {
             snapshot: facts.path.display().to_string(),
             sha256: facts.sha256.clone(),
@@ -705,6 +719,32 @@ fn restored_node(
         .or_else(|| def.control_planes().next())
         .cloned()
         .ok_or_else(|| FlowError::Source("no control plane in the definition".into()).into())
+}
+
+/// Whether every node answers in maintenance mode now.
+async fn all_in_maintenance(
+    source: &dyn ClusterSource,
+    up: &UpOptions,
+    em: &Emitter,
+    nodes: &[NodeDef],
+) -> Result<bool, RecoverError> {
+    let creds = source.render()?.credentials;
+    let classes = join_all(nodes.iter().map(|n| {
+        let creds = creds.clone();
+        async move {
+            classify(
+                em,
+                StepId::Preflight,
+                n,
+                Some(&creds),
+                up.probe_timeout,
+                up.probe_timeout,
+            )
+            .await
+        }
+    }))
+    .await;
+    Ok(classes.iter().all(|c| *c == NodeClass::Maintenance))
 }
 
 /// Every node must be in maintenance mode; configured ones are refused, or reset
@@ -944,13 +984,15 @@ async fn reboot_check(
                 value: node.hostname.clone(),
             },
         );
-        journal.set(dir, Phase::RebootRequested)?;
         em.progress(
             STEP,
             Some(&node.hostname),
             "rebooting the restored control plane once: the data must survive it (Omni #3300)",
         );
         c.reboot().await?;
+        // Recorded once the node took the request: a run killed before that
+        // reboots on the re-run instead of skipping the check.
+        journal.set(dir, Phase::RebootRequested)?;
         let gone = tokio::time::timeout(up.node_deadline, async {
             while let Some(item) = watch.next().await {
                 if item.is_err() {
