@@ -11,6 +11,7 @@
 //! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
 //! - [`day2`]: etcd backup/status, quorum guard, node reimage and rejoin.
 //! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
+//! - [`day2`]: recover (disaster rebuild), Velero restores.
 //! - [`cli`]: argument types and output for the binary.
 
 pub mod charts;

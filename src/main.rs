@@ -3,7 +3,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use endsys_bootstrap::cli::{day2, gen, lab_cmd, talos_cmd, up, CliError, Output, OutputFormat};
+use endsys_bootstrap::cli::{
+    day2, gen, lab_cmd, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+};
 use endsys_bootstrap::machineconfig::Vars;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
@@ -51,6 +53,9 @@ enum Command {
     Lab(LabCommand),
     /// The real `up` against simulated nodes on this machine, with a timing table.
     Demo(up::DemoArgs),
+    /// Rebuild after a disaster: restore an etcd snapshot onto wiped nodes (verified,
+    /// resumable), or a full `up` with the existing secrets; Velero restores per app.
+    Recover(recover_cmd::RecoverArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +155,7 @@ fn main() {
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,
             Command::Demo(args) => up::demo(args, &out).await,
+            Command::Recover(args) => recover_cmd::run(args, &out).await,
         }
     });
     if let Err(e) = result {

@@ -26,6 +26,7 @@ fn every_verb_has_help() {
         &["plan"],
         &["kubeconfig"],
         &["demo"],
+        &["recover"],
     ];
     for v in verbs {
         let mut args: Vec<&str> = v.to_vec();

@@ -4,6 +4,7 @@
 pub mod day2;
 pub mod gen;
 pub mod lab_cmd;
+pub mod recover_cmd;
 pub mod talos_cmd;
 pub mod up;
 

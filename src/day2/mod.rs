@@ -1,5 +1,5 @@
-//! Day-2 operations on a running cluster: etcd backup and status, the quorum
-//! guard, `node reimage` and `node rejoin`.
+//! Day-2 operations on a running (or lost) cluster: etcd backup and status, the
+//! quorum guard, `node reimage`, `node rejoin` and `recover`.
 //!
 //! - [`backup`]: verified etcd snapshots with a metadata sidecar ([`backup::take_backup`],
 //!   [`backup::verify_backup`]) and `etcd status`.
@@ -7,6 +7,8 @@
 //! - [`reimage`]: wipe a live node and bring it back, quorum kept.
 //! - [`rejoin`]: bring back a dead or replaced node (stale member removed first).
 //! - [`journal`]: per-operation step journal (a hint for resuming; real state wins).
+//! - [`recover`]: disaster-recovery rebuild from an etcd snapshot.
+//! - [`velero`]: per-app Velero restores after a rebuild.
 //!
 //! Every call goes to a node directly (never through a VIP or an endpoint proxy),
 //! so the operator can see which node receives it and a dead endpoint cannot
@@ -15,9 +17,11 @@
 pub mod backup;
 pub mod guard;
 pub mod journal;
+pub mod recover;
 pub mod reimage;
 pub mod rejoin;
 mod steps;
+pub mod velero;
 
 pub use reimage::reimage;
 pub use rejoin::rejoin;

@@ -85,6 +85,10 @@ pub enum FlowError {
     )]
     AlreadyBootstrappedUnverified { node: String, detail: String },
 
+    /// Bootstrap{recover_etcd} was accepted but etcd failed to restore the snapshot.
+    #[error("{node}: etcd could not restore the snapshot: {detail}")]
+    RestoreFailed { node: String, detail: String },
+
     /// The journal or another local file could not be read or written.
     #[error("{path}: {detail}")]
     Local { path: String, detail: String },
@@ -142,6 +146,7 @@ impl FlowError {
             FlowError::Timeout { .. } => "the node did not reach the state in time: it may be stuck (install failed, no network, wrong disk) or slower than the deadline".into(),
             FlowError::BootstrapRefused { .. } => "etcd on the control planes is in a state where bootstrapping could create a second cluster or would not work".into(),
             FlowError::AlreadyBootstrappedUnverified { .. } => "the node has etcd data that this tool cannot confirm belongs to this cluster".into(),
+            FlowError::RestoreFailed { .. } => "the snapshot is damaged in a way its checksum did not catch, or is not an etcd snapshot".into(),
             FlowError::Local { .. } => "a local file could not be read or written".into(),
             FlowError::Source(_) => "the cluster definition or secrets could not be turned into configs".into(),
             FlowError::Kube { cause, .. } => cause.clone(),
@@ -166,6 +171,7 @@ impl FlowError {
             FlowError::Timeout { .. } => "look at the node's console or `talos status`; run `up` again to resume".into(),
             FlowError::BootstrapRefused { .. } => "inspect with `talos members` and `talos services` on each control plane; run `up` again once etcd waits to join".into(),
             FlowError::AlreadyBootstrappedUnverified { .. } => "compare `talos members` on each control plane; if the node belongs to another cluster, reset it".into(),
+            FlowError::RestoreFailed { .. } => "reset the node's EPHEMERAL partition (`talos reset`), then run `recover` with another snapshot".into(),
             FlowError::Local { .. } => "check the path's permissions and free space, or pass --state-dir".into(),
             FlowError::Source(_) => "run `validate` on the definition".into(),
             FlowError::Kube { next, .. } => next.clone(),

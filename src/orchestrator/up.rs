@@ -55,7 +55,15 @@ pub struct UpOptions {
     /// The Kubernetes half of layer 1 (namespaces, secrets, CRDs, charts); its
     /// steps are skipped when `None`.
     pub kube: Option<super::layer1::KubeHalf>,
+    /// Disaster recovery (`recover --snapshot`): the bootstrap step uploads this
+    /// snapshot with EtcdRecover and calls Bootstrap{recover_etcd} instead of
+    /// starting an empty etcd. Ignored once etcd has a member.
+    pub recover_from: Option<PathBuf>,
 }
+
+/// File in the state directory while a recovery has not yet verified its
+/// restore; `up` without a snapshot refuses to bootstrap an empty etcd then.
+pub const RECOVER_PENDING: &str = "recover-pending";
 
 impl UpOptions {
     pub fn new(state_dir: PathBuf) -> Self {
@@ -70,6 +78,7 @@ impl UpOptions {
             policy: CallPolicy::default(),
             probe_timeout: Duration::from_secs(5),
             kube: None,
+            recover_from: None,
         }
     }
 }
@@ -860,15 +869,65 @@ async fn bootstrap(run: &mut Run<'_>) -> Result<Outcome, FlowError> {
             value: target.hostname.clone(),
         },
     );
+    let recover = run.opts.recover_from.as_deref();
+    if recover.is_none() {
+        // An empty etcd now would bury the snapshot a recovery is restoring.
+        let marker = run.opts.state_dir.join(RECOVER_PENDING);
+        if let Ok(what) = std::fs::read_to_string(&marker) {
+            return Err(FlowError::BootstrapRefused {
+                node: target.label(),
+                detail: format!(
+                    "a disaster recovery is in progress ({}: {}); run `recover --snapshot` with that file to finish it",
+                    marker.display(),
+                    what.trim()
+                ),
+            });
+        }
+    }
     let c = run.mtls(&target)?.with_policy(run.opts.policy.once());
     let mut pause = Duration::from_millis(200);
     loop {
-        em.progress(step, Some(&target.hostname), "calling Bootstrap");
-        match c.bootstrap(false, false).await {
+        let attempt = match recover {
+            None => {
+                em.progress(step, Some(&target.hostname), "calling Bootstrap");
+                c.bootstrap(false, false).await
+            }
+            Some(path) => {
+                // Uploaded again on every attempt: the node truncates the file.
+                em.progress(
+                    step,
+                    Some(&target.hostname),
+                    format!("uploading snapshot {} (EtcdRecover)", path.display()),
+                );
+                match c.etcd_recover(path, false).await {
+                    Ok(()) => {
+                        em.progress(
+                            step,
+                            Some(&target.hostname),
+                            "calling Bootstrap (recover_etcd)",
+                        );
+                        c.bootstrap(true, false).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match attempt {
             Ok(()) => {
+                if let Some(path) = recover {
+                    // The restore runs when etcd starts, after the reply.
+                    wait_restored(run, &c, &target).await?;
+                    return Ok(Outcome::Done {
+                        detail: format!(
+                            "etcd restored from {} on {}",
+                            path.display(),
+                            target.label()
+                        ),
+                    });
+                }
                 return Ok(Outcome::Done {
                     detail: format!("etcd bootstrapped on {}", target.label()),
-                })
+                });
             }
             Err(e) if e.is_already_bootstrapped() => {
                 // Success only if this node is now a member of a cluster that
@@ -916,6 +975,44 @@ async fn bootstrap(run: &mut Run<'_>) -> Result<Outcome, FlowError> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// After Bootstrap{recover_etcd}: etcd restores the snapshot as it starts; a
+/// failed restore shows only as a failed etcd service (talos-api.md §6.5).
+async fn wait_restored(run: &Run<'_>, c: &TalosClient, target: &NodeDef) -> Result<(), FlowError> {
+    let t0 = Instant::now();
+    let mut last: String;
+    loop {
+        match etcd_view(c).await {
+            Ok(v) if v.member.is_some() && v.service.as_deref() == Some("Running") => return Ok(()),
+            Ok(v) if v.service.as_deref() == Some("Failed") => {
+                return Err(FlowError::RestoreFailed {
+                    node: target.label(),
+                    detail: v.last_event,
+                })
+            }
+            Ok(v) => last = format!("etcd {}", v.service.as_deref().unwrap_or("absent")),
+            Err(e) if e.is_transient() => last = e.to_string(),
+            Err(e) => return Err(e.into()),
+        }
+        if t0.elapsed() > run.opts.etcd_deadline {
+            return Err(FlowError::Timeout {
+                node: target.label(),
+                what: "etcd running on the restored snapshot".into(),
+                after: t0.elapsed(),
+                last,
+            });
+        }
+        run.em.waiting(
+            StepId::Bootstrap,
+            Some(&target.hostname),
+            format!(
+                "etcd on {} to restore the snapshot and start",
+                target.label()
+            ),
+        );
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -24,6 +24,7 @@ mod server;
 mod sim;
 mod store;
 mod types;
+pub mod velero;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
