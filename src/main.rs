@@ -33,10 +33,15 @@ enum Command {
         #[arg(long)]
         age_key: Option<PathBuf>,
     },
-    /// From maintenance-mode nodes to a running cluster, resumable at any point.
+    /// From maintenance-mode nodes to all five layers Ready (Talos, bootstrap charts, Flux,
+    /// then Flux's own layers, watched), resumable at any point.
     Up(up::UpArgs),
-    /// Print what `up` would do now; changes nothing.
+    /// Print what `up` would do now, then the GitOps graph layer by layer (dependsOn
+    /// cycles and missing Kustomizations reported with file:line); changes nothing.
     Plan(up::UpArgs),
+    /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
+    /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.
+    Status(up::StatusArgs),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -134,6 +139,7 @@ fn main() {
             }
             Command::Up(args) => up::up(args, &out).await,
             Command::Plan(args) => up::plan(args, &out).await,
+            Command::Status(args) => up::status(args, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
             Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,

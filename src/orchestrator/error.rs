@@ -101,6 +101,16 @@ pub enum FlowError {
         cause: String,
         next: String,
     },
+
+    /// Layers 2–5: Flux's inputs (secrets, age key), its install and sync, or
+    /// the tracker's report of what blocks a layer.
+    #[error("{step}: {detail}")]
+    Gitops {
+        step: String,
+        detail: String,
+        cause: String,
+        next: String,
+    },
 }
 
 impl From<TalosError> for FlowError {
@@ -144,7 +154,7 @@ impl FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "the node has etcd data that this tool cannot confirm belongs to this cluster".into(),
             FlowError::Local { .. } => "a local file could not be read or written".into(),
             FlowError::Source(_) => "the cluster definition or secrets could not be turned into configs".into(),
-            FlowError::Kube { cause, .. } => cause.clone(),
+            FlowError::Kube { cause, .. } | FlowError::Gitops { cause, .. } => cause.clone(),
         }
     }
 
@@ -168,7 +178,7 @@ impl FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "compare `talos members` on each control plane; if the node belongs to another cluster, reset it".into(),
             FlowError::Local { .. } => "check the path's permissions and free space, or pass --state-dir".into(),
             FlowError::Source(_) => "run `validate` on the definition".into(),
-            FlowError::Kube { next, .. } => next.clone(),
+            FlowError::Kube { next, .. } | FlowError::Gitops { next, .. } => next.clone(),
         }
     }
 
