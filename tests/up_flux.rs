@@ -67,8 +67,12 @@ async fn run(
 ) {
     let seen: Arc<Mutex<BTreeMap<&'static str, Vec<Value>>>> = Arc::default();
     let s2 = seen.clone();
+    let theirs = o.inspect.clone();
     let o = DemoOptions {
         inspect: Some(Inspect(Arc::new(move |k| {
+            if let Some(t) = &theirs {
+                (t.0)(k);
+            }
             let mut m = s2.lock().expect("lock");
             for kind in kinds {
                 m.insert(*kind, k.list(kind, None));
@@ -120,8 +124,44 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
         time_scale: 0.05,
         ..opts(190, 3)
     };
+    // `status` (the verb, as a process) against the finished cluster, before
+    // the lab stops: every layer Ready, exit 0, NDJSON per layer.
+    let state = o.state_dir.clone().expect("state dir");
+    let status_out: Arc<Mutex<Option<std::process::Output>>> = Arc::default();
+    let s2 = status_out.clone();
+    let o = DemoOptions {
+        inspect: Some(Inspect(Arc::new(move |_| {
+            let out = assert_cmd::Command::cargo_bin("endsys-bootstrap")
+                .expect("binary")
+                .args(["--output", "json", "status", "--state-dir"])
+                .arg(&state)
+                .arg("--repo")
+                .arg(state.join("repo"))
+                .output()
+                .expect("status runs");
+            *s2.lock().expect("lock") = Some(out);
+        }))),
+        ..o
+    };
     let (r, events, seen) = run(o, &["HelmRelease", "FluxInstance"]).await;
     let report = r.unwrap_or_else(|e| panic!("{}", e.explain()));
+    let out = status_out.lock().expect("lock").take().expect("status ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["event"], "layer_progress");
+        assert_eq!(l["layer"], i + 1);
+        assert_eq!(l["ready"], l["total"], "{l}");
+    }
     let first = steps_of(&report.up);
     for s in [
         StepId::FluxSecrets,
