@@ -573,16 +573,28 @@ enum Look {
 /// Watches one object until `look` says done, or `deadline`. Returns the
 /// final description and whether it had to wait. Errors of the watch (the
 /// kind not served yet, a dropped connection) are retried with backoff.
+/// What every wait of one step shares: client, deadline, event stream.
+#[derive(Clone, Copy)]
+struct Waits<'a> {
+    client: &'a Client,
+    until: tokio::time::Instant,
+    em: &'a Emitter,
+    step: StepId,
+}
+
 async fn watch_one(
-    client: &Client,
+    w: &Waits<'_>,
     ar: &ApiResource,
     ns: &str,
     name: &str,
-    until: tokio::time::Instant,
-    em: &Emitter,
-    step: StepId,
     mut look: impl FnMut(&Value) -> Look,
 ) -> Result<(String, bool), FlowError> {
+    let Waits {
+        client,
+        until,
+        em,
+        step,
+    } = *w;
     let what = format!("{} {ns}/{name}", ar.kind);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -627,7 +639,12 @@ async fn flux_sync(
     let step = StepId::FluxSync;
     let client = client(st, step)?;
     let spec = sync_spec(half, st);
-    let until = tokio::time::Instant::now() + half.flux_deadline;
+    let waits = Waits {
+        client: &client,
+        until: tokio::time::Instant::now() + half.flux_deadline,
+        em,
+        step,
+    };
     let mut waited = false;
     // The FluxInstance the flux-instance release applied.
     let fi_name = st
@@ -643,13 +660,10 @@ async fn flux_sync(
         })
         .unwrap_or_else(|| ("flux-system".into(), "flux".into()));
     let (fi_text, w) = watch_one(
-        &client,
+        &waits,
         &fluxinstance_resource(),
         &fi_name.0,
         &fi_name.1,
-        until,
-        em,
-        step,
         |v| {
             if condition(v, "Stalled").is_some_and(|c| c.0 == "True") || !ready_now(v) {
                 Look::Wait(ready_text(v))
@@ -687,13 +701,10 @@ async fn flux_sync(
         }
     }
     let (src_text, w) = watch_one(
-        &client,
+        &waits,
         &git_resource(),
         "flux-system",
         "flux-system",
-        until,
-        em,
-        step,
         |v| {
             let rev = s(v, "/status/artifact/revision");
             if !ready_now(v) || rev.is_empty() {
@@ -726,25 +737,16 @@ async fn flux_sync(
     }
     for k in ks {
         let rev = revision.clone();
-        let (text, w) = watch_one(
-            &client,
-            &ks_resource(),
-            &k.namespace,
-            &k.name,
-            until,
-            em,
-            step,
-            |v| {
-                let applied = s(v, "/status/lastAppliedRevision");
-                if !ready_now(v) {
-                    Look::Wait(ready_text(v))
-                } else if applied != rev {
-                    Look::Wait(format!("applied {applied}, the source is at {rev}"))
-                } else {
-                    Look::Done(format!("Kustomization {} Ready at {applied}", k))
-                }
-            },
-        )
+        let (text, w) = watch_one(&waits, &ks_resource(), &k.namespace, &k.name, |v| {
+            let applied = s(v, "/status/lastAppliedRevision");
+            if !ready_now(v) {
+                Look::Wait(ready_text(v))
+            } else if applied != rev {
+                Look::Wait(format!("applied {applied}, the source is at {rev}"))
+            } else {
+                Look::Done(format!("Kustomization {} Ready at {applied}", k))
+            }
+        })
         .await?;
         waited |= w;
         em.progress(step, None, text);
