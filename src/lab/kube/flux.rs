@@ -1,29 +1,42 @@
 //! The lab's Flux: the simulated API plays flux-operator and the source,
 //! kustomize and helm controllers.
 //!
-//! - Once a FluxInstance exists (its CRD from [`fluxinstance_crd`]), the Flux
-//!   CRDs are registered and the instance's sync `GitRepository` and
-//!   `Kustomization` (both named after `spec.sync.name`, default the namespace)
-//!   are created.
-//! - A GitRepository's `spec.url` is a directory on disk (`file:///…` or a plain
-//!   path); "fetching" hashes the tree into the artifact revision
-//!   `<ref>@sha1:<40 hex>` (a SHA-256 prefix: the lab has no Git).
-//! - Kustomizations are reconciled in `dependsOn` order with Flux's dependency
-//!   check, after a delay (× time scale): SOPS decryption needs the
-//!   `spec.decryption.secretRef` Secret with an `age.agekey` whose recipient is
-//!   one of every `*.sops.yaml` file's recipients; the build of `spec.path`
-//!   applies Namespaces, Flux Kustomizations and HelmReleases (labelled with
-//!   the applying Kustomization, as kustomize-controller does); `wait` /
-//!   `healthChecks` wait for those HelmReleases.
-//! - HelmReleases "install" after a delay, after their `dependsOn`.
+//! - flux-operator: once a FluxInstance exists (its CRD from
+//!   [`fluxinstance_crd`]), the Flux CRDs are registered, the controller
+//!   Deployments of `spec.components` are created in the instance's namespace
+//!   (they roll out like any Deployment: they need schedulable nodes, i.e. a
+//!   CNI), and the sync `GitRepository` and `Kustomization` (named
+//!   `spec.sync.name`, default the namespace) are applied from `spec.sync`. The
+//!   instance turns Ready (`ReconciliationSucceeded`) once the sync source has
+//!   an artifact and every controller is rolled out, with `components`,
+//!   `lastAppliedRevision` (`v<distribution>@sha256:…`) and an inventory.
+//! - source-controller: a GitRepository's `spec.url` is fetched from the lab's
+//!   Git host ([`git`], [`super::KubeLab::serve_git`]); `file://` URLs and plain
+//!   paths are directories on disk. The artifact revision is
+//!   `<ref>@sha1:<commit>` (a tree hash when the directory is no Git checkout);
+//!   an unknown URL fails with `GitOperationFailed` as source-controller does.
+//! - kustomize-controller: Kustomizations are reconciled in `dependsOn` order
+//!   with Flux's dependency check, after a delay (× time scale): SOPS decryption
+//!   needs the `spec.decryption.secretRef` Secret with an `age.agekey` whose
+//!   recipient is one of every `*.sops.yaml` file's recipients; the build of
+//!   `spec.path` applies Namespaces, Flux Kustomizations and HelmReleases
+//!   (labelled with the applying Kustomization, as kustomize-controller does);
+//!   `wait` / `healthChecks` wait for those HelmReleases.
+//! - helm-controller ([`helm`]): HelmReleases install (adopting the objects a
+//!   tool applied with Helm ownership metadata) or upgrade after a delay, after
+//!   their `dependsOn`, writing Helm's release Secrets.
 //!
 //! Faults ride on the objects (annotation [`FAULT`]): `never-ready` keeps a
 //! Kustomization failing its health check forever; `install-fails` makes a
-//! HelmRelease fail terminally (Stalled, RetriesExceeded). A missing `sops-age`
-//! Secret fails every Kustomization that decrypts with it, with Flux's message.
+//! HelmRelease's install fail (Stalled, RetriesExceeded, once its remediation
+//! retries are used up). A missing `sops-age` Secret fails every Kustomization
+//! that decrypts with it, with Flux's message.
+
+pub(crate) mod git;
+mod helm;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -106,18 +119,45 @@ pub fn flux_crds() -> Vec<Value> {
     ]
 }
 
-/// A FluxInstance syncing `dir` (a lab Git tree) at `path`.
+/// A FluxInstance syncing `dir` (a directory on disk) at `path`.
 pub fn fluxinstance(dir: &Path, path: &str) -> Value {
+    fluxinstance_for_url(&format!("file://{}", dir.display()), path)
+}
+
+/// A FluxInstance syncing the Git repository at `url` (serve it with
+/// [`super::KubeLab::serve_git`]), ref `refs/heads/main`, at `path` — the shape
+/// the flux-instance chart renders.
+pub fn fluxinstance_for_url(url: &str, path: &str) -> Value {
     json!({
         "apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
         "metadata": {"name": "flux", "namespace": "flux-system"},
         "spec": {
             "distribution": {"version": "2.8.8", "registry": "ghcr.io/fluxcd"},
-            "components": ["source-controller", "kustomize-controller", "helm-controller", "notification-controller"],
-            "sync": {"kind": "GitRepository", "url": format!("file://{}", dir.display()),
-                "ref": "refs/heads/main", "path": path},
+            "components": DEFAULT_COMPONENTS,
+            "sync": {"kind": "GitRepository", "url": url, "ref": "refs/heads/main", "path": path},
         },
     })
+}
+
+/// flux-operator's default components.
+const DEFAULT_COMPONENTS: [&str; 4] = [
+    "source-controller",
+    "kustomize-controller",
+    "helm-controller",
+    "notification-controller",
+];
+
+/// Controller image tags the lab reports (it pulls nothing).
+fn component_tag(name: &str) -> &'static str {
+    match name {
+        "source-controller" => "v1.8.4",
+        "kustomize-controller" => "v1.8.3",
+        "helm-controller" => "v1.5.3",
+        "notification-controller" => "v1.8.3",
+        "image-reflector-controller" => "v1.1.1",
+        "image-automation-controller" => "v1.1.1",
+        _ => "v1.0.0",
+    }
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -207,31 +247,326 @@ fn set_status(
         o["status"]["conditions"] = conditions;
         if let Some(m) = fields.as_object() {
             for (k, v) in m {
-                o["status"][k] = v.clone();
+                match (v, o["status"].as_object_mut()) {
+                    // null clears a field (e.g. failure counters after a success).
+                    (Value::Null, Some(st)) => {
+                        st.remove(k);
+                    }
+                    _ => o["status"][k] = v.clone(),
+                }
             }
         }
     })?;
     Ok(())
 }
 
-fn tree_dir(url: &str) -> PathBuf {
-    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
+/// Creates `obj` or, when it exists, brings its spec to `obj`'s (a new
+/// generation), as a controller applying its desired state does.
+fn apply_spec(api: &Api, t: &ResType, obj: Value) -> Result<(), ApiError> {
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let name = s(&obj, "/metadata/name").to_string();
+    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
+    api.sim_create(t, obj)?;
+    api.sim_write(t, ns.as_deref(), &name, |o| {
+        if o.get("spec") != Some(&spec) {
+            o["spec"] = spec.clone();
+            o["metadata"]["generation"] = json!(gen(o) + 1);
+        }
+    })?;
+    Ok(())
 }
 
-fn hash_tree(dir: &Path, h: &mut Sha256) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            hash_tree(&p, h)?;
-        } else {
-            h.update(p.to_string_lossy().as_bytes());
-            h.update(std::fs::read(&p)?);
+/// The components a FluxInstance asks for (flux-operator's default four).
+fn components(fi: &Value) -> Vec<String> {
+    match fi.pointer("/spec/components").and_then(Value::as_array) {
+        Some(cs) if !cs.is_empty() => cs
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => DEFAULT_COMPONENTS.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+fn controller_deployment(fi: &Value, component: &str, registry: &str, version: &str) -> Value {
+    let ns = s(fi, "/metadata/namespace");
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": component, "namespace": ns, "labels": {
+            "app.kubernetes.io/component": component, "app.kubernetes.io/instance": ns,
+            "app.kubernetes.io/part-of": "flux", "app.kubernetes.io/version": version,
+            "app.kubernetes.io/managed-by": "flux-operator",
+            "fluxcd.controlplane.io/name": s(fi, "/metadata/name"),
+            "fluxcd.controlplane.io/namespace": ns}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": component}},
+            "template": {"metadata": {"labels": {"app": component}},
+                "spec": {"serviceAccountName": component, "containers": [{"name": "manager",
+                    "image": format!("{registry}/{component}:{}", component_tag(component))}]}}},
+    })
+}
+
+/// A Deployment counts as rolled out the way kstatus says: observed, all
+/// replicas updated and available.
+fn rolled_out(d: &Value) -> bool {
+    let n = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let want = d
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    n("/status/observedGeneration") == gen(d)
+        && n("/status/updatedReplicas") >= want
+        && n("/status/availableReplicas") >= want
+}
+
+fn inventory_id(ns: &str, name: &str, group: &str, kind: &str) -> String {
+    format!("{ns}_{name}_{group}_{kind}")
+}
+
+/// flux-operator: applies the controllers and the sync objects, then reports
+/// Ready once the sync source has an artifact and every controller rolled out.
+fn reconcile_instance(
+    api: &Api,
+    fi_t: &ResType,
+    ty: &Types,
+    fi: &Value,
+    due: &mut dyn FnMut(String, i64, f64) -> bool,
+) -> Result<(), ApiError> {
+    let ns = s(fi, "/metadata/namespace").to_string();
+    let sync_name = match s(fi, "/spec/sync/name") {
+        "" => ns.clone(),
+        n => n.to_string(),
+    };
+    let version = match s(fi, "/spec/distribution/version") {
+        "" => "2.x".to_string(),
+        v => v.to_string(),
+    };
+    let version = format!("v{}", version.trim_start_matches('v'));
+    let registry = match s(fi, "/spec/distribution/registry") {
+        "" => "ghcr.io/fluxcd",
+        r => r,
+    };
+    let mut inventory = Vec::new();
+    let mut status_components = Vec::new();
+    let mut pending = Vec::new();
+    for c in components(fi) {
+        apply_spec(
+            api,
+            &ty.deploy,
+            controller_deployment(fi, &c, registry, &version),
+        )?;
+        inventory.push(json!({"id": inventory_id(&ns, &c, "apps", "Deployment"), "v": "v1"}));
+        let tag = component_tag(&c);
+        let image = format!("{registry}/{c}");
+        let digest = hex::encode(Sha256::digest(format!("{image}:{tag}").as_bytes()));
+        status_components.push(json!({"name": c, "repository": image, "tag": tag,
+            "digest": format!("sha256:{digest}")}));
+        if !get(api, &ty.deploy, &ns, &c).is_some_and(|d| rolled_out(&d)) {
+            pending.push(format!("Deployment/{ns}/{c} status: 'InProgress'"));
         }
     }
-    Ok(())
+    let source_problem = apply_sync(api, ty, fi, &ns, &sync_name)?;
+    if !s(fi, "/spec/sync/kind").is_empty() {
+        inventory.push(json!({"id": inventory_id(&ns, &sync_name, "source.toolkit.fluxcd.io", "GitRepository"), "v": "v1"}));
+        inventory.push(json!({"id": inventory_id(&ns, &sync_name, "kustomize.toolkit.fluxcd.io", "Kustomization"), "v": "v1"}));
+    }
+    let g = gen(fi);
+    let revision = format!(
+        "{version}@sha256:{}",
+        hex::encode(Sha256::digest(
+            serde_json::to_string(&status_components)
+                .unwrap_or_default()
+                .as_bytes()
+        ))
+    );
+    let fields = json!({"observedGeneration": g, "lastAttemptedRevision": revision,
+        "components": status_components, "inventory": {"entries": inventory}});
+    match source_problem {
+        Some(SyncState::Failed(msg)) => {
+            return set_status(
+                api,
+                fi_t,
+                fi,
+                &[("Ready", "False", "HealthCheckFailed", msg)],
+                fields,
+            )
+        }
+        Some(SyncState::Fetching(item)) => pending.push(item),
+        None => {}
+    }
+    if !pending.is_empty() || !due(format!("fi/{ns}"), g, FLUX_INSTANCE) {
+        let msg = if pending.is_empty() {
+            "Reconciliation in progress".to_string()
+        } else {
+            format!("Health check in progress: [{}]", pending.join(", "))
+        };
+        let mut fields = fields;
+        if let Some(m) = fields.as_object_mut() {
+            m.remove("observedGeneration");
+        }
+        return set_status(
+            api,
+            fi_t,
+            fi,
+            &[
+                (
+                    "Ready",
+                    "Unknown",
+                    "Progressing",
+                    "Reconciliation in progress".into(),
+                ),
+                ("Reconciling", "True", "Progressing", msg),
+            ],
+            fields,
+        );
+    }
+    let mut fields = fields;
+    fields["lastAppliedRevision"] = json!(revision);
+    set_status(
+        api,
+        fi_t,
+        fi,
+        &[(
+            "Ready",
+            "True",
+            "ReconciliationSucceeded",
+            "Reconciliation finished in 1s".into(),
+        )],
+        fields,
+    )
+}
+
+/// How the sync source stands, when it keeps the instance from Ready.
+enum SyncState {
+    Fetching(String),
+    Failed(String),
+}
+
+/// Applies the sync GitRepository and Kustomization from `spec.sync` (nothing
+/// without one) and says how the source stands.
+fn apply_sync(
+    api: &Api,
+    ty: &Types,
+    fi: &Value,
+    ns: &str,
+    sync_name: &str,
+) -> Result<Option<SyncState>, ApiError> {
+    match s(fi, "/spec/sync/kind") {
+        "" => return Ok(None),
+        "GitRepository" => {}
+        other => {
+            return Ok(Some(SyncState::Failed(format!(
+                "the lab's flux-operator syncs only from GitRepository sources, not {other}"
+            ))))
+        }
+    }
+    let labels = json!({"app.kubernetes.io/managed-by": "flux-operator",
+        "fluxcd.controlplane.io/name": s(fi, "/metadata/name"),
+        "fluxcd.controlplane.io/namespace": ns});
+    let mut git_spec = json!({"interval": "1m", "url": s(fi, "/spec/sync/url"),
+        "ref": {"name": s(fi, "/spec/sync/ref")}});
+    if let Some(secret) = fi
+        .pointer("/spec/sync/pullSecret")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+    {
+        git_spec["secretRef"] = json!({ "name": secret });
+    }
+    apply_spec(
+        api,
+        &ty.git,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+            "metadata": {"name": sync_name, "namespace": ns, "labels": labels},
+            "spec": git_spec}),
+    )?;
+    apply_spec(
+        api,
+        &ty.ks,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": sync_name, "namespace": ns, "labels": labels},
+            "spec": {"interval": "10m", "path": s(fi, "/spec/sync/path"), "prune": true,
+                "sourceRef": {"kind": "GitRepository", "name": sync_name}}}),
+    )?;
+    let item = format!("GitRepository/{ns}/{sync_name}");
+    let Some(git) = get(api, &ty.git, ns, sync_name) else {
+        return Ok(Some(SyncState::Fetching(format!(
+            "{item} status: 'InProgress'"
+        ))));
+    };
+    if is_ready(&git) {
+        return Ok(None);
+    }
+    let failed = git
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| s(c, "/type") == "Ready" && s(c, "/status") == "False")
+        })
+        .map(|c| s(c, "/message").to_string());
+    Ok(Some(match failed {
+        Some(m) => SyncState::Failed(format!("{item} status: 'Failed': {m}")),
+        None => SyncState::Fetching(format!("{item} status: 'InProgress'")),
+    }))
+}
+
+/// source-controller: fetches a GitRepository from the lab's Git host.
+fn reconcile_source(
+    api: &Api,
+    ty: &Types,
+    g: &Value,
+    due: &mut dyn FnMut(String, i64, f64) -> bool,
+) -> Result<(), ApiError> {
+    if is_ready(g) && !s(g, "/status/artifact/revision").is_empty() {
+        return Ok(());
+    }
+    let ns = s(g, "/metadata/namespace");
+    let name = s(g, "/metadata/name");
+    if !due(format!("git/{ns}/{name}"), gen(g), SOURCE_FETCH) {
+        return Ok(());
+    }
+    let url = s(g, "/spec/url");
+    match api.shared.git_fetch(url, g.pointer("/spec/ref")) {
+        Ok(fetched) => {
+            let rev = fetched.revision;
+            let digest = hex::encode(Sha256::digest(rev.as_bytes()));
+            set_status(
+                api,
+                &ty.git,
+                g,
+                &[(
+                    "Ready",
+                    "True",
+                    "Succeeded",
+                    format!("stored artifact for revision '{rev}'"),
+                )],
+                json!({"observedGeneration": gen(g),
+                    "artifact": {"revision": rev, "path": format!("gitrepository/{ns}/{name}/{}.tar.gz", &digest[..40]),
+                        "url": format!("http://source-controller.flux-system.svc.cluster.local./gitrepository/{ns}/{name}/{}.tar.gz", &digest[..40]),
+                        "digest": format!("sha256:{digest}"), "lastUpdateTime": now()}}),
+            )
+        }
+        Err(e) => set_status(
+            api,
+            &ty.git,
+            g,
+            &[
+                (
+                    "Ready",
+                    "False",
+                    "GitOperationFailed",
+                    format!(
+                        "failed to checkout and determine revision: unable to clone '{url}': {}",
+                        e.0
+                    ),
+                ),
+                ("Stalled", "False", "GitOperationFailed", String::new()),
+            ],
+            json!({"observedGeneration": gen(g)}),
+        ),
+    }
 }
 
 /// One pass of the Flux controllers. `due(key, generation, base)` says whether
@@ -252,12 +587,13 @@ pub(crate) fn pass(
             api.sim_create(&crd_t, c)?;
         }
     }
-    let (Some(git_t), Some(ks_t), Some(hr_t), Some(secret_t), Some(ns_t)) = (
+    let (Some(git_t), Some(ks_t), Some(hr_t), Some(secret_t), Some(ns_t), Some(deploy_t)) = (
         api.type_by_kind("GitRepository"),
         api.type_by_kind("Kustomization"),
         api.type_by_kind("HelmRelease"),
         api.type_by_kind("Secret"),
         api.type_by_kind("Namespace"),
+        api.type_by_kind("Deployment"),
     ) else {
         return Ok(()); // CRDs not established yet; their establishment wakes us.
     };
@@ -267,104 +603,17 @@ pub(crate) fn pass(
         hr: hr_t,
         secret: secret_t,
         ns: ns_t,
+        deploy: deploy_t,
     };
 
-    // flux-operator: the sync source and Kustomization.
+    // flux-operator.
     for fi in &instances {
-        let ns = s(fi, "/metadata/namespace").to_string();
-        let sync_name = match s(fi, "/spec/sync/name") {
-            "" => ns.clone(),
-            n => n.to_string(),
-        };
-        let labels = json!({"app.kubernetes.io/managed-by": "flux-operator"});
-        api.sim_create(
-            &types.git,
-            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-                "metadata": {"name": sync_name, "namespace": ns, "labels": labels},
-                "spec": {"interval": "1m", "url": s(fi, "/spec/sync/url"),
-                    "ref": {"name": s(fi, "/spec/sync/ref")}}}),
-        )?;
-        api.sim_create(
-            &types.ks,
-            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-                "metadata": {"name": sync_name, "namespace": ns, "labels": labels},
-                "spec": {"interval": "10m", "path": s(fi, "/spec/sync/path"), "prune": true,
-                    "sourceRef": {"kind": "GitRepository", "name": sync_name}}}),
-        )?;
-        if is_ready(fi) || !due(format!("fi/{ns}"), gen(fi), FLUX_INSTANCE) {
-            continue;
-        }
-        set_status(
-            api,
-            &fi_t,
-            fi,
-            &[(
-                "Ready",
-                "True",
-                "ReconciliationSucceeded",
-                "Reconciliation finished in 1s".into(),
-            )],
-            json!({"observedGeneration": gen(fi), "lastAppliedRevision": "v2.8.8@sha256:lab",
-                "components": [{"name": "source-controller"}, {"name": "kustomize-controller"},
-                    {"name": "helm-controller"}, {"name": "notification-controller"}]}),
-        )?;
+        reconcile_instance(api, &fi_t, &types, fi, due)?;
     }
 
     // source-controller.
     for g in list(api, &types.git) {
-        let have = s(&g, "/status/artifact/revision");
-        if is_ready(&g) && !have.is_empty() {
-            continue;
-        }
-        let ns = s(&g, "/metadata/namespace");
-        let name = s(&g, "/metadata/name");
-        if !due(format!("git/{ns}/{name}"), gen(&g), SOURCE_FETCH) {
-            continue;
-        }
-        let dir = tree_dir(s(&g, "/spec/url"));
-        let mut h = Sha256::new();
-        match hash_tree(&dir, &mut h) {
-            Ok(()) => {
-                let hex = hex::encode(h.finalize());
-                let rf = match s(&g, "/spec/ref/name") {
-                    "" => "refs/heads/main",
-                    r => r,
-                };
-                let rev = format!("{rf}@sha1:{}", &hex[..40]);
-                set_status(
-                    api,
-                    &types.git,
-                    &g,
-                    &[(
-                        "Ready",
-                        "True",
-                        "Succeeded",
-                        format!("stored artifact for revision '{rev}'"),
-                    )],
-                    json!({"observedGeneration": gen(&g),
-                        "artifact": {"revision": rev, "path": format!("gitrepository/{ns}/{name}/{}.tar.gz", &hex[..40]),
-                            "digest": format!("sha256:{hex}"), "lastUpdateTime": now()}}),
-                )?;
-            }
-            Err(e) => set_status(
-                api,
-                &types.git,
-                &g,
-                &[
-                    (
-                        "Ready",
-                        "False",
-                        "GitOperationFailed",
-                        format!(
-                            "failed to checkout and determine revision: unable to clone '{}': {e}",
-                            s(&g, "/spec/url")
-                        ),
-                    ),
-                    ("Stalled", "False", "GitOperationFailed", String::new()),
-                ],
-                json!({"observedGeneration": gen(&g)}),
-            )?,
-        }
+        reconcile_source(api, &types, &g, due)?;
     }
 
     // kustomize-controller.
@@ -388,7 +637,7 @@ pub(crate) fn pass(
     // helm-controller.
     let all_hr = list(api, &types.hr);
     for hr in &all_hr {
-        reconcile_hr(api, &types, hr, &all_hr, due)?;
+        helm::reconcile_hr(api, &types, hr, &all_hr, due)?;
     }
     Ok(())
 }
@@ -399,6 +648,7 @@ struct Types {
     hr: ResType,
     secret: ResType,
     ns: ResType,
+    deploy: ResType,
 }
 
 fn fail(
@@ -488,7 +738,7 @@ fn reconcile_ks(
     }
     let repo = source
         .as_ref()
-        .map(|g| tree_dir(s(g, "/spec/url")))
+        .and_then(|g| api.shared.git_dir(s(g, "/spec/url")))
         .unwrap_or_default();
     let path = s(ks, "/spec/path").trim_start_matches("./").to_string();
     let docs = match crate::gitops::walk::build_docs(&repo, &repo.join(&path)) {
@@ -727,116 +977,4 @@ fn age_recipient(secret: &Value) -> Option<String> {
         .find(|l| l.starts_with("AGE-SECRET-KEY-"))?;
     let id: age::x25519::Identity = line.parse().ok()?;
     Some(id.to_public().to_string())
-}
-
-fn reconcile_hr(
-    api: &Api,
-    ty: &Types,
-    hr: &Value,
-    all: &[Value],
-    due: &mut dyn FnMut(String, i64, f64) -> bool,
-) -> Result<(), ApiError> {
-    let ns = s(hr, "/metadata/namespace").to_string();
-    let name = s(hr, "/metadata/name").to_string();
-    let g = gen(hr);
-    if is_ready(hr)
-        || (stalled(hr)
-            && hr
-                .pointer("/status/observedGeneration")
-                .and_then(Value::as_i64)
-                == Some(g))
-    {
-        return Ok(());
-    }
-    for d in hr
-        .pointer("/spec/dependsOn")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-    {
-        let dns = match s(&d, "/namespace") {
-            "" => ns.clone(),
-            n => n.to_string(),
-        };
-        let dname = s(&d, "/name");
-        let dep = all
-            .iter()
-            .find(|h| s(h, "/metadata/namespace") == dns && s(h, "/metadata/name") == dname);
-        if !dep.is_some_and(is_ready) {
-            return fail(
-                api,
-                &ty.hr,
-                hr,
-                "DependencyNotReady",
-                format!("dependency '{dns}/{dname}' is not ready"),
-                json!({}),
-            );
-        }
-    }
-    if !due(format!("hr/{ns}/{name}"), g, HR_INSTALL) {
-        if ready_of(hr).is_none_or(|r| r.1 != "Progressing") {
-            set_status(
-                api,
-                &ty.hr,
-                hr,
-                &[
-                    (
-                        "Ready",
-                        "Unknown",
-                        "Progressing",
-                        "Fulfilling prerequisites".into(),
-                    ),
-                    (
-                        "Reconciling",
-                        "True",
-                        "Progressing",
-                        "Fulfilling prerequisites".into(),
-                    ),
-                ],
-                json!({}),
-            )?;
-        }
-        return Ok(());
-    }
-    let chart = s(hr, "/spec/chart/spec/chart");
-    let chart = if chart.is_empty() {
-        name.as_str()
-    } else {
-        chart
-    };
-    let version = match s(hr, "/spec/chart/spec/version") {
-        "" => "0.1.0",
-        v => v,
-    };
-    let fault = hr
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(FAULT))
-        .and_then(Value::as_str);
-    if fault == Some("install-fails") {
-        return set_status(
-            api,
-            &ty.hr,
-            hr,
-            &[
-                ("Ready", "False", "InstallFailed", format!("Helm install failed for release {ns}/{name} with chart {chart}@{version}: context deadline exceeded")),
-                ("Released", "False", "InstallFailed", format!("Helm install failed for release {ns}/{name} with chart {chart}@{version}: context deadline exceeded")),
-                ("Stalled", "True", "RetriesExceeded", "Failed to install after 1 attempt(s)".into()),
-            ],
-            json!({"observedGeneration": g, "installFailures": 1}),
-        );
-    }
-    let msg =
-        format!("Helm install succeeded for release {ns}/{name}.v1 with chart {chart}@{version}");
-    set_status(
-        api,
-        &ty.hr,
-        hr,
-        &[
-            ("Ready", "True", "InstallSucceeded", msg.clone()),
-            ("Released", "True", "InstallSucceeded", msg),
-        ],
-        json!({"observedGeneration": g, "lastAttemptedGeneration": g, "lastAttemptedRevision": version,
-            "history": [{"name": name, "namespace": ns, "version": 1, "status": "deployed",
-                "chartName": chart, "chartVersion": version}]}),
-    )
 }

@@ -59,6 +59,8 @@ pub(crate) struct Faults {
 pub(crate) struct Shared {
     pub requests: AtomicU64,
     pub faults: Mutex<Faults>,
+    /// The lab's Git host: which directory answers which URL.
+    pub git: Mutex<flux::git::GitHost>,
     bookmark_ms: AtomicU64,
     watch_window: AtomicU64,
     current: Mutex<Option<Arc<Api>>>,
@@ -71,6 +73,22 @@ impl Shared {
     pub fn bookmark_interval(&self) -> Duration {
         Duration::from_millis(self.bookmark_ms.load(Ordering::Relaxed).max(10))
     }
+    /// Fetches a Git source from the lab's Git host.
+    pub(crate) fn git_fetch(
+        &self,
+        url: &str,
+        spec_ref: Option<&Value>,
+    ) -> Result<flux::git::Fetched, flux::git::FetchError> {
+        let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
+        flux::git::fetch(&host, url, spec_ref)
+    }
+
+    /// The directory behind a Git URL, if the lab's Git host answers it.
+    pub(crate) fn git_dir(&self, url: &str) -> Option<std::path::PathBuf> {
+        let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
+        host.resolve(url)
+    }
+
     pub fn faults(&self) -> Faults {
         self.faults
             .lock()
@@ -104,6 +122,7 @@ impl KubeLab {
                 stuck: ["never-pull".to_string()].into(),
                 crash: ["crash-loop".to_string()].into(),
             }),
+            git: Mutex::new(flux::git::GitHost::default()),
             bookmark_ms: AtomicU64::new(5000),
             watch_window: AtomicU64::new(1000),
             current: Mutex::new(None),
@@ -212,6 +231,22 @@ impl KubeLab {
             f.stuck.retain(|p| p == "never-pull");
             f.crash.retain(|p| p == "crash-loop");
         }
+        self.poke();
+    }
+
+    /// Serves the Git repository at `url` (as a FluxInstance or GitRepository
+    /// names it, e.g. `https://github.com/endsys-lab/home-ops.git`; with or
+    /// without `.git`) from `dir`. When `dir/.git` exists the revision is the
+    /// commit its ref points at, else a hash of the tree. `file://` URLs need no
+    /// registration; any other URL that nobody serves fails the GitRepository
+    /// with source-controller's "repository not found". Registrations outlive
+    /// API restarts; registering wakes the lab's Flux.
+    pub fn serve_git(&self, url: &str, dir: std::path::PathBuf) {
+        self.shared
+            .git
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serve(url, dir);
         self.poke();
     }
 

@@ -1242,6 +1242,44 @@ impl Api {
         Ok(new)
     }
 
+    /// Server-side applies `config` onto an existing object as a controller's
+    /// field manager (conflicts forced, as Helm does under SSA). A missing
+    /// object is left missing.
+    pub(crate) fn sim_apply(
+        &self,
+        ty: &ResType,
+        ns: Option<&str>,
+        name: &str,
+        config: &Value,
+        manager: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let key = ty.key(ns, name);
+        let now = now();
+        let (_, new) = self.store.transact(&key, |old| {
+            let Some(old) = old else {
+                return Ok(Write::Keep);
+            };
+            let mut new = fields::apply(
+                Some(&old),
+                config,
+                manager,
+                &ty.api_version(),
+                None,
+                true,
+                &now,
+            )
+            .map_err(|c| conflict_error(&c, name, ty))?;
+            keep_server_fields(ty, &old, &mut new);
+            bump_generation(ty, &old, &mut new);
+            Ok(if new == old {
+                Write::Keep
+            } else {
+                Write::Put(new)
+            })
+        })?;
+        Ok(new)
+    }
+
     /// Creates an object as a controller would (existing objects are left alone).
     pub(crate) fn sim_create(&self, ty: &ResType, obj: Value) -> Result<(), ApiError> {
         let ns = obj
