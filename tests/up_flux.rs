@@ -119,14 +119,19 @@ fn step_ms(events: &[Event], step: StepId) -> Option<u64> {
 async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothing() {
     // A small time scale: the lab's Flux takes its (scaled) time per
     // Kustomization and HelmRelease, so the layers fill up one after another.
+    // The repository is a git checkout: Flux must fetch its HEAD commit.
+    let r = repo();
+    fake_git(&r, "main", SHA_MAIN, None);
     let o = DemoOptions {
         rerun: true,
         time_scale: 0.05,
+        repo: Some(r.clone()),
         ..opts(190, 3)
     };
     // `status` (the verb, as a process) against the finished cluster, before
     // the lab stops: every layer Ready, exit 0, NDJSON per layer.
     let state = o.state_dir.clone().expect("state dir");
+    let r2 = r.clone();
     let status_out: Arc<Mutex<Option<std::process::Output>>> = Arc::default();
     let s2 = status_out.clone();
     let o = DemoOptions {
@@ -136,7 +141,7 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
                 .args(["--output", "json", "status", "--state-dir"])
                 .arg(&state)
                 .arg("--repo")
-                .arg(state.join("repo"))
+                .arg(&r2)
                 .output()
                 .expect("status runs");
             *s2.lock().expect("lock") = Some(out);
@@ -185,6 +190,13 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
                 "{l2}"
             );
         }
+        other => panic!("{other:?}"),
+    }
+    match &first[&StepId::FluxSync] {
+        Outcome::Done { detail } => assert!(
+            detail.contains(&format!("refs/heads/main@sha1:{SHA_MAIN} (= local HEAD)")),
+            "{detail}"
+        ),
         other => panic!("{other:?}"),
     }
     match &first[&StepId::FluxSecrets] {
@@ -300,6 +312,55 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
     }
     assert_eq!(seen["FluxInstance"].len(), 1);
     println!("{}", report.summary());
+}
+
+const SHA_MAIN: &str = "3f1c2b9a7d5e4f60718293a4b5c6d7e8f9012345";
+const SHA_TOPIC: &str = "aa11bb22cc33dd44ee55ff6677889900aabbccdd";
+
+/// Makes `repo` look like a git checkout on `branch` (HEAD symbolic, loose
+/// ref), with `refs/heads/main` in packed-refs when another branch is out.
+fn fake_git(repo: &Path, branch: &str, sha: &str, main_packed: Option<&str>) {
+    let g = repo.join(".git");
+    std::fs::create_dir_all(g.join("refs/heads")).expect("mkdir");
+    std::fs::write(g.join("HEAD"), format!("ref: refs/heads/{branch}\n")).expect("HEAD");
+    std::fs::write(g.join("refs/heads").join(branch), format!("{sha}\n")).expect("ref");
+    if let Some(m) = main_packed {
+        std::fs::write(
+            g.join("packed-refs"),
+            format!("# pack-refs with: peeled fully-peeled sorted\n{m} refs/heads/main\n"),
+        )
+        .expect("packed-refs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_sync_waits_for_the_checkouts_head_and_says_what_flux_fetched_instead() {
+    // The checkout is on a topic branch whose commit is not what the
+    // FluxInstance syncs (refs/heads/main): flux_sync must not call that synced.
+    let r = repo();
+    fake_git(&r, "topic", SHA_TOPIC, Some(SHA_MAIN));
+    let o = DemoOptions {
+        repo: Some(r),
+        flux_timeout: Some(Duration::from_secs(3)),
+        ..opts(195, 1)
+    };
+    let (r, events, _) = run(o, &[]).await;
+    let e = r.expect_err("an unfetched HEAD must stop flux_sync");
+    let text = e.explain();
+    assert!(
+        matches!(e, FlowError::Gitops { ref step, .. } if step == "flux_sync"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Flux fetched refs/heads/main@sha1:{SHA_MAIN}")),
+        "{text}"
+    );
+    assert!(text.contains(SHA_TOPIC), "{text}");
+    let warned = events.iter().any(|e| {
+        matches!(&e.kind, EventKind::Progress { message } if message.contains("the checkout is on refs/heads/topic"))
+    });
+    assert!(warned);
+    assert!(!started(&events, StepId::Gitops));
 }
 
 /// The sops-age Secret file replaced by one holding `other-key.txt`'s
@@ -431,11 +492,15 @@ async fn a_kustomization_that_never_becomes_ready_is_reported_with_its_message_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helmrelease_that_fails_terminally_fails_fast() {
     let r = repo();
-    annotate(
-        &r.join("kubernetes/apps/default/n8n/app/helmrelease.yaml"),
-        "lab.endsys.dev/fault",
-        "install-fails",
-    );
+    let hr = r.join("kubernetes/apps/default/n8n/app/helmrelease.yaml");
+    annotate(&hr, "lab.endsys.dev/fault", "install-fails");
+    // No install retries (helm-controller's default): the first failure is
+    // terminal. (endsys's `retries: -1` retries forever: that one is reported
+    // at the deadline instead.)
+    let text = std::fs::read_to_string(&hr).expect("read");
+    let once = text.replacen("retries: -1", "retries: 0", 1);
+    assert_ne!(text, once);
+    std::fs::write(&hr, once).expect("write");
     let o = DemoOptions {
         repo: Some(r),
         gitops_timeout: Some(Duration::from_secs(120)),

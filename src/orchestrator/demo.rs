@@ -48,6 +48,8 @@ pub struct DemoOptions {
     pub repo: Option<PathBuf>,
     /// Deadline of the `gitops` step (default: the lab's 300 s).
     pub gitops_timeout: Option<Duration>,
+    /// Deadline of the `flux_sync` step (default: the lab's 120 s).
+    pub flux_timeout: Option<Duration>,
     /// Called with the lab's Kubernetes API after the run(s), failed or not,
     /// before the lab stops (tests look at what the run left behind).
     pub inspect: Option<Inspect>,
@@ -78,6 +80,7 @@ impl Default for DemoOptions {
             rerun: false,
             repo: None,
             gitops_timeout: None,
+            flux_timeout: None,
             inspect: None,
         }
     }
@@ -372,6 +375,9 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         if let Some(d) = opts.gitops_timeout {
             half.gitops_deadline = d;
         }
+        if let Some(d) = opts.flux_timeout {
+            half.flux_deadline = d;
+        }
         uo.kube = Some(half);
     }
     if opts.until > StepId::Layer1Done {
@@ -528,27 +534,11 @@ fn flux_versions(k: &crate::lab::kube::KubeLab) -> BTreeMap<String, String> {
 }
 
 /// Answers the FluxInstance's Git URL ([`crate::charts::lab::GIT_URL`]) with
-/// the written lab repository, as a Git host would serve the operator's repo.
+/// the lab repository, as a Git host serves the operator's repository.
 fn serve_lab_git(lab: &Lab, repo: &std::path::Path) -> Result<(), FlowError> {
-    // Until the lab serves Git URLs, point the flux-instance values at the
-    // directory (the lab's source-controller reads `file://` trees).
-    let _ = lab;
-    let values = repo.join("kubernetes/apps/flux-system/flux-instance/app/helm/values.yaml");
-    let text = std::fs::read_to_string(&values).map_err(|e| FlowError::Local {
-        path: values.display().to_string(),
-        detail: e.to_string(),
-    })?;
-    std::fs::write(
-        &values,
-        text.replace(
-            crate::charts::lab::GIT_URL,
-            &format!("file://{}", repo.display()),
-        ),
-    )
-    .map_err(|e| FlowError::Local {
-        path: values.display().to_string(),
-        detail: e.to_string(),
-    })
+    lab.kube()
+        .serve_git(crate::charts::lab::GIT_URL, repo.to_path_buf());
+    Ok(())
 }
 
 /// Records, per GitOps layer, when its count first reached total (for the
