@@ -760,6 +760,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
                 "kube_half_overhead_ms": report.kube_overhead().as_millis() as u64,
                 "lag_p95_ms": report.lag_p95.as_millis() as u64,
                 "gitops_ms": report.gitops_wall.as_millis() as u64,
+                "gitops_critical_path_ms": report.gitops_critical_path.as_millis() as u64,
                 "layers_ready_ms": report.layers_ready.iter().map(|(l, d)| serde_json::json!({"layer": l, "ms": d.as_millis() as u64})).collect::<Vec<_>>(),
                 "nodes": opts.nodes,
             })
