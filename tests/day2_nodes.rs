@@ -525,11 +525,11 @@ async fn plan_names_the_node_receiving_each_call() {
         .collect();
     let text = text.join("\n");
     assert!(
-        text.contains("EtcdLeaveCluster → cp2 (127.0.206.12)"),
+        text.contains("EtcdLeaveCluster → cp2 (127.0.216.12)"),
         "{text}"
     );
     assert!(
-        text.contains("EtcdMemberList → cp1 (127.0.206.11)"),
+        text.contains("EtcdMemberList → cp1 (127.0.216.11)"),
         "{text}"
     );
     assert!(
@@ -546,7 +546,7 @@ async fn plan_names_the_node_receiving_each_call() {
         .collect();
     assert!(text
         .join("\n")
-        .contains("EtcdRemoveMemberByID <stale id of cp1> → cp2 (127.0.206.12)"));
+        .contains("EtcdRemoveMemberByID <stale id of cp1> → cp2 (127.0.216.12)"));
     // Plans change nothing.
     assert!(!env.dir.path().join("day2").exists());
     assert_eq!(member_names(&env).await.len(), 3);
