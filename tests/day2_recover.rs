@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use endsys_bootstrap::day2::recover::{
-    check_snapshot, kube_inventory, recover, sidecar_path, Phase, RecoverError, RecoverJournal,
-    RecoverOptions, RecoverReport,
+use endsys_bootstrap::day2::backup::{
+    check_snapshot, sidecar_path, take_backup, BackupMeta, KubeRecord,
 };
+use endsys_bootstrap::day2::recover::{
+    recover, Phase, RecoverError, RecoverJournal, RecoverOptions, RecoverReport,
+};
+use endsys_bootstrap::day2::Cluster;
 use endsys_bootstrap::day2::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
 use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
 use endsys_bootstrap::orchestrator::demo::lab_definition;
@@ -21,7 +24,7 @@ use endsys_bootstrap::orchestrator::source::MemorySecrets;
 use endsys_bootstrap::orchestrator::{
     up, ClusterSource, Emitter, Event, EventKind, MemorySource, Outcome, StepId, UpOptions,
 };
-use endsys_bootstrap::talos::{CallPolicy, TalosClient, TlsMode};
+use endsys_bootstrap::talos::CallPolicy;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
@@ -53,6 +56,7 @@ struct Fixture {
     dir: tempfile::TempDir,
     opts: UpOptions,
     snapshot: PathBuf,
+    meta: BackupMeta,
     scale: f64,
 }
 
@@ -193,31 +197,24 @@ async fn fixture(subnet: u8, scale: f64, until: StepId, name: &str) -> Fixture {
     let c = client(dir.path()).await;
     install_crds(&c, vec![flux_kustomization_crd()]).await;
     create_app(&c, "photos").await;
-    // The backup: inventory first, then the snapshot (objects are only added in between).
-    let inventory = kube_inventory(&c).await.unwrap();
+    // The backup, as `etcd backup` takes it: the inventory through the state
+    // directory's kubeconfig, then the snapshot, then the sidecar.
+    let cluster = Cluster::load(&*src, dir.path()).unwrap();
     let snapshot = dir.path().join("etcd.db");
-    let creds = src.render().unwrap().credentials;
-    let cp1 = lab.nodes()[0].ip().to_string();
-    let info = TalosClient::connect(&cp1, TlsMode::Mutual(creds), opts.policy)
-        .unwrap()
-        .etcd_snapshot(&snapshot)
+    let meta = take_backup(&cluster, opts.policy, &snapshot)
         .await
-        .unwrap();
-    std::fs::write(
-        sidecar_path(&snapshot),
-        serde_json::to_vec_pretty(&json!({
-            "cluster": name, "node": "cp1", "size": info.size, "sha256": info.sha256,
-            "kubernetes": inventory,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+        .unwrap_or_else(|e| panic!("{}", e.explain()));
+    let inv = meta.kubernetes.inventory().expect("inventory recorded");
+    assert!(inv.namespaces.contains(&"photos".to_string()), "{inv:?}");
+    assert_eq!(inv.kustomizations, ["photos/app"]);
+    assert!(inv.resource_version.is_some());
     Fixture {
         lab,
         src,
         dir,
         opts,
         snapshot,
+        meta,
         scale,
     }
 }
@@ -361,6 +358,15 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         verdict.contains("recorded with the snapshot are back"),
         "{verdict}"
     );
+    // Every namespace and Kustomization take_backup recorded is back.
+    let (found, _) = report.restored.clone().unwrap();
+    let want = f.meta.kubernetes.inventory().unwrap();
+    for ns in &want.namespaces {
+        assert!(found.namespaces.contains(ns), "Namespace {ns}: {found:?}");
+    }
+    for k in &want.kustomizations {
+        assert!(found.kustomizations.contains(k), "Kustomization {k}: {found:?}");
+    }
     assert!(report.after_reboot.is_some(), "checked after a reboot");
     // The rest of `up` found the restored state in place: nothing re-applied.
     let rest: std::collections::BTreeMap<StepId, Outcome> =
@@ -583,23 +589,30 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     )
     .await
     .unwrap();
+    // Backed up by take_backup without a kubeconfig: the sidecar says so.
+    let mut cluster = Cluster::load(&*src, dir.path()).unwrap();
+    cluster.kubeconfig = None;
     let snapshot = dir.path().join("empty.db");
-    let creds = src.render().unwrap().credentials;
-    TalosClient::connect(
-        &lab.nodes()[0].ip().to_string(),
-        TlsMode::Mutual(creds),
-        o.up.policy,
-    )
-    .unwrap()
-    .etcd_snapshot(&snapshot)
-    .await
-    .unwrap();
-    assert!(check_snapshot(&snapshot).unwrap().sidecar.is_none());
+    let meta = take_backup(&cluster, o.up.policy, &snapshot).await.unwrap();
+    assert!(
+        matches!(&meta.kubernetes, KubeRecord::None { reason } if reason.contains("no kubeconfig")),
+        "{:?}",
+        meta.kubernetes
+    );
+    let checked = check_snapshot(&snapshot).unwrap();
+    assert!(checked.sidecar.is_some() && checked.inventory().is_none());
     disaster(&lab).await;
     o.snapshot = Some(snapshot);
-    let e = recover(&*src as &dyn ClusterSource, &o, &Emitter::new())
+    let em = Emitter::new();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    em.add_sink(Box::new(Progress(progress.clone())));
+    let e = recover(&*src as &dyn ClusterSource, &o, &em)
         .await
         .unwrap_err();
+    let warned = progress.lock().unwrap().iter().any(|m: &String| {
+        m.starts_with("warning: no Kubernetes inventory") && m.contains("no kubeconfig")
+    });
+    assert!(warned, "recover warns that it can only check \"not empty\"");
     assert!(
         matches!(e, RecoverError::NotRestored { .. }),
         "{}",
@@ -608,6 +621,17 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     assert!(e.to_string().contains("new, empty cluster"), "{e}");
     // While the restore is unverified, a plain `up` refuses to bootstrap an empty etcd.
     assert!(dir.path().join("recover-pending").exists());
+}
+
+/// Keeps every progress message.
+struct Progress(Arc<Mutex<Vec<String>>>);
+
+impl EventSink for Progress {
+    fn record(&mut self, e: &Event) {
+        if let EventKind::Progress { message } = &e.kind {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
 }
 
 fn backup(name: &str, ns: &str, completed: &str, fault: Option<&str>) -> Value {
