@@ -15,8 +15,8 @@ use endsys_bootstrap::day2::backup::{
 use endsys_bootstrap::day2::recover::{
     recover, Phase, RecoverError, RecoverJournal, RecoverOptions, RecoverReport,
 };
-use endsys_bootstrap::day2::Cluster;
 use endsys_bootstrap::day2::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
+use endsys_bootstrap::day2::Cluster;
 use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
 use endsys_bootstrap::orchestrator::demo::lab_definition;
 use endsys_bootstrap::orchestrator::events::EventSink;
@@ -365,7 +365,10 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         assert!(found.namespaces.contains(ns), "Namespace {ns}: {found:?}");
     }
     for k in &want.kustomizations {
-        assert!(found.kustomizations.contains(k), "Kustomization {k}: {found:?}");
+        assert!(
+            found.kustomizations.contains(k),
+            "Kustomization {k}: {found:?}"
+        );
     }
     assert!(report.after_reboot.is_some(), "checked after a reboot");
     // The rest of `up` found the restored state in place: nothing re-applied.

@@ -1023,7 +1023,8 @@ mod tests {
         std::fs::write(sidecar_path(&good), serde_json::to_vec(&meta).unwrap()).unwrap();
         let e = refusal(&good);
         assert!(
-            matches!(e, RecoverError::SidecarMismatch { .. }) && e.to_string().contains("good.db.json"),
+            matches!(e, RecoverError::SidecarMismatch { .. })
+                && e.to_string().contains("good.db.json"),
             "{e}"
         );
         meta.sha256 = facts.sha256.clone();

@@ -61,8 +61,7 @@ pub async fn kube_inventory(client: &kube::Client) -> Result<KubeInventory, kube
         .collect();
     namespaces.sort();
     let ks_api: Api<DynamicObject> = Api::all_with(client.clone(), &kustomization_resource());
-    let mut kustomizations: Vec<String> = match ks_api.list_metadata(&ListParams::default()).await
-    {
+    let mut kustomizations: Vec<String> = match ks_api.list_metadata(&ListParams::default()).await {
         Ok(list) => list
             .items
             .iter()
