@@ -35,11 +35,17 @@ enum Command {
         #[arg(long)]
         age_key: Option<PathBuf>,
     },
-    /// From maintenance-mode nodes to a running cluster, resumable at any point.
+    /// From maintenance-mode nodes to all five layers Ready (Talos, bootstrap charts, Flux,
+    /// then Flux's own layers, watched), resumable at any point.
     Up(up::UpArgs),
-    /// Print what `up` would do now (or, with `node reimage|rejoin NAME`, a node
-    /// operation's steps and the node receiving each call); changes nothing.
+    /// Print what `up` would do now, then the GitOps graph layer by layer (dependsOn
+    /// cycles and missing Kustomizations reported with file:line); with
+    /// `node reimage|rejoin NAME`, a node operation's steps and the node receiving
+    /// each call. Changes nothing.
     Plan(day2::PlanArgs),
+    /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
+    /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.
+    Status(up::StatusArgs),
     /// etcd: verified backups (snapshot + sidecar), status per control plane.
     #[command(subcommand)]
     Etcd(day2::EtcdCommand),
@@ -149,6 +155,7 @@ fn main() {
                 Some(what) => day2::plan(what, &out).await,
                 None => up::plan(args.up, &out).await,
             },
+            Command::Status(args) => up::status(args, &out).await,
             Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
             Command::Node(cmd) => day2::node(cmd, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,

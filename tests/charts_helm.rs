@@ -48,7 +48,17 @@ async fn stub_helm_gets_the_template_argv_and_old_or_missing_helm_is_refused() {
         .iter()
         .map(|r| r.name.as_str())
         .collect();
-    assert_eq!(order, ["cilium", "coredns", "spegel", "cert-manager"]);
+    assert_eq!(
+        order,
+        [
+            "cilium",
+            "coredns",
+            "spegel",
+            "cert-manager",
+            "flux-operator",
+            "flux-instance"
+        ]
+    );
     let cilium = &hf.releases[0];
     let out = helm
         .template(&hf, cilium, repo.path(), "v1.35.2")

@@ -79,6 +79,8 @@ async fn kubectl_uses_the_kubeconfig_up_fetched_after_layer1() {
     let mut opts = UpOptions::new(dir.path().join("state"));
     opts.probe_timeout = Duration::from_secs(2);
     opts.kube = Some(lab::kube_half(repo, None).expect("half"));
+    // Layer 1 only: Flux is tests/up_flux.rs's business.
+    opts.until = StepId::Layer1Done;
     let src = MemorySource::new(lab_definition(&lab, 3, "kubectl"), None);
     let report = up(&src, &opts, &Emitter::new()).await.expect("layer 1");
     let kubeconfig = report.kubeconfig.expect("kubeconfig fetched");

@@ -24,6 +24,7 @@ fn every_verb_has_help() {
         &["lab", "walkthrough"],
         &["up"],
         &["plan"],
+        &["status"],
         &["kubeconfig"],
         &["demo"],
         &["recover"],
@@ -93,4 +94,39 @@ fn talos_call_to_nothing_explains_itself() {
         err.contains("likely cause") && err.contains("rebooting"),
         "{err}"
     );
+}
+
+#[test]
+fn gitops_help_teaches_the_new_verbs_and_flags() {
+    let help = |args: &[&str]| {
+        let out = bin().args(args).arg("--help").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let up = help(&["up"]);
+    for want in [
+        "--layers",
+        "--sync-path",
+        "--flux-timeout",
+        "--gitops-timeout",
+        "flux",
+        "all",
+        "five layers",
+    ] {
+        assert!(up.contains(want), "up --help lacks {want}:\n{up}");
+    }
+    let status = help(&["status"]);
+    for want in [
+        "--kubeconfig",
+        "--cluster",
+        "--repo",
+        "--layers",
+        "not created yet",
+    ] {
+        assert!(
+            status.contains(want),
+            "status --help lacks {want}:\n{status}"
+        );
+    }
+    let plan = help(&["plan"]);
+    assert!(plan.contains("file:line"), "{plan}");
 }

@@ -151,7 +151,7 @@ async fn member_names(env: &Env) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_is_private_with_sidecar_and_corruption_is_refused() {
-    let env = cluster(201, 0.0).await;
+    let env = cluster(211, 0.0).await;
     let out = env.dir.path().join("b").join("etcd.snapshot");
     let meta = take_backup(&env.cluster, policy(), &out).await.unwrap();
     assert_eq!(meta.cluster, "day2");
@@ -228,7 +228,7 @@ async fn backup_is_private_with_sidecar_and_corruption_is_refused() {
 async fn reimage_each_control_plane_keeps_quorum() {
     // Non-zero delays so the reimage spends real time in each lab state.
     let scale = 0.1;
-    let env = cluster(202, scale).await;
+    let env = cluster(212, scale).await;
     // Pods on cp1: one to evict, one a DaemonSet's (drains leave those).
     let kc =
         endsys_bootstrap::kube::client_from_kubeconfig(env.cluster.kubeconfig.as_ref().unwrap())
@@ -308,7 +308,7 @@ async fn reimage_each_control_plane_keeps_quorum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_after_disk_replacement_removes_the_stale_member() {
-    let env = cluster(203, 0.0).await;
+    let env = cluster(213, 0.0).await;
     let cp2 = env.lab.node("cp2").unwrap().clone();
     let old_id = cp2.etcd_member_id().unwrap();
     cp2.wipe_disk().await;
@@ -380,7 +380,7 @@ impl Reporter for PowerOnAt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reimage_refused_when_another_control_plane_is_down_allowed_with_force() {
-    let env = cluster(204, 0.0).await;
+    let env = cluster(214, 0.0).await;
     let cp3 = env.lab.node("cp3").unwrap().clone();
     cp3.power_off().await;
     let e = reimage(
@@ -455,7 +455,7 @@ impl Reporter for KillAt {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reimage_killed_at_every_step_boundary_then_rerun_converges() {
     // Small delays so kills land while the node resets, reboots and joins.
-    let env = Arc::new(cluster(205, 0.02).await);
+    let env = Arc::new(cluster(215, 0.02).await);
     let (stop, sampler) = sample_quorum(&env.lab);
     let targets = ["cp2", "cp3", "cp1"];
     let mut killed = 0;
@@ -612,7 +612,7 @@ async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_names_the_node_receiving_each_call() {
-    let env = cluster(206, 0.0).await;
+    let env = cluster(216, 0.0).await;
     let o = options(&env, Arc::new(Collect::default()));
     let steps = endsys_bootstrap::day2::reimage::plan(&env.cluster, "cp2", &o)
         .await
@@ -623,11 +623,11 @@ async fn plan_names_the_node_receiving_each_call() {
         .collect();
     let text = text.join("\n");
     assert!(
-        text.contains("EtcdLeaveCluster → cp2 (127.0.206.12)"),
+        text.contains("EtcdLeaveCluster → cp2 (127.0.216.12)"),
         "{text}"
     );
     assert!(
-        text.contains("EtcdMemberList → cp1 (127.0.206.11)"),
+        text.contains("EtcdMemberList → cp1 (127.0.216.11)"),
         "{text}"
     );
     assert!(
@@ -644,7 +644,7 @@ async fn plan_names_the_node_receiving_each_call() {
         .collect();
     assert!(text
         .join("\n")
-        .contains("EtcdRemoveMemberByID <stale id of cp1> → cp2 (127.0.206.12)"));
+        .contains("EtcdRemoveMemberByID <stale id of cp1> → cp2 (127.0.216.12)"));
     // Plans change nothing.
     assert!(!env.dir.path().join("day2").exists());
     assert_eq!(member_names(&env).await.len(), 3);

@@ -32,6 +32,8 @@ async fn demo_runs_layer1_end_to_end_and_a_rerun_changes_nothing() {
         secrets_from: Some("tests/fixtures/machineconfig/secrets.yaml".into()),
         helm: helm(),
         rerun: true,
+        // Layer 1 only: the Flux layers are tests/up_flux.rs's.
+        until: StepId::Layer1Done,
         ..DemoOptions::default()
     };
     let report = run_demo(&opts, &em).await.expect("demo runs layer 1");

@@ -1,5 +1,5 @@
-//! `up`, `plan`, `kubeconfig` and `demo`: arguments, the progress display and the
-//! NDJSON stream. Everything else lives in [`crate::orchestrator`].
+//! `up`, `plan`, `status`, `kubeconfig` and `demo`: arguments, the progress
+//! display and the NDJSON stream. Everything else lives in [`crate::orchestrator`].
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -29,8 +29,12 @@ pub enum Until {
     Apiserver,
     /// Through the CNI: namespaces, secrets, CRDs, Cilium, nodes Ready.
     Cni,
-    /// Everything: layer 1 done (the Kubernetes half needs --repo).
+    /// Layer 1 done: the other bootstrap charts healthy (needs --repo).
     Layer1,
+    /// Layer 2: Flux installed and synced (flux-system and cluster-meta Ready).
+    Flux,
+    /// Everything: all five layers Ready, and Flux's adoption of the bootstrap releases checked.
+    All,
 }
 
 impl Until {
@@ -42,6 +46,8 @@ impl Until {
             Until::Apiserver => StepId::Apiserver,
             Until::Cni => StepId::NodesReady,
             Until::Layer1 => StepId::Layer1Done,
+            Until::Flux => StepId::FluxSync,
+            Until::All => StepId::LAST,
         }
     }
 }
@@ -127,8 +133,9 @@ pub struct RunArgs {
     /// Allow generating a new secrets bundle although nodes already serve a CA.
     #[arg(long)]
     pub new_cluster: bool,
-    /// Stop after this stage. `etcd` skips waiting for kube-apiserver (reported, never silent).
-    #[arg(long, value_enum, default_value_t = Until::Layer1)]
+    /// Stop after this stage. `etcd` skips waiting for kube-apiserver (reported, never silent);
+    /// later steps are reported as skipped with the reason.
+    #[arg(long, value_enum, default_value_t = Until::All)]
     pub until: Until,
     /// Per-node deadline from apply to running, in seconds.
     #[arg(long, default_value_t = 1200)]
@@ -149,6 +156,35 @@ pub struct RunArgs {
     /// Deadline of each chart's rollout and of nodes registering/Ready, in seconds.
     #[arg(long, default_value_t = 600)]
     pub kube_timeout: u64,
+    /// Layer overrides (YAML: `layers: {garage: 5, database/dragonfly: 3}`, `replace: true`
+    /// drops the endsys defaults); unmapped Kustomizations are layer 5.
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<PathBuf>,
+    /// Flux sync path in --repo [default: the flux-instance values' instance.sync.path,
+    /// else kubernetes/flux/cluster].
+    #[arg(long)]
+    pub sync_path: Option<String>,
+    /// Deadline of flux_sync (FluxInstance Ready, source fetched, flux-system and
+    /// cluster-meta Ready), in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub flux_timeout: u64,
+    /// Deadline for every layer to turn Ready once Flux runs, in seconds; on expiry `up`
+    /// prints the blocking objects with their messages and exits non-zero.
+    #[arg(long, default_value_t = 1800)]
+    pub gitops_timeout: u64,
+}
+
+/// Reads the layer map: endsys defaults plus `--layers` overrides.
+pub fn layer_map(file: Option<&std::path::Path>) -> Result<crate::gitops::LayerMap, CliError> {
+    let mut layers = crate::gitops::LayerMap::endsys();
+    if let Some(f) = file {
+        layers.load_overrides(f).map_err(|e| {
+            CliError::Usage(format!(
+                "{e}\n  next action:  fix the layer file (see `up --help`)"
+            ))
+        })?;
+    }
+    Ok(layers)
 }
 
 impl RunArgs {
@@ -180,6 +216,10 @@ impl RunArgs {
         half.force_conflicts = self.force_conflicts;
         half.nodes_deadline = Duration::from_secs(self.kube_timeout);
         half.chart_deadline = Duration::from_secs(self.kube_timeout);
+        half.layers = layer_map(self.layers.as_deref())?;
+        half.sync_path = self.sync_path.clone();
+        half.flux_deadline = Duration::from_secs(self.flux_timeout);
+        half.gitops_deadline = Duration::from_secs(self.gitops_timeout);
         // A missing key only matters if a SOPS file exists (the step says so).
         half.identities = crate::sops::AgeIdentities::load(age_key)
             .ok()
@@ -281,12 +321,37 @@ async fn plain(mut rx: broadcast::Receiver<Event>) {
             EventKind::Decision { key, value } => {
                 Some(format!("[{t:7.2}s] {}: {key} = {value}", e.step.name()))
             }
+            EventKind::LayerProgress { .. } => {
+                Some(format!("[{t:7.2}s] {}", layer_line(&e).unwrap_or_default()))
+            }
             _ => None,
         };
         if let Some(l) = line {
             eprintln!("{l}");
         }
     }
+}
+
+/// One layer's progress as a display line.
+fn layer_line(e: &Event) -> Option<String> {
+    let EventKind::LayerProgress {
+        title,
+        ready,
+        total,
+        waiting,
+    } = &e.kind
+    else {
+        return None;
+    };
+    let mut s = format!("layer {} {title}: {ready}/{total} Ready", e.layer);
+    if !waiting.is_empty() {
+        let shown: Vec<&str> = waiting.iter().take(4).map(String::as_str).collect();
+        s.push_str(&format!("; waiting: {}", shown.join(", ")));
+        if waiting.len() > 4 {
+            s.push_str(&format!(" and {} more", waiting.len() - 4));
+        }
+    }
+    Some(s)
 }
 
 async fn bars(mut rx: broadcast::Receiver<Event>) {
@@ -298,7 +363,25 @@ async fn bars(mut rx: broadcast::Receiver<Event>) {
     layer.set_prefix("layer 1 foundation");
     layer.enable_steady_tick(Duration::from_millis(120));
     let mut nodes: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut layers: BTreeMap<u8, ProgressBar> = BTreeMap::new();
     while let Some(e) = next(&mut rx).await {
+        if let Some(line) = layer_line(&e) {
+            let b = layers.entry(e.layer).or_insert_with(|| {
+                let b = multi.add(ProgressBar::new_spinner());
+                b.set_style(style.clone());
+                b.set_prefix(format!("  layer {}", e.layer));
+                b.enable_steady_tick(Duration::from_millis(120));
+                b
+            });
+            if let EventKind::LayerProgress { ready, total, .. } = &e.kind {
+                if ready == total && *total > 0 {
+                    b.finish_with_message(line);
+                } else {
+                    b.set_message(line);
+                }
+            }
+            continue;
+        }
         let bar = match &e.node {
             None => layer.clone(),
             Some(n) => nodes
@@ -314,6 +397,11 @@ async fn bars(mut rx: broadcast::Receiver<Event>) {
         };
         match &e.kind {
             EventKind::StepStarted { description } if e.node.is_none() => {
+                let title = crate::gitops::LAYER_NAMES
+                    .get(usize::from(e.layer.max(1) - 1))
+                    .copied()
+                    .unwrap_or("");
+                layer.set_prefix(format!("layer {} {}", e.layer, title.to_lowercase()));
                 bar.set_message(format!("{}: {description}", e.step.name()))
             }
             EventKind::StepFinished { outcome, .. } => {
@@ -334,7 +422,7 @@ async fn bars(mut rx: broadcast::Receiver<Event>) {
             }
             EventKind::RunFinished { ok, .. } => {
                 layer.finish_with_message(if *ok { "done" } else { "failed" });
-                for b in nodes.values() {
+                for b in nodes.values().chain(layers.values()) {
                     b.finish();
                 }
             }
@@ -385,6 +473,21 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let items = crate::orchestrator::plan(&source as &dyn ClusterSource, &opts)
         .await
         .map_err(flow_error)?;
+    // The GitOps graph as the repository describes it (the plan of layers 2–5).
+    let graph = match &opts.kube {
+        Some(half) => {
+            let path = half
+                .sync_path
+                .clone()
+                .unwrap_or_else(|| crate::orchestrator::flux::repo_sync_path(half));
+            Some(crate::orchestrator::flux::walk_graph(
+                &half.repo,
+                &path,
+                half.layers.clone(),
+            ))
+        }
+        None => None,
+    };
     match out.format {
         OutputFormat::Json => {
             for i in &items {
@@ -392,6 +495,14 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
                     "{}",
                     serde_json::json!({"event": "plan", "step": i.step, "layer": i.step.layer().number(), "node": i.node, "acts": i.acts, "action": i.action})
                 );
+            }
+            match &graph {
+                Some(Ok(g)) => println!("{}", graph_json(g)),
+                Some(Err(e)) => println!(
+                    "{}",
+                    serde_json::json!({"event": "gitops_plan", "error": e.to_string()})
+                ),
+                None => {}
             }
         }
         OutputFormat::Text => {
@@ -415,12 +526,145 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
                     .unwrap_or_default();
                 println!("  {mark} {node}{}", i.action);
             }
-            println!("layers 2-5 (gitops, data services, security, applications): not driven by this version yet");
+            match &graph {
+                Some(Ok(g)) => print!("{}", crate::gitops::render_plan(g)),
+                Some(Err(e)) => println!("GitOps graph: cannot be read: {}", e.explain()),
+                None => println!("layers 2-5: no gitops repository given (--repo)"),
+            }
             let n = items.iter().filter(|i| i.acts).count();
             println!("{n} action(s) would change the cluster; `up` runs them.");
         }
     }
     Ok(())
+}
+
+/// The repository graph as one NDJSON object: Kustomizations by layer with
+/// their dependencies and file:line, then the problems.
+fn graph_json(g: &crate::gitops::Graph) -> serde_json::Value {
+    let order = g.topo_order();
+    let layers: Vec<serde_json::Value> = (1..=5u8)
+        .map(|l| {
+            let ks: Vec<serde_json::Value> = order
+                .iter()
+                .filter(|k| g.layer_of(k) == l)
+                .filter_map(|k| g.nodes.get(k))
+                .map(|n| {
+                    serde_json::json!({
+                        "kustomization": n.key.to_string(),
+                        "at": n.loc.to_string(),
+                        "depends_on": n.depends_on.iter().map(|d| d.key.to_string()).collect::<Vec<_>>(),
+                        "helm_releases": n.helm_releases.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::json!({"layer": l, "title": crate::gitops::LAYER_NAMES[usize::from(l - 1)], "kustomizations": ks})
+        })
+        .collect();
+    let problems: Vec<String> = g.problems.iter().map(|p| p.to_string()).collect();
+    serde_json::json!({"event": "gitops_plan", "sync_path": g.sync_path, "layers": layers, "problems": problems})
+}
+
+/// `status`: where the cluster is and what the GitOps layers look like.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Cluster name: reads the kubeconfig `up` wrote to its state directory.
+    #[arg(long, required_unless_present_any = ["kubeconfig", "state_dir"])]
+    pub cluster: Option<String>,
+    /// State directory holding the kubeconfig (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Use this kubeconfig instead of the state directory's.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The gitops repository: Kustomizations it defines that the cluster lacks are
+    /// counted and listed as not created yet.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Flux sync path in --repo [default: the flux-instance values' instance.sync.path,
+    /// else kubernetes/flux/cluster].
+    #[arg(long, requires = "repo")]
+    pub sync_path: Option<String>,
+    /// Layer overrides (same file as `up --layers`).
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<PathBuf>,
+}
+
+/// `status`: the per-layer view from the cluster. Exit 0 when every Flux object
+/// is Ready, 1 otherwise (with the blocking objects), so scripts can wait on it.
+pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
+    let path = match (&args.kubeconfig, &args.state_dir, &args.cluster) {
+        (Some(k), _, _) => k.clone(),
+        (None, dir, cluster) => {
+            journal::state_dir(dir.as_deref(), cluster.as_deref().unwrap_or("")).join("kubeconfig")
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: cannot read the kubeconfig: {e}\n  next action:  run `up` first, or pass --kubeconfig",
+            path.display()
+        ))
+    })?;
+    let layers = layer_map(args.layers.as_deref())?;
+    let graph = match &args.repo {
+        Some(repo) => {
+            let half = crate::orchestrator::layer1::KubeHalf::endsys(repo.clone());
+            let sync = args
+                .sync_path
+                .clone()
+                .unwrap_or_else(|| crate::orchestrator::flux::repo_sync_path(&half));
+            Some(
+                crate::orchestrator::flux::walk_graph(repo, &sync, layers.clone())
+                    .map_err(flow_error)?,
+            )
+        }
+        None => None,
+    };
+    let p = crate::orchestrator::flux::status(&bytes, layers, graph.as_ref())
+        .await
+        .map_err(flow_error)?;
+    match out.format {
+        OutputFormat::Json => {
+            for l in &p.layers {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "layer_progress", "layer": l.layer, "title": l.name, "ready": l.ready, "total": l.total, "waiting": l.waiting})
+                );
+            }
+            for i in p
+                .items
+                .iter()
+                .filter(|i| i.state != crate::gitops::ItemState::Ready)
+            {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "flux_object", "kind": i.kind.to_string(), "object": i.key.to_string(), "layer": i.layer,
+                        "state": format!("{:?}", i.state).to_lowercase(), "reason": i.reason, "message": i.message,
+                        "waiting_on": i.waiting_on.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                        "blocks": i.dependents.iter().map(|k| k.to_string()).collect::<Vec<_>>()})
+                );
+            }
+            for k in &p.missing {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "flux_object", "kind": "Kustomization", "object": k.to_string(), "state": "missing"})
+                );
+            }
+        }
+        OutputFormat::Text => print!("{}", p.render()),
+    }
+    if p.all_ready() {
+        Ok(())
+    } else {
+        let n = p
+            .items
+            .iter()
+            .filter(|i| i.state != crate::gitops::ItemState::Ready)
+            .count()
+            + p.missing.len();
+        Err(CliError::Failed(format!(
+            "{n} Flux object(s) not Ready (listed above)\n  next action:  read the blocking object's message; `up` resumes watching where it stopped"
+        )))
+    }
 }
 
 pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliError> {
@@ -487,7 +731,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
     };
     if out.format == OutputFormat::Text {
         eprintln!(
-            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal,\n      then the Kubernetes half (namespaces, SOPS secrets, CRDs, Cilium, nodes Ready, charts) against the lab's Kubernetes API.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
+            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal,\n      then the Kubernetes half (namespaces, SOPS secrets, CRDs, Cilium, nodes Ready, charts) against the lab's Kubernetes API,\n      then Flux (age key check, flux-operator + FluxInstance, sync) and the watch until all five layers are Ready.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
             opts.nodes, opts.controlplanes, args.subnet, opts.time_scale
         );
     }
@@ -515,6 +759,9 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
                 "kube_half_ms": report.kube_wall.as_millis() as u64,
                 "kube_half_overhead_ms": report.kube_overhead().as_millis() as u64,
                 "lag_p95_ms": report.lag_p95.as_millis() as u64,
+                "gitops_ms": report.gitops_wall.as_millis() as u64,
+                "gitops_critical_path_ms": report.gitops_critical_path.as_millis() as u64,
+                "layers_ready_ms": report.layers_ready.iter().map(|(l, d)| serde_json::json!({"layer": l, "ms": d.as_millis() as u64})).collect::<Vec<_>>(),
                 "nodes": opts.nodes,
             })
         ),

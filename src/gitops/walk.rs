@@ -36,6 +36,9 @@ pub struct KsNode {
     pub target_namespace: Option<String>,
     /// `spec.decryption.secretRef.name` when SOPS decryption is on.
     pub sops_secret: Option<String>,
+    /// Secrets named in `spec.postBuild.substituteFrom` (the build fails
+    /// without them unless marked optional).
+    pub substitute_from: Vec<String>,
     /// HelmReleases its build applies.
     pub helm_releases: Vec<Key>,
 }
@@ -180,6 +183,7 @@ pub fn walk(repo: &Path, sync_path: &str, layers: LayerMap) -> Result<Graph, Git
         wait: false,
         target_namespace: None,
         sops_secret: None,
+        substitute_from: vec![],
         helm_releases: vec![],
     };
     if !repo.join(&sync).is_dir() {
@@ -319,6 +323,19 @@ fn ks_node(doc: &Doc, key: Key, parent: &Key) -> Result<KsNode, GitopsError> {
         wait: v.pointer("/spec/wait").and_then(Value::as_bool) == Some(true),
         target_namespace: opt(v, "/spec/targetNamespace"),
         sops_secret: opt(v, "/spec/decryption/secretRef/name"),
+        substitute_from: v
+            .pointer("/spec/postBuild/substituteFrom")
+            .and_then(Value::as_array)
+            .map(|refs| {
+                refs.iter()
+                    .filter(|r| {
+                        s(r, "/kind") == "Secret" && r.get("optional") != Some(&Value::Bool(true))
+                    })
+                    .map(|r| s(r, "/name").to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
         helm_releases: vec![],
         key,
     })

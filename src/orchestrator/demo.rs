@@ -3,6 +3,7 @@
 //! against the lab: overhead beyond the lab's own critical path, and how long the
 //! tool takes to notice each node reaching `running`.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,16 @@ pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
 /// spegel and cert-manager rollouts 4 each, cert-manager's CRD 0.5).
 pub const LAB_KUBE_CRITICAL_PATH_SECS: f64 = 3.0 + 0.5 + 8.0 + 4.0 + 4.0 + 0.5 + 4.0;
 
+/// Lab delays along the GitOps path, in seconds at time scale 1
+/// (src/lab/kube/sim.rs, src/lab/kube/flux.rs): flux-operator's CRD 0.5 and
+/// rollout 4; the FluxInstance's controllers roll out 4, then it turns Ready
+/// after 1.0 (the source fetch and the flux-system, cluster-meta and
+/// cluster-apps applies overlap that rollout in the lab); then the longest app
+/// chain of the lab tree, cert-manager → external-secrets →
+/// external-secrets-stores → pocket-id → immich, each a Kustomization apply 1.0
+/// plus its HelmRelease install 1.5 (`wait: true`).
+pub const LAB_GITOPS_CRITICAL_PATH_SECS: f64 = 0.5 + 4.0 + 4.0 + 1.0 + 5.0 * (1.0 + 1.5);
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub nodes: usize,
@@ -43,6 +54,25 @@ pub struct DemoOptions {
     pub helm: Option<PathBuf>,
     /// Run `up` a second time after the first (it must change nothing).
     pub rerun: bool,
+    /// Use this gitops repository (lab-shaped) instead of writing the lab's.
+    pub repo: Option<PathBuf>,
+    /// Deadline of the `gitops` step (default: the lab's 300 s).
+    pub gitops_timeout: Option<Duration>,
+    /// Deadline of the `flux_sync` step (default: the lab's 120 s).
+    pub flux_timeout: Option<Duration>,
+    /// Called with the lab's Kubernetes API after the run(s), failed or not,
+    /// before the lab stops (tests look at what the run left behind).
+    pub inspect: Option<Inspect>,
+}
+
+/// A look at the lab before it stops.
+#[derive(Clone)]
+pub struct Inspect(pub Arc<dyn Fn(&crate::lab::kube::KubeLab) + Send + Sync>);
+
+impl std::fmt::Debug for Inspect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspect")
+    }
 }
 
 impl Default for DemoOptions {
@@ -54,10 +84,14 @@ impl Default for DemoOptions {
             talos_version: "v1.13.9".into(),
             first_ip: Ipv4Addr::new(127, 0, 0, 11),
             state_dir: None,
-            until: StepId::Layer1Done,
+            until: StepId::LAST,
             secrets_from: None,
             helm: None,
             rerun: false,
+            repo: None,
+            gitops_timeout: None,
+            flux_timeout: None,
+            inspect: None,
         }
     }
 }
@@ -80,9 +114,35 @@ pub struct DemoReport {
     /// lab's own delays on its path (API start is in the Talos half's apiserver wait).
     pub kube_wall: Duration,
     pub kube_critical_path: Duration,
+    /// When each GitOps layer first had every Flux object Ready (since the run
+    /// started), from the `layer_progress` events of the first run.
+    pub layers_ready: Vec<(u8, Duration)>,
+    /// The steps after layer 1 (flux_secrets … adoption) of the first run,
+    /// and the lab's own delays on that path.
+    pub gitops_wall: Duration,
+    pub gitops_critical_path: Duration,
+    /// Flux objects whose resourceVersion changed during the re-run (none
+    /// expected).
+    pub rerun_changed: Vec<String>,
 }
 
 impl DemoReport {
+    fn layers_text(&self) -> String {
+        if self.layers_ready.is_empty() {
+            return String::new();
+        }
+        let mut s = format!(
+            "\nGitOps (flux_secrets → adoption): lab delays {:.2}s, tool {:.2}s, overhead {:.0} ms; every Flux object Ready per layer at:",
+            self.gitops_critical_path.as_secs_f64(),
+            self.gitops_wall.as_secs_f64(),
+            self.gitops_wall.saturating_sub(self.gitops_critical_path).as_secs_f64() * 1000.0
+        );
+        for (l, at) in &self.layers_ready {
+            s.push_str(&format!(" L{l} {:.2}s", at.as_secs_f64()));
+        }
+        s
+    }
+
     pub fn overhead(&self) -> Duration {
         self.wall.saturating_sub(self.critical_path)
     }
@@ -108,7 +168,7 @@ impl DemoReport {
             self.lag_p95.as_secs_f64() * 1000.0,
             self.lags.len(),
             self.lags.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
-        ) + &if self.kube_wall.is_zero() {
+        ) + &self.layers_text() + &if self.kube_wall.is_zero() {
             String::new()
         } else {
             format!(
@@ -291,12 +351,17 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
     uo.new_cluster = false;
+    let repo = match &opts.repo {
+        Some(r) => r.clone(),
+        None => state_dir.join("repo"),
+    };
     if opts.until >= StepId::KubeApi {
-        let repo = state_dir.join("repo");
-        crate::charts::lab::write_repo(&repo).map_err(|e| FlowError::Local {
-            path: repo.display().to_string(),
-            detail: format!("cannot write the lab repository: {e}"),
-        })?;
+        if opts.repo.is_none() {
+            crate::charts::lab::write_repo(&repo).map_err(|e| FlowError::Local {
+                path: repo.display().to_string(),
+                detail: format!("cannot write the lab repository: {e}"),
+            })?;
+        }
         let helm = match crate::charts::helm::Helm::find(opts.helm.as_deref()).await {
             Ok(h) => {
                 em.progress(
@@ -319,28 +384,86 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
                 None
             }
         };
-        uo.kube = Some(
-            crate::charts::lab::kube_half(repo, helm)
-                .map_err(|e| FlowError::Source(format!("lab age key: {e}")))?,
-        );
+        let mut half = crate::charts::lab::kube_half(repo.clone(), helm)
+            .map_err(|e| FlowError::Source(format!("lab age key: {e}")))?;
+        if let Some(d) = opts.gitops_timeout {
+            half.gitops_deadline = d;
+        }
+        if let Some(d) = opts.flux_timeout {
+            half.flux_deadline = d;
+        }
+        uo.kube = Some(half);
+    }
+    if opts.until > StepId::Layer1Done {
+        serve_lab_git(&lab, &repo)?;
     }
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
-    let report = up(source, &uo, em).await?;
+    let layer_times = LayerTimes::default();
+    em.add_sink(Box::new(layer_times.clone()));
+    let first = up(source, &uo, em).await;
+    let report = match first {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(i) = &opts.inspect {
+                (i.0)(&lab.kube());
+            }
+            lab.shutdown().await;
+            return Err(e);
+        }
+    };
+    let layers_ready = layer_times.first_ready();
     // Measured on the first run only; the re-run is a check that nothing changes.
     let wall = ledger.wall().unwrap_or(report.duration);
     let kube_wall: Duration = ledger
         .steps()
         .iter()
-        .filter(|t| t.step >= StepId::KubeApi)
-        .take(StepId::UP.iter().filter(|s| **s >= StepId::KubeApi).count())
+        .filter(|t| (StepId::KubeApi..=StepId::Layer1Done).contains(&t.step))
+        .take(
+            StepId::UP
+                .iter()
+                .filter(|s| (StepId::KubeApi..=StepId::Layer1Done).contains(*s))
+                .count(),
+        )
         .map(|t| t.duration)
         .sum();
+    let gitops_wall: Duration = ledger
+        .steps()
+        .iter()
+        .filter(|t| t.step > StepId::Layer1Done)
+        .take(
+            StepId::UP
+                .iter()
+                .filter(|s| **s > StepId::Layer1Done)
+                .count(),
+        )
+        .map(|t| t.duration)
+        .sum();
+    let before = flux_versions(&lab.kube());
     let rerun = if opts.rerun {
-        Some(up(source, &uo, em).await?)
+        let r = up(source, &uo, em).await;
+        if r.is_err() {
+            if let Some(i) = &opts.inspect {
+                (i.0)(&lab.kube());
+            }
+        }
+        Some(r?)
     } else {
         None
     };
+    let after = flux_versions(&lab.kube());
+    let rerun_changed: Vec<String> = if opts.rerun {
+        after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    } else {
+        vec![]
+    };
+    if let Some(i) = &opts.inspect {
+        (i.0)(&lab.kube());
+    }
 
     let mut lags = Vec::new();
     let log = transitions
@@ -380,7 +503,14 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     } else {
         Duration::ZERO
     };
-    let critical_path = Duration::from_secs_f64((critical_secs + kube_secs) * opts.time_scale);
+    let gitops_secs = if opts.until >= StepId::Gitops {
+        LAB_GITOPS_CRITICAL_PATH_SECS
+    } else {
+        0.0
+    };
+    let gitops_critical_path = Duration::from_secs_f64(gitops_secs * opts.time_scale);
+    let critical_path =
+        Duration::from_secs_f64((critical_secs + kube_secs + gitops_secs) * opts.time_scale);
     lab.shutdown().await;
     Ok(DemoReport {
         up: report,
@@ -393,5 +523,71 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         state_dir,
         kube_wall,
         kube_critical_path,
+        layers_ready,
+        gitops_wall,
+        gitops_critical_path,
+        rerun_changed,
     })
+}
+
+/// resourceVersion of every Flux object in the lab (to show a re-run changed
+/// none of them: no new reconcile, no new HelmRelease history entry).
+fn flux_versions(k: &crate::lab::kube::KubeLab) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for kind in [
+        "FluxInstance",
+        "GitRepository",
+        "Kustomization",
+        "HelmRelease",
+    ] {
+        for o in k.list(kind, None) {
+            let at = |p: &str| {
+                o.pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            out.insert(
+                format!(
+                    "{kind} {}/{}",
+                    at("/metadata/namespace"),
+                    at("/metadata/name")
+                ),
+                at("/metadata/resourceVersion"),
+            );
+        }
+    }
+    out
+}
+
+/// Answers the FluxInstance's Git URL ([`crate::charts::lab::GIT_URL`]) with
+/// the lab repository, as a Git host serves the operator's repository.
+fn serve_lab_git(lab: &Lab, repo: &std::path::Path) -> Result<(), FlowError> {
+    lab.kube()
+        .serve_git(crate::charts::lab::GIT_URL, repo.to_path_buf());
+    Ok(())
+}
+
+/// Records, per GitOps layer, when its count first reached total (for the
+/// demo's timing lines).
+#[derive(Clone, Default)]
+struct LayerTimes(Arc<Mutex<Vec<(u8, Duration)>>>);
+
+impl LayerTimes {
+    fn first_ready(&self) -> Vec<(u8, Duration)> {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        v.sort();
+        v
+    }
+}
+
+impl super::events::EventSink for LayerTimes {
+    fn record(&mut self, ev: &super::events::Event) {
+        if let super::events::EventKind::LayerProgress { ready, total, .. } = &ev.kind {
+            let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if ready == total && *total > 0 && !v.iter().any(|(l, _)| *l == ev.layer) {
+                v.push((ev.layer, Duration::from_millis(ev.elapsed_ms)));
+            }
+        }
+    }
 }

@@ -105,6 +105,16 @@ pub enum FlowError {
         cause: String,
         next: String,
     },
+
+    /// Layers 2–5: Flux's inputs (secrets, age key), its install and sync, or
+    /// the tracker's report of what blocks a layer.
+    #[error("{step}: {detail}")]
+    Gitops {
+        step: String,
+        detail: String,
+        cause: String,
+        next: String,
+    },
 }
 
 impl From<TalosError> for FlowError {
@@ -149,7 +159,7 @@ impl FlowError {
             FlowError::RestoreFailed { .. } => "the snapshot is damaged in a way its checksum did not catch, or is not an etcd snapshot".into(),
             FlowError::Local { .. } => "a local file could not be read or written".into(),
             FlowError::Source(_) => "the cluster definition or secrets could not be turned into configs".into(),
-            FlowError::Kube { cause, .. } => cause.clone(),
+            FlowError::Kube { cause, .. } | FlowError::Gitops { cause, .. } => cause.clone(),
         }
     }
 
@@ -174,7 +184,7 @@ impl FlowError {
             FlowError::RestoreFailed { .. } => "reset the node's EPHEMERAL partition (`talos reset`), then run `recover` with another snapshot".into(),
             FlowError::Local { .. } => "check the path's permissions and free space, or pass --state-dir".into(),
             FlowError::Source(_) => "run `validate` on the definition".into(),
-            FlowError::Kube { next, .. } => next.clone(),
+            FlowError::Kube { next, .. } | FlowError::Gitops { next, .. } => next.clone(),
         }
     }
 

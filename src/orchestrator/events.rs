@@ -67,11 +67,20 @@ pub enum StepId {
     NodesReady,
     Charts,
     Layer1Done,
+    /// Layer 2 (src/orchestrator/flux.rs).
+    FluxSecrets,
+    FluxInstall,
+    FluxSync,
+    /// Layers 3–5: the tracker over the live Flux objects.
+    Gitops,
+    /// Flux adopted the bootstrap releases.
+    Adoption,
 }
 
 impl StepId {
-    /// Steps of layer 1 (Talos half, then Kubernetes half), in execution order.
-    pub const UP: [StepId; 16] = [
+    /// Steps of `up` in execution order: layer 1 (Talos half, Kubernetes
+    /// half), layer 2 (Flux), then the watch over layers 3–5.
+    pub const UP: [StepId; 21] = [
         StepId::Preflight,
         StepId::Apply,
         StepId::WaitConfigured,
@@ -88,7 +97,15 @@ impl StepId {
         StepId::NodesReady,
         StepId::Charts,
         StepId::Layer1Done,
+        StepId::FluxSecrets,
+        StepId::FluxInstall,
+        StepId::FluxSync,
+        StepId::Gitops,
+        StepId::Adoption,
     ];
+
+    /// The last step of `up`.
+    pub const LAST: StepId = StepId::Adoption;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -109,11 +126,25 @@ impl StepId {
             StepId::NodesReady => "nodes_ready",
             StepId::Charts => "charts",
             StepId::Layer1Done => "layer1_done",
+            StepId::FluxSecrets => "flux_secrets",
+            StepId::FluxInstall => "flux_install",
+            StepId::FluxSync => "flux_sync",
+            StepId::Gitops => "gitops",
+            StepId::Adoption => "adoption",
         }
     }
 
+    /// The layer a step works on. The tracker (`gitops`) watches every layer
+    /// but ends when the last one is Ready; `adoption` checks the layer-2
+    /// handoff, after Flux has reconciled the bootstrap HelmReleases.
     pub fn layer(self) -> Layer {
-        Layer::Foundation
+        match self {
+            StepId::FluxSecrets | StepId::FluxInstall | StepId::FluxSync | StepId::Adoption => {
+                Layer::Gitops
+            }
+            StepId::Gitops => Layer::Applications,
+            _ => Layer::Foundation,
+        }
     }
 
     /// What the step does, for plans and the display.
@@ -136,6 +167,11 @@ impl StepId {
             StepId::NodesReady => "wait until every node is Ready (the CNI is up)",
             StepId::Charts => "render, apply and wait for the other bootstrap releases in needs order",
             StepId::Layer1Done => "layer 1 done: nodes Ready, bootstrap charts healthy",
+            StepId::FluxSecrets => "check sops-age and cluster-secrets in flux-system; the cluster's age key decrypts every SOPS file Flux will build",
+            StepId::FluxInstall => "render, apply and wait for the flux-operator and flux-instance releases",
+            StepId::FluxSync => "wait for the FluxInstance Ready, the flux-system source at the expected revision, flux-system and cluster-meta Ready",
+            StepId::Gitops => "watch every Flux Kustomization and HelmRelease until layers 3-5 are Ready",
+            StepId::Adoption => "confirm Flux adopted each bootstrap release (same name and namespace, no reinstall)",
         }
     }
 
@@ -145,6 +181,10 @@ impl StepId {
             StepId::Apply => "apply",
             StepId::WaitConfigured => "configured",
             StepId::EtcdQuorum | StepId::Kubeconfig => "etcd",
+            StepId::NodesReady => "cni",
+            StepId::Layer1Done => "layer1",
+            StepId::FluxSync => "flux",
+            StepId::Adoption => "all",
             other => other.name(),
         }
     }
@@ -223,6 +263,15 @@ pub enum EventKind {
     RunFinished {
         ok: bool,
         duration_ms: u64,
+    },
+    /// A GitOps layer's count changed (the event's `layer` is the layer
+    /// counted, not the step's): `ready` of `total` Flux objects Ready, and the
+    /// ones still waiting (`Kind namespace/name`).
+    LayerProgress {
+        title: String,
+        ready: usize,
+        total: usize,
+        waiting: Vec<String>,
     },
 }
 
@@ -308,6 +357,33 @@ impl Emitter {
     }
 
     pub fn emit(&self, step: StepId, node: Option<&str>, kind: EventKind) {
+        self.emit_in(step, step.layer().number(), node, kind)
+    }
+
+    /// One layer's GitOps progress (the event carries that layer's number).
+    pub fn layer_progress(
+        &self,
+        step: StepId,
+        layer: u8,
+        title: &str,
+        ready: usize,
+        total: usize,
+        waiting: Vec<String>,
+    ) {
+        self.emit_in(
+            step,
+            layer,
+            None,
+            EventKind::LayerProgress {
+                title: title.to_string(),
+                ready,
+                total,
+                waiting,
+            },
+        )
+    }
+
+    fn emit_in(&self, step: StepId, layer: u8, node: Option<&str>, kind: EventKind) {
         let at = Instant::now();
         let ts_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -321,7 +397,7 @@ impl Emitter {
             elapsed_ms: at.duration_since(self.started()).as_millis() as u64,
             at,
             step,
-            layer: step.layer().number(),
+            layer,
             node: node.map(str::to_string),
             kind,
         };

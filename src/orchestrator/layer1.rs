@@ -52,6 +52,15 @@ pub struct KubeHalf {
     pub chart_deadline: Duration,
     /// SSA `force` (take over fields other managers own).
     pub force_conflicts: bool,
+    /// Kustomization → layer (endsys defaults plus `--layers` overrides).
+    pub layers: crate::gitops::LayerMap,
+    /// The Flux sync path in the repository; `None`: the flux-instance
+    /// release's values (`instance.sync.path`), else `kubernetes/flux/cluster`.
+    pub sync_path: Option<String>,
+    /// FluxInstance Ready, source fetched, flux-system and cluster-meta Ready.
+    pub flux_deadline: Duration,
+    /// Every layer Ready (the tracker).
+    pub gitops_deadline: Duration,
 }
 
 impl std::fmt::Debug for KubeHalf {
@@ -62,6 +71,7 @@ impl std::fmt::Debug for KubeHalf {
             .field("secrets", &self.secrets)
             .field("crds", &self.crds)
             .field("renderer", &self.renderer)
+            .field("sync_path", &self.sync_path)
             .field(
                 "identities",
                 &self.identities.as_ref().map(|i| i.source().to_string()),
@@ -87,10 +97,14 @@ impl KubeHalf {
             nodes_deadline: Duration::from_secs(10 * 60),
             chart_deadline: Duration::from_secs(10 * 60),
             force_conflicts: false,
+            layers: crate::gitops::LayerMap::endsys(),
+            sync_path: None,
+            flux_deadline: Duration::from_secs(10 * 60),
+            gitops_deadline: Duration::from_secs(30 * 60),
         }
     }
 
-    fn helmfile_path(&self) -> PathBuf {
+    pub(crate) fn helmfile_path(&self) -> PathBuf {
         self.repo.join(&self.helmfile)
     }
 }
@@ -98,13 +112,46 @@ impl KubeHalf {
 /// Live state of the Kubernetes half within one run.
 #[derive(Default)]
 pub struct KubeState {
-    applier: Option<Applier>,
-    kube_version: String,
-    helm: Option<Helm>,
-    helmfile: Option<Helmfile>,
+    pub(crate) applier: Option<Applier>,
+    pub(crate) kube_version: String,
+    pub(crate) helm: Option<Helm>,
+    pub(crate) helmfile: Option<Helmfile>,
+    /// What each bootstrap release applied, with the UIDs read back right
+    /// after (release id → objects): adoption compares them with the live ones.
+    pub(crate) installed: std::collections::BTreeMap<String, Vec<Installed>>,
+    /// The repository's Flux graph, walked once per run.
+    pub(crate) graph: Option<crate::gitops::Graph>,
 }
 
-fn kube_err(step: StepId, e: KubeError) -> FlowError {
+/// One object a bootstrap release applied.
+#[derive(Debug, Clone)]
+pub(crate) struct Installed {
+    pub resource: kube::api::ApiResource,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Which releases a chart step installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// The CNI (layer 1, before nodes turn Ready).
+    Cni,
+    /// The other layer-1 releases.
+    Foundation,
+    /// flux-operator and flux-instance (layer 2).
+    Flux,
+}
+
+/// flux-operator and flux-instance belong to layer 2: by release name, or by
+/// the upstream chart they install.
+pub fn is_flux_release(r: &Release) -> bool {
+    ["flux-operator", "flux-instance"]
+        .iter()
+        .any(|n| r.name == *n || r.chart.trim_end_matches('/').ends_with(n))
+}
+
+pub(crate) fn kube_err(step: StepId, e: KubeError) -> FlowError {
     FlowError::Kube {
         step: step.name().into(),
         cause: match &e {
@@ -193,12 +240,16 @@ pub async fn run_step(
         StepId::Namespaces => namespaces(half, st, em).await,
         StepId::Secrets => secrets(half, st, em).await,
         StepId::Crds => crds(half, st, em).await,
-        StepId::Cni => charts(half, st, state_dir, em, step, true).await,
+        StepId::Cni => charts(half, st, state_dir, em, step, Group::Cni).await,
         StepId::NodesReady => wait_registered(half, st, nodes, true, em, step).await,
-        StepId::Charts => charts(half, st, state_dir, em, step, false).await,
+        StepId::Charts => charts(half, st, state_dir, em, step, Group::Foundation).await,
         StepId::Layer1Done => Ok(Outcome::Done {
             detail: "layer 1 done: nodes Ready, bootstrap charts healthy".into(),
         }),
+        StepId::FluxInstall => charts(half, st, state_dir, em, step, Group::Flux).await,
+        StepId::FluxSecrets | StepId::FluxSync | StepId::Gitops | StepId::Adoption => {
+            super::flux::run_step(step, half, st, em).await
+        }
         _ => Ok(Outcome::Skipped {
             reason: "not a Kubernetes step".into(),
         }),
@@ -207,7 +258,7 @@ pub async fn run_step(
     r
 }
 
-fn applier(st: &mut KubeState, step: StepId) -> Result<&mut Applier, FlowError> {
+pub(crate) fn applier(st: &mut KubeState, step: StepId) -> Result<&mut Applier, FlowError> {
     st.applier.as_mut().ok_or_else(|| FlowError::Kube {
         step: step.name().into(),
         detail: "no Kubernetes client (kube_api did not run)".into(),
@@ -496,7 +547,7 @@ async fn charts(
     state_dir: &Path,
     em: &Emitter,
     step: StepId,
-    cni: bool,
+    group: Group,
 ) -> Result<Outcome, FlowError> {
     let hf = st.helmfile.clone().ok_or_else(|| FlowError::Kube {
         step: step.name().into(),
@@ -522,7 +573,12 @@ async fn charts(
     })?;
     let mut all = Vec::new();
     let mut names = Vec::new();
-    for r in ordered.iter().filter(|r| is_cni(r, &first) == cni) {
+    let in_group = |r: &Release| match group {
+        Group::Cni => is_cni(r, &first),
+        Group::Foundation => !is_cni(r, &first) && !is_flux_release(r),
+        Group::Flux => is_flux_release(r),
+    };
+    for r in ordered.iter().filter(|r| in_group(r)) {
         let t0 = Instant::now();
         if r.name == "cilium" {
             let values = hf
@@ -542,6 +598,10 @@ async fn charts(
             .map_err(|e| kube_err(step, e))?;
         report(em, step, &applied);
         let client = applier(st, step)?.client().clone();
+        let installed = read_uids(&client, &applied)
+            .await
+            .map_err(|e| kube_err(step, e))?;
+        st.installed.insert(r.id(), installed);
         em.waiting(step, Some(&r.name), format!("release {} healthy", r.id()));
         let waited = wait_all(&client, &applied, half.chart_deadline)
             .await
@@ -570,6 +630,36 @@ async fn charts(
         &format!("release(s) {}", names.join(", ")),
         Tally::of(&all),
     ))
+}
+
+/// The UIDs of freshly applied objects (read back: the apply engine reports
+/// changes, not identities). Adoption later tells "adopted" (same UIDs) from
+/// "reinstalled" (objects deleted and re-created).
+async fn read_uids(
+    client: &kube::Client,
+    applied: &[Applied],
+) -> Result<Vec<Installed>, KubeError> {
+    use kube::api::{Api, DynamicObject};
+    let mut out = Vec::new();
+    for a in applied {
+        let api: Api<DynamicObject> = match &a.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &a.resource),
+            None => Api::all_with(client.clone(), &a.resource),
+        };
+        let o = api
+            .get_opt(&a.name)
+            .await
+            .map_err(|e| super::flux::api_err(e, &a.label(), "get"))?;
+        if let Some(uid) = o.and_then(|o| o.metadata.uid) {
+            out.push(Installed {
+                resource: a.resource.clone(),
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+                uid,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Preflight into the run's state (so later steps reuse helm and the helmfile).
@@ -669,7 +759,7 @@ pub async fn plan_items(opts: &super::up::UpOptions) -> Vec<super::up::PlanItem>
     match &hf {
         Ok(hf) => match hf.ordered() {
             Ok(rs) => {
-                for r in rs {
+                for r in rs.into_iter().filter(|r| !is_flux_release(r)) {
                     let step = if r.name == "cilium" {
                         StepId::Cni
                     } else {
@@ -699,5 +789,12 @@ pub async fn plan_items(opts: &super::up::UpOptions) -> Vec<super::up::PlanItem>
         Err(e) => out.push(item(StepId::Charts, false, format!("REFUSE: {e}"))),
     }
     out.push(item(StepId::Layer1Done, false, "layer 1 done".into()));
+    if opts.until > StepId::Layer1Done {
+        let st = KubeState {
+            helmfile: hf.ok(),
+            ..KubeState::default()
+        };
+        out.extend(super::flux::plan_items(half, &st).await);
+    }
     out
 }

@@ -8,6 +8,8 @@
 //! - [`hardware`]: install-disk and interface selector gate.
 //! - [`up`]: the `up` flow (Talos half of layer 1) and `plan`.
 //! - [`layer1`]: the Kubernetes half of `up` (namespaces, secrets, CRDs, charts).
+//! - [`flux`]: layer 2 (Flux secrets check, install, sync), the tracker over
+//!   layers 3–5, the adoption check, and `status`.
 //! - [`kubeconfig`]: kubeconfig reading and merging.
 //! - [`ledger`]: timing ledger and the per-phase table.
 //! - [`demo`]: the whole flow against the lab.
@@ -15,6 +17,7 @@
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod flux;
 pub mod hardware;
 pub mod journal;
 pub mod kubeconfig;

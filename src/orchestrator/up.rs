@@ -70,7 +70,7 @@ impl UpOptions {
         Self {
             state_dir,
             new_cluster: false,
-            until: StepId::Layer1Done,
+            until: StepId::LAST,
             node_deadline: Duration::from_secs(20 * 60),
             reach_deadline: Duration::from_secs(5 * 60),
             etcd_deadline: Duration::from_secs(10 * 60),
