@@ -532,7 +532,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
-    let env = Arc::new(cluster(207, 0.02).await);
+    let env = Arc::new(cluster(217, 0.02).await);
     let (stop, sampler) = sample_quorum(&env.lab);
     let targets = ["cp2", "cp3", "cp1"];
     let plan = endsys_bootstrap::day2::rejoin::plan(
