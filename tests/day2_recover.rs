@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use endsys_bootstrap::day2::backup::{
+    check_snapshot, sidecar_path, take_backup, BackupMeta, KubeRecord,
+};
 use endsys_bootstrap::day2::recover::{
-    check_snapshot, kube_inventory, recover, sidecar_path, Phase, RecoverError, RecoverJournal,
-    RecoverOptions, RecoverReport,
+    recover, Phase, RecoverError, RecoverJournal, RecoverOptions, RecoverReport,
 };
 use endsys_bootstrap::day2::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
+use endsys_bootstrap::day2::Cluster;
 use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
 use endsys_bootstrap::orchestrator::demo::lab_definition;
 use endsys_bootstrap::orchestrator::events::EventSink;
@@ -21,7 +24,7 @@ use endsys_bootstrap::orchestrator::source::MemorySecrets;
 use endsys_bootstrap::orchestrator::{
     up, ClusterSource, Emitter, Event, EventKind, MemorySource, Outcome, StepId, UpOptions,
 };
-use endsys_bootstrap::talos::{CallPolicy, TalosClient, TlsMode};
+use endsys_bootstrap::talos::CallPolicy;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
@@ -53,7 +56,10 @@ struct Fixture {
     dir: tempfile::TempDir,
     opts: UpOptions,
     snapshot: PathBuf,
+    meta: BackupMeta,
     scale: f64,
+    /// `up` ran through the Flux layers (the app has no Kustomization of its own).
+    flux: bool,
 }
 
 async fn lab(subnet: u8, scale: f64) -> Lab {
@@ -134,8 +140,10 @@ async fn install_crds(c: &kube::Client, crds: Vec<Value>) {
 }
 
 /// The objects of "before the disaster": an app namespace, a ConfigMap with data,
-/// its Flux Kustomization.
-async fn create_app(c: &kube::Client, ns: &str) {
+/// and (`with_ks`) its own Flux Kustomization. With Flux running the cluster's
+/// Kustomizations come from the Git tree instead (a hand-made one pointing at a
+/// path the tree lacks would never be Ready).
+async fn create_app(c: &kube::Client, ns: &str, with_ks: bool) {
     let ns_ar = ar("", "v1", "Namespace", "namespaces");
     apply(
         c,
@@ -153,6 +161,9 @@ async fn create_app(c: &kube::Client, ns: &str) {
             "data": {"albums": "1337"}}),
     )
     .await;
+    if !with_ks {
+        return;
+    }
     apply(
         c,
         &kustomization_ar(),
@@ -185,40 +196,50 @@ async fn fixture(subnet: u8, scale: f64, until: StepId, name: &str) -> Fixture {
     if until > StepId::Apiserver {
         let repo = dir.path().join("repo");
         endsys_bootstrap::charts::lab::write_repo(&repo).unwrap();
+        if until > StepId::Layer1Done {
+            // Layer 2 on: Flux fetches the lab repository from the lab's Git URL.
+            lab.kube()
+                .serve_git(endsys_bootstrap::charts::lab::GIT_URL, repo.clone());
+        }
         opts.kube = Some(endsys_bootstrap::charts::lab::kube_half(repo, None).unwrap());
     }
+    let flux = until > StepId::Layer1Done;
     up(&*src as &dyn ClusterSource, &opts, &Emitter::new())
         .await
         .expect("up");
     let c = client(dir.path()).await;
-    install_crds(&c, vec![flux_kustomization_crd()]).await;
-    create_app(&c, "photos").await;
-    // The backup: inventory first, then the snapshot (objects are only added in between).
-    let inventory = kube_inventory(&c).await.unwrap();
+    if !flux {
+        install_crds(&c, vec![flux_kustomization_crd()]).await;
+    }
+    create_app(&c, "photos", !flux).await;
+    // The backup, as `etcd backup` takes it: the inventory through the state
+    // directory's kubeconfig, then the snapshot, then the sidecar.
+    let cluster = Cluster::load(&*src, dir.path()).unwrap();
     let snapshot = dir.path().join("etcd.db");
-    let creds = src.render().unwrap().credentials;
-    let cp1 = lab.nodes()[0].ip().to_string();
-    let info = TalosClient::connect(&cp1, TlsMode::Mutual(creds), opts.policy)
-        .unwrap()
-        .etcd_snapshot(&snapshot)
+    let meta = take_backup(&cluster, opts.policy, &snapshot)
         .await
-        .unwrap();
-    std::fs::write(
-        sidecar_path(&snapshot),
-        serde_json::to_vec_pretty(&json!({
-            "cluster": name, "node": "cp1", "size": info.size, "sha256": info.sha256,
-            "kubernetes": inventory,
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+        .unwrap_or_else(|e| panic!("{}", e.explain()));
+    let inv = meta.kubernetes.inventory().expect("inventory recorded");
+    assert!(inv.namespaces.contains(&"photos".to_string()), "{inv:?}");
+    if flux {
+        assert!(
+            inv.kustomizations
+                .contains(&"flux-system/flux-system".to_string()),
+            "{inv:?}"
+        );
+    } else {
+        assert_eq!(inv.kustomizations, ["photos/app"]);
+    }
+    assert!(inv.resource_version.is_some());
     Fixture {
         lab,
         src,
         dir,
         opts,
         snapshot,
+        meta,
         scale,
+        flux,
     }
 }
 
@@ -242,7 +263,8 @@ fn recover_options(f: &Fixture, reset_nodes: bool) -> RecoverOptions {
 }
 
 /// The objects from before the disaster, read through the API.
-async fn assert_objects_back(dir: &Path) {
+async fn assert_objects_back(f: &Fixture) {
+    let dir = f.dir.path();
     let c = client(dir).await;
     let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(c.clone(), "photos");
     let settings = cm
@@ -250,10 +272,12 @@ async fn assert_objects_back(dir: &Path) {
         .await
         .expect("ConfigMap from the snapshot");
     assert_eq!(settings.data.unwrap()["albums"], "1337");
-    let ks: Api<DynamicObject> = Api::namespaced_with(c, "photos", &kustomization_ar());
-    ks.get("app")
-        .await
-        .expect("Kustomization from the snapshot");
+    if !f.flux {
+        let ks: Api<DynamicObject> = Api::namespaced_with(c, "photos", &kustomization_ar());
+        ks.get("app")
+            .await
+            .expect("Kustomization from the snapshot");
+    }
 }
 
 fn bootstrap_step(report: &RecoverReport) -> Outcome {
@@ -267,7 +291,11 @@ fn bootstrap_step(report: &RecoverReport) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_wipe_everything_recover_brings_the_objects_back() {
-    let f = fixture(175, 0.05, StepId::Layer1Done, "dr").await;
+    // Before the disaster: `up` through all five layers (Flux installed and
+    // synced from the lab repository, every Kustomization and HelmRelease Ready).
+    let f = fixture(175, 0.05, StepId::Adoption, "dr").await;
+    let hr_before = helmreleases(&f.lab);
+    assert_eq!(hr_before.len(), 14, "{hr_before:?}");
     let lab = &f.lab;
     let applies = lab.apply_calls();
 
@@ -317,6 +345,8 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
     assert_eq!(lab.etcd().cluster_count(), 0);
     let bootstraps = lab.bootstrap_calls();
     let em = Emitter::new();
+    let layers = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+    em.add_sink(Box::new(Layers(layers.clone())));
     let mut rx = em.subscribe();
     let t0 = Instant::now();
     let events = tokio::spawn(async move {
@@ -353,7 +383,7 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         "{:?}",
         bootstrap_step(&report)
     );
-    assert_objects_back(f.dir.path()).await;
+    assert_objects_back(&f).await;
     assert_eq!(lab.etcd().members().unwrap().len(), 3);
     assert_eq!(lab.etcd().cluster_count(), 1);
     let (_, verdict) = report.restored.clone().expect("verified");
@@ -361,6 +391,18 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         verdict.contains("recorded with the snapshot are back"),
         "{verdict}"
     );
+    // Every namespace and Kustomization take_backup recorded is back.
+    let (found, _) = report.restored.clone().unwrap();
+    let want = f.meta.kubernetes.inventory().unwrap();
+    for ns in &want.namespaces {
+        assert!(found.namespaces.contains(ns), "Namespace {ns}: {found:?}");
+    }
+    for k in &want.kustomizations {
+        assert!(
+            found.kustomizations.contains(k),
+            "Kustomization {k}: {found:?}"
+        );
+    }
     assert!(report.after_reboot.is_some(), "checked after a reboot");
     // The rest of `up` found the restored state in place: nothing re-applied.
     let rest: std::collections::BTreeMap<StepId, Outcome> =
@@ -385,7 +427,46 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         }
         other => panic!("{other:?}"),
     }
-    // Layers 2–5 (Flux) will be asserted here once `up` drives them.
+    // Layers 2–5: the Flux objects came back with the snapshot; the rest of
+    // `up` finds Flux installed and synced, and every layer Ready.
+    assert!(
+        matches!(
+            rest.get(&StepId::FluxInstall),
+            Some(Outcome::Skipped { .. })
+        ),
+        "FluxInstall: {:?}",
+        rest.get(&StepId::FluxInstall)
+    );
+    for s in [StepId::FluxSecrets, StepId::FluxSync, StepId::Adoption] {
+        assert!(
+            rest.get(&s).is_some_and(Outcome::is_ok),
+            "{s:?}: {:?}",
+            rest.get(&s)
+        );
+    }
+    match &rest[&StepId::Gitops] {
+        Outcome::Done { detail } | Outcome::Skipped { reason: detail } => {
+            assert!(detail.contains("all five layers Ready"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let layers = layers.lock().unwrap().clone();
+    assert_eq!(
+        layers.keys().copied().collect::<Vec<u8>>(),
+        [1, 2, 3, 4, 5],
+        "{layers:?}"
+    );
+    for (layer, (ready, total)) in &layers {
+        assert!(
+            *total > 0 && ready == total,
+            "layer {layer}: {ready}/{total}"
+        );
+    }
+    // No HelmRelease was installed again: same objects, one history entry each.
+    let hr_after = helmreleases(lab);
+    assert_eq!(hr_after, hr_before);
+    assert!(hr_after.iter().all(|(_, n)| *n == 1), "{hr_after:?}");
+    assert_eq!(lab.kube().list("FluxInstance", None).len(), 1);
     assert_eq!(
         RecoverJournal::load(f.dir.path()).unwrap().unwrap().phase,
         Phase::Done
@@ -403,12 +484,24 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
         .map(|(_, t)| *t)
         .unwrap();
     println!(
-        "recover: restore verified at {:.2}s, after-reboot check at {:.2}s (lab critical path {:.2}s, overhead {:.0} ms); whole recover incl. layer 1 {:.2}s",
+        "recover: restore verified at {:.2}s, after-reboot check at {:.2}s (lab critical path {:.2}s, overhead {:.0} ms); whole recover incl. the rest of `up` through five layers {:.2}s; sidecar {}; after: {}",
         marks[0].1.as_secs_f64(),
         verified.as_secs_f64(),
         critical.as_secs_f64(),
         verified.saturating_sub(critical).as_secs_f64() * 1000.0,
-        wall.as_secs_f64()
+        wall.as_secs_f64(),
+        f.meta.kubernetes.describe(),
+        [
+            StepId::FluxSecrets,
+            StepId::FluxInstall,
+            StepId::FluxSync,
+            StepId::Gitops,
+            StepId::Adoption
+        ]
+        .iter()
+        .map(|s| format!("{s:?} {}", rest[s].label()))
+        .collect::<Vec<_>>()
+        .join(", ")
     );
 }
 
@@ -547,7 +640,7 @@ async fn recover_killed_at_every_step_boundary_converges() {
             1,
             "{at:?}: Bootstrap exactly once over both runs"
         );
-        assert_objects_back(f.dir.path()).await;
+        assert_objects_back(&f).await;
         assert_eq!(f.lab.etcd().members().unwrap().len(), 3, "{at:?}");
         assert_eq!(f.lab.etcd().cluster_count(), 1, "{at:?}");
         table.push(format!(
@@ -583,23 +676,30 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     )
     .await
     .unwrap();
+    // Backed up by take_backup without a kubeconfig: the sidecar says so.
+    let mut cluster = Cluster::load(&*src, dir.path()).unwrap();
+    cluster.kubeconfig = None;
     let snapshot = dir.path().join("empty.db");
-    let creds = src.render().unwrap().credentials;
-    TalosClient::connect(
-        &lab.nodes()[0].ip().to_string(),
-        TlsMode::Mutual(creds),
-        o.up.policy,
-    )
-    .unwrap()
-    .etcd_snapshot(&snapshot)
-    .await
-    .unwrap();
-    assert!(check_snapshot(&snapshot).unwrap().sidecar.is_none());
+    let meta = take_backup(&cluster, o.up.policy, &snapshot).await.unwrap();
+    assert!(
+        matches!(&meta.kubernetes, KubeRecord::None { reason } if reason.contains("no kubeconfig")),
+        "{:?}",
+        meta.kubernetes
+    );
+    let checked = check_snapshot(&snapshot).unwrap();
+    assert!(checked.sidecar.is_some() && checked.inventory().is_none());
     disaster(&lab).await;
     o.snapshot = Some(snapshot);
-    let e = recover(&*src as &dyn ClusterSource, &o, &Emitter::new())
+    let em = Emitter::new();
+    let progress = Arc::new(Mutex::new(Vec::new()));
+    em.add_sink(Box::new(Progress(progress.clone())));
+    let e = recover(&*src as &dyn ClusterSource, &o, &em)
         .await
         .unwrap_err();
+    let warned = progress.lock().unwrap().iter().any(|m: &String| {
+        m.starts_with("warning: no Kubernetes inventory") && m.contains("no kubeconfig")
+    });
+    assert!(warned, "recover warns that it can only check \"not empty\"");
     assert!(
         matches!(e, RecoverError::NotRestored { .. }),
         "{}",
@@ -608,6 +708,51 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     assert!(e.to_string().contains("new, empty cluster"), "{e}");
     // While the restore is unverified, a plain `up` refuses to bootstrap an empty etcd.
     assert!(dir.path().join("recover-pending").exists());
+}
+
+/// The last `layer_progress` (ready, total) of each layer.
+struct Layers(Arc<Mutex<std::collections::BTreeMap<u8, (usize, usize)>>>);
+
+impl EventSink for Layers {
+    fn record(&mut self, e: &Event) {
+        if let EventKind::LayerProgress { ready, total, .. } = &e.kind {
+            self.0.lock().unwrap().insert(e.layer, (*ready, *total));
+        }
+    }
+}
+
+/// Every HelmRelease (`namespace/name`) and the length of its Helm history.
+fn helmreleases(lab: &Lab) -> Vec<(String, usize)> {
+    let mut v: Vec<(String, usize)> = lab
+        .kube()
+        .list("HelmRelease", None)
+        .iter()
+        .map(|h| {
+            (
+                format!(
+                    "{}/{}",
+                    h["metadata"]["namespace"].as_str().unwrap_or(""),
+                    h["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                h.pointer("/status/history")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Keeps every progress message.
+struct Progress(Arc<Mutex<Vec<String>>>);
+
+impl EventSink for Progress {
+    fn record(&mut self, e: &Event) {
+        if let EventKind::Progress { message } = &e.kind {
+            self.0.lock().unwrap().push(message.clone());
+        }
+    }
 }
 
 fn backup(name: &str, ns: &str, completed: &str, fault: Option<&str>) -> Value {
@@ -645,7 +790,7 @@ async fn velero_restore_suspends_restores_and_resumes() {
     );
 
     install_crds(&c, endsys_bootstrap::lab::kube::velero::crds()).await;
-    create_app(&c, "media").await;
+    create_app(&c, "media", true).await;
     apply(
         &c,
         &ar("", "v1", "Namespace", "namespaces"),

@@ -65,6 +65,11 @@ pub enum EtcdCommand {
 pub struct BackupArgs {
     /// Where to write the snapshot (written via FILE.tmp and renamed; 0600).
     pub file: Option<PathBuf>,
+    /// Kubeconfig to read the Kubernetes inventory (namespaces, Flux
+    /// Kustomizations) recorded in the sidecar, which `recover` checks the
+    /// restore against [default: <state-dir>/kubeconfig].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -208,7 +213,15 @@ fn options(dir: PathBuf, op: &OpArgs, out: &Output) -> Day2Options {
 pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
     match cmd {
         EtcdCommand::Backup(args) => {
-            let (cluster, dir) = args.cluster.load()?;
+            let (mut cluster, dir) = args.cluster.load()?;
+            if let Some(kc) = &args.kubeconfig {
+                cluster.kubeconfig = Some(std::fs::read(kc).map_err(|e| {
+                    CliError::Usage(format!(
+                        "{}: cannot read the kubeconfig: {e}\n  next: check the path given to --kubeconfig, or leave it out to use <state-dir>/kubeconfig",
+                        kc.display()
+                    ))
+                })?);
+            }
             let path = args
                 .file
                 .clone()
@@ -220,16 +233,23 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
                 &meta.node,
                 "etcd-backup",
                 &format!(
-                    "wrote {} (0600, {} bytes, sha256 {}) and {}; {} members, raft index {}",
+                    "wrote {} (0600, {} bytes, sha256 {}) and {}; {} members, raft index {}; {}",
                     path.display(),
                     meta.size,
                     meta.sha256,
                     backup::sidecar_path(&path).display(),
                     meta.members.len(),
-                    meta.raft_index
+                    meta.raft_index,
+                    meta.kubernetes.describe()
                 ),
                 serde_json::json!({"path": path, "sidecar": backup::sidecar_path(&path), "meta": meta}),
             );
+            if let backup::KubeRecord::None { reason } = &meta.kubernetes {
+                out.info(
+                    &meta.node,
+                    &format!("warning: no Kubernetes inventory recorded ({reason}); `recover` from this backup can only check the cluster is not empty (pass --kubeconfig, or run `up` to save one in the state directory)"),
+                );
+            }
             Ok(())
         }
         EtcdCommand::Status(args) => {

@@ -134,7 +134,8 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
     let _ = display.await;
     let snapshot = report.snapshot.as_ref().map(|s| {
         serde_json::json!({"path": s.path, "sha256": s.sha256, "size": s.size,
-            "sidecar": s.sidecar.as_ref().map(|(p, _)| p.clone())})
+            "sidecar": s.sidecar.as_ref().map(|_| crate::day2::backup::sidecar_path(&s.path)),
+            "kubernetes": s.sidecar.as_ref().map(|m| &m.kubernetes)})
     });
     out.result(
         "recover",

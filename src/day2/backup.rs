@@ -2,16 +2,21 @@
 //! through a VIP), its SHA-256 trailer verified, written 0600 atomically with a
 //! metadata sidecar `FILE.json`; and `etcd status`.
 //!
-//! Library API for other flows (`recover` uses it): [`take_backup`],
-//! [`verify_backup`], [`verify_snapshot`], [`default_backup_path`].
+//! The one model of a snapshot file and its sidecar, for every flow that reads
+//! or writes one (`etcd backup|verify`, reimage's automatic snapshot, `recover`):
+//! [`take_backup`], [`check_snapshot`] (sidecar optional), [`verify_backup`]
+//! (sidecar required), [`verify_snapshot`] (trailer only), [`sidecar_path`],
+//! [`BackupMeta`] and its [`KubeRecord`].
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use super::guard::{self, CpProbe, EtcdView};
 use super::{Cluster, Day2Error};
+use crate::kube::inventory::{kube_inventory, KubeInventory};
 use crate::talos::client::verify_snapshot_bytes;
 use crate::talos::CallPolicy;
 
@@ -50,6 +55,47 @@ pub struct BackupMeta {
     /// SHA-256 of the whole file (data and trailer), hex.
     pub sha256: String,
     pub tool_version: String,
+    /// What the Kubernetes API held just before the snapshot, or why it was
+    /// not recorded (`recover` checks the restore against it).
+    #[serde(default)]
+    pub kubernetes: KubeRecord,
+}
+
+/// The sidecar's `kubernetes` key: the inventory read just before the snapshot
+/// (a subset of what the snapshot holds), or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "recorded", rename_all = "snake_case")]
+pub enum KubeRecord {
+    /// `"recorded": "inventory"` with the inventory's fields beside it.
+    Inventory(KubeInventory),
+    /// `"recorded": "none"`, `"reason": …`.
+    None { reason: String },
+}
+
+impl Default for KubeRecord {
+    /// A sidecar written before the key existed.
+    fn default() -> Self {
+        KubeRecord::None {
+            reason: "the sidecar has no `kubernetes` key (written by an older version)".into(),
+        }
+    }
+}
+
+impl KubeRecord {
+    pub fn inventory(&self) -> Option<&KubeInventory> {
+        match self {
+            KubeRecord::Inventory(i) => Some(i),
+            KubeRecord::None { .. } => None,
+        }
+    }
+
+    /// For messages: the inventory's summary, or why there is none.
+    pub fn describe(&self) -> String {
+        match self {
+            KubeRecord::Inventory(i) => format!("Kubernetes inventory: {}", i.summary()),
+            KubeRecord::None { reason } => format!("no Kubernetes inventory: {reason}"),
+        }
+    }
 }
 
 /// `FILE` → `FILE.json`.
@@ -99,6 +145,74 @@ fn local(path: &Path, detail: impl Into<String>) -> Day2Error {
     }
 }
 
+/// What is wrong with a snapshot file or its sidecar. Each names the file;
+/// callers add the likely cause and the next action for their flow
+/// ([`Day2Error::Backup`], `RecoverError`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotFileError {
+    #[error("{}: cannot read: {detail}", .path.display())]
+    Unreadable { path: PathBuf, detail: String },
+    /// Not 512·n + 32 bytes, or the SHA-256 trailer does not match.
+    #[error("{}: {detail}", .path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    /// The sidecar is missing (where required), unreadable, not JSON, or of
+    /// another format.
+    #[error("{}: {detail}", .sidecar.display())]
+    Sidecar {
+        snapshot: PathBuf,
+        sidecar: PathBuf,
+        detail: String,
+    },
+    /// The file's size or checksum differs from what its sidecar records.
+    #[error("{}: {detail}", .snapshot.display())]
+    Mismatch {
+        snapshot: PathBuf,
+        sidecar: PathBuf,
+        detail: String,
+    },
+}
+
+impl From<SnapshotFileError> for Day2Error {
+    fn from(e: SnapshotFileError) -> Self {
+        let (path, detail) = match e {
+            SnapshotFileError::Unreadable { path, detail } => {
+                (path, format!("cannot read: {detail}"))
+            }
+            SnapshotFileError::Corrupt { path, detail } => (path, detail),
+            SnapshotFileError::Sidecar {
+                sidecar: path,
+                detail,
+                ..
+            } => (path, detail),
+            SnapshotFileError::Mismatch {
+                snapshot: path,
+                detail,
+                ..
+            } => (path, detail),
+        };
+        local(&path, detail)
+    }
+}
+
+/// A snapshot file whose trailer checked out, with its sidecar when it has one
+/// (and then its size and checksum matched).
+#[derive(Debug, Clone)]
+pub struct CheckedSnapshot {
+    pub path: PathBuf,
+    pub size: u64,
+    /// SHA-256 of the whole file, hex.
+    pub sha256: String,
+    /// `FILE.json`, when present.
+    pub sidecar: Option<BackupMeta>,
+}
+
+impl CheckedSnapshot {
+    /// The Kubernetes inventory recorded with the snapshot, if any.
+    pub fn inventory(&self) -> Option<&KubeInventory> {
+        self.sidecar.as_ref().and_then(|m| m.kubernetes.inventory())
+    }
+}
+
 /// Control planes fit to serve a snapshot, most up to date first: etcd running
 /// with a leader, no alarms, not a learner.
 fn candidates(view: &EtcdView) -> Vec<&CpProbe> {
@@ -127,6 +241,7 @@ pub async fn take_backup(
         std::fs::create_dir_all(dir).map_err(|e| local(dir, format!("cannot create: {e}")))?;
     }
     let view = guard::survey(cluster, policy).await;
+    let kubernetes = record_kubernetes(cluster, policy.attempt_timeout).await;
     let mut tried = Vec::new();
     let cands = candidates(&view);
     if cands.is_empty() {
@@ -187,6 +302,7 @@ pub async fn take_backup(
             size: info.size,
             sha256: info.sha256.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            kubernetes: kubernetes.clone(),
         };
         set_private(&tmp)?;
         std::fs::rename(&tmp, out)
@@ -218,46 +334,111 @@ fn write_meta(out: &Path, meta: &BackupMeta) -> Result<(), Day2Error> {
         .map_err(|e| local(&side, format!("cannot write: {e}")))
 }
 
+/// Reads the Kubernetes inventory through the cluster's kubeconfig (the state
+/// directory's, or the one set on [`Cluster::kubeconfig`]); `None` with the
+/// reason when there is no kubeconfig or the API does not answer in `timeout`.
+async fn record_kubernetes(cluster: &Cluster, timeout: Duration) -> KubeRecord {
+    let client = match cluster.kube().await {
+        None => {
+            return KubeRecord::None {
+                reason: "no kubeconfig (none in the state directory, none given)".into(),
+            }
+        }
+        Some(Err(e)) => {
+            return KubeRecord::None {
+                reason: format!("the kubeconfig is unusable: {e}"),
+            }
+        }
+        Some(Ok(c)) => c,
+    };
+    match tokio::time::timeout(timeout, kube_inventory(&client)).await {
+        Ok(Ok(inv)) => KubeRecord::Inventory(inv),
+        Ok(Err(e)) => KubeRecord::None {
+            reason: format!("the Kubernetes API refused the inventory: {e}"),
+        },
+        Err(_) => KubeRecord::None {
+            reason: format!("the Kubernetes API did not answer within {timeout:?}"),
+        },
+    }
+}
+
 /// Checks a snapshot file's SHA-256 trailer (any etcd snapshot, with or without
 /// a sidecar); returns its size and the SHA-256 of the whole file.
-pub fn verify_snapshot(path: &Path) -> Result<(u64, String), Day2Error> {
-    let bytes = std::fs::read(path).map_err(|e| local(path, format!("cannot read: {e}")))?;
-    verify_snapshot_bytes(&bytes).map_err(|d| local(path, d))?;
+pub fn verify_snapshot(path: &Path) -> Result<(u64, String), SnapshotFileError> {
+    let bytes = std::fs::read(path).map_err(|e| SnapshotFileError::Unreadable {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    verify_snapshot_bytes(&bytes).map_err(|detail| SnapshotFileError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    })?;
     Ok((
         bytes.len() as u64,
         hex::encode(sha2::Sha256::digest(&bytes)),
     ))
 }
 
+/// Checks a snapshot without touching any node: its trailer, then, when
+/// `FILE.json` exists, that it is a backup sidecar whose size and checksum match
+/// the file. A snapshot without a sidecar (`talosctl etcd snapshot`) passes with
+/// `sidecar: None`.
+pub fn check_snapshot(path: &Path) -> Result<CheckedSnapshot, SnapshotFileError> {
+    let (size, sha256) = verify_snapshot(path)?;
+    let side = sidecar_path(path);
+    let sidecar_err = |detail: String| SnapshotFileError::Sidecar {
+        snapshot: path.to_path_buf(),
+        sidecar: side.clone(),
+        detail,
+    };
+    let text = match std::fs::read(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(CheckedSnapshot {
+                path: path.to_path_buf(),
+                size,
+                sha256,
+                sidecar: None,
+            })
+        }
+        Err(e) => return Err(sidecar_err(format!("cannot read the sidecar: {e}"))),
+    };
+    let meta: BackupMeta = serde_json::from_slice(&text)
+        .map_err(|e| sidecar_err(format!("not a backup sidecar: {e}")))?;
+    if meta.format != META_FORMAT {
+        return Err(sidecar_err(format!(
+            "unknown sidecar format {:?}",
+            meta.format
+        )));
+    }
+    if meta.size != size || meta.sha256 != sha256 {
+        return Err(SnapshotFileError::Mismatch {
+            snapshot: path.to_path_buf(),
+            sidecar: side.clone(),
+            detail: format!(
+                "checksum mismatch: the sidecar records {} bytes sha256 {}, the file has {size} bytes sha256 {sha256}",
+                meta.size, meta.sha256
+            ),
+        });
+    }
+    Ok(CheckedSnapshot {
+        path: path.to_path_buf(),
+        size,
+        sha256,
+        sidecar: Some(meta),
+    })
+}
+
 /// Checks a backup: the snapshot's trailer, then its sidecar's size and
 /// checksum. A backup without a sidecar, or whose file changed, is refused.
 pub fn verify_backup(path: &Path) -> Result<BackupMeta, Day2Error> {
-    let (size, sha) = verify_snapshot(path)?;
-    let side = sidecar_path(path);
-    let text = std::fs::read(&side).map_err(|e| {
+    let checked = check_snapshot(path)?;
+    checked.sidecar.ok_or_else(|| {
         local(
-            &side,
-            format!("cannot read the backup's sidecar: {e} (a snapshot from elsewhere: check it with verify_snapshot)"),
+            &sidecar_path(path),
+            "cannot read the backup's sidecar: not found (a snapshot from elsewhere: check it with verify_snapshot)",
         )
-    })?;
-    let meta: BackupMeta = serde_json::from_slice(&text)
-        .map_err(|e| local(&side, format!("not a backup sidecar: {e}")))?;
-    if meta.format != META_FORMAT {
-        return Err(local(
-            &side,
-            format!("unknown sidecar format {:?}", meta.format),
-        ));
-    }
-    if meta.size != size || meta.sha256 != sha {
-        return Err(local(
-            path,
-            format!(
-                "checksum mismatch: the sidecar records {} bytes sha256 {}, the file has {size} bytes sha256 {sha}",
-                meta.size, meta.sha256
-            ),
-        ));
-    }
-    Ok(meta)
+    })
 }
 
 /// One control plane in `etcd status`.

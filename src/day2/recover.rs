@@ -29,7 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+
+use super::backup::{check_snapshot, CheckedSnapshot, KubeRecord, SnapshotFileError};
+use crate::kube::inventory::{kube_inventory, KubeInventory};
 
 use crate::orchestrator::events::{Emitter, EventKind, StepId};
 use crate::orchestrator::journal::Journal;
@@ -69,68 +71,6 @@ impl RecoverOptions {
             reboot_check: true,
             verify_deadline: Duration::from_secs(10 * 60),
         }
-    }
-}
-
-/// What the Kubernetes API held: recorded next to a snapshot (sidecar key
-/// `kubernetes`) and compared after the restore.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KubeInventory {
-    /// resourceVersion of the Namespace list (the etcd revision); a restore keeps
-    /// etcd's revision, a new cluster starts near 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<i64>,
-    #[serde(default)]
-    pub namespaces: Vec<String>,
-    /// `namespace/name` of every Flux Kustomization.
-    #[serde(default)]
-    pub kustomizations: Vec<String>,
-}
-
-impl KubeInventory {
-    pub fn summary(&self) -> String {
-        format!(
-            "{} namespace(s), {} Kustomization(s){}",
-            self.namespaces.len(),
-            self.kustomizations.len(),
-            self.resource_version
-                .map(|rv| format!(", resourceVersion {rv}"))
-                .unwrap_or_default()
-        )
-    }
-}
-
-/// The parts of a snapshot's JSON sidecar (`FILE.json`) that recover reads;
-/// other fields are ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct Sidecar {
-    #[serde(default, alias = "checksum")]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub size: Option<u64>,
-    #[serde(default)]
-    pub revision: Option<i64>,
-    #[serde(default)]
-    pub cluster: Option<String>,
-    #[serde(default)]
-    pub kubernetes: Option<KubeInventory>,
-}
-
-/// What the snapshot check learned.
-#[derive(Debug, Clone)]
-pub struct SnapshotFacts {
-    pub path: PathBuf,
-    pub size: u64,
-    /// SHA-256 of the whole file, hex.
-    pub sha256: String,
-    pub sidecar: Option<(PathBuf, Sidecar)>,
-}
-
-impl SnapshotFacts {
-    pub fn expected(&self) -> Option<&KubeInventory> {
-        self.sidecar
-            .as_ref()
-            .and_then(|(_, s)| s.kubernetes.as_ref())
     }
 }
 
@@ -232,129 +172,36 @@ impl RecoverError {
     }
 }
 
-// ---- the snapshot check -----------------------------------------------------------
+// ---- the snapshot check and the Kubernetes side -------------------------------------
 
-/// The sidecar of `snapshot`: `FILE.json`.
-pub fn sidecar_path(snapshot: &Path) -> PathBuf {
-    let mut s = snapshot.as_os_str().to_owned();
-    s.push(".json");
-    PathBuf::from(s)
-}
-
-/// Checks a snapshot file without touching any node: etcd's SHA-256 trailer
-/// (size 512·n + 32), and when `FILE.json` exists its checksum and size.
-pub fn check_snapshot(path: &Path) -> Result<SnapshotFacts, RecoverError> {
-    let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| RecoverError::SnapshotUnreadable {
-        path: shown.clone(),
-        detail: e.to_string(),
-    })?;
-    crate::talos::client::verify_snapshot_bytes(&bytes).map_err(|detail| {
-        RecoverError::SnapshotCorrupt {
-            path: shown.clone(),
-            detail,
-        }
-    })?;
-    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-    let side = sidecar_path(path);
-    let sidecar = match std::fs::read_to_string(&side) {
-        Ok(text) => {
-            let mismatch = |detail: String| RecoverError::SidecarMismatch {
-                path: shown.clone(),
-                sidecar: side.display().to_string(),
+impl From<SnapshotFileError> for RecoverError {
+    /// The snapshot model's findings, as refusals that say no node was touched.
+    fn from(e: SnapshotFileError) -> Self {
+        match e {
+            SnapshotFileError::Unreadable { path, detail } => RecoverError::SnapshotUnreadable {
+                path: path.display().to_string(),
                 detail,
-            };
-            let s: Sidecar = serde_json::from_str(&text)
-                .map_err(|e| mismatch(format!("the sidecar is not valid JSON: {e}")))?;
-            if let Some(want) = &s.sha256 {
-                let want = want
-                    .trim()
-                    .trim_start_matches("sha256:")
-                    .to_ascii_lowercase();
-                if want != sha256 {
-                    return Err(mismatch(format!(
-                        "sha256 of the file is {sha256}, the sidecar records {want}"
-                    )));
-                }
+            },
+            SnapshotFileError::Corrupt { path, detail } => RecoverError::SnapshotCorrupt {
+                path: path.display().to_string(),
+                detail,
+            },
+            SnapshotFileError::Sidecar {
+                snapshot,
+                sidecar,
+                detail,
             }
-            if let Some(size) = s.size {
-                if size != bytes.len() as u64 {
-                    return Err(mismatch(format!(
-                        "the file has {} bytes, the sidecar records {size}",
-                        bytes.len()
-                    )));
-                }
-            }
-            Some((side, s))
+            | SnapshotFileError::Mismatch {
+                snapshot,
+                sidecar,
+                detail,
+            } => RecoverError::SidecarMismatch {
+                path: snapshot.display().to_string(),
+                sidecar: sidecar.display().to_string(),
+                detail,
+            },
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            return Err(RecoverError::SidecarMismatch {
-                path: shown,
-                sidecar: side.display().to_string(),
-                detail: format!("cannot read the sidecar: {e}"),
-            })
-        }
-    };
-    Ok(SnapshotFacts {
-        path: path.to_path_buf(),
-        size: bytes.len() as u64,
-        sha256,
-        sidecar,
-    })
-}
-
-// ---- the Kubernetes side ----------------------------------------------------------
-
-fn kustomization_resource() -> kube::core::ApiResource {
-    kube::core::ApiResource::from_gvk_with_plural(
-        &kube::core::GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization"),
-        "kustomizations",
-    )
-}
-
-/// Namespaces and Flux Kustomizations the API serves now (Kustomizations: none
-/// when Flux's CRD is absent).
-pub async fn kube_inventory(client: &kube::Client) -> Result<KubeInventory, kube::Error> {
-    use k8s_openapi::api::core::v1::Namespace;
-    use kube::api::{Api, DynamicObject, ListParams};
-    let ns = Api::<Namespace>::all(client.clone())
-        .list_metadata(&ListParams::default())
-        .await?;
-    let resource_version = ns
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok());
-    let mut namespaces: Vec<String> = ns
-        .items
-        .iter()
-        .filter_map(|n| n.metadata.name.clone())
-        .collect();
-    namespaces.sort();
-    let ks_api: Api<DynamicObject> = Api::all_with(client.clone(), &kustomization_resource());
-    let kustomizations = match ks_api.list_metadata(&ListParams::default()).await {
-        Ok(list) => list
-            .items
-            .iter()
-            .map(|k| {
-                format!(
-                    "{}/{}",
-                    k.metadata.namespace.as_deref().unwrap_or(""),
-                    k.metadata.name.as_deref().unwrap_or("")
-                )
-            })
-            .collect(),
-        Err(kube::Error::Api(e)) if e.code == 404 => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut kustomizations: Vec<String> = kustomizations;
-    kustomizations.sort();
-    Ok(KubeInventory {
-        resource_version,
-        namespaces,
-        kustomizations,
-    })
+    }
 }
 
 /// Whether `found` is the restored cluster: everything `expected` recorded is
@@ -507,7 +354,7 @@ impl RecoverJournal {
 /// What a recovery did.
 #[derive(Debug, Clone)]
 pub struct RecoverReport {
-    pub snapshot: Option<SnapshotFacts>,
+    pub snapshot: Option<CheckedSnapshot>,
     /// Nodes reset to maintenance by this run.
     pub reset: Vec<String>,
     /// What the restored API held, and what was checked.
@@ -567,18 +414,36 @@ pub async fn recover(
             facts.size,
             &facts.sha256[..16],
             match &facts.sidecar {
-                Some((p, s)) => format!(
-                    "; sidecar {} matches{}",
-                    p.display(),
-                    s.kubernetes
-                        .as_ref()
-                        .map(|k| format!(", records {}", k.summary()))
-                        .unwrap_or_default()
+                Some(meta) => format!(
+                    "; sidecar {} matches (taken {} from {}); {}",
+                    super::backup::sidecar_path(&facts.path).display(),
+                    meta.taken_at,
+                    meta.node,
+                    meta.kubernetes.describe()
                 ),
-                None => "; no sidecar (the restore can only be checked for \"not empty\")".into(),
+                None => "; no sidecar".into(),
             }
         ),
     );
+    // Without a recorded inventory the restore can only be judged "not empty".
+    let no_inventory = match facts.sidecar.as_ref().map(|m| &m.kubernetes) {
+        Some(KubeRecord::Inventory(_)) => None,
+        Some(KubeRecord::None { reason }) => Some(format!("its sidecar records none ({reason})")),
+        None => Some(format!(
+            "it has no sidecar {}",
+            super::backup::sidecar_path(&facts.path).display()
+        )),
+    };
+    if let Some(why) = no_inventory {
+        em.progress(
+            StepId::Preflight,
+            None,
+            format!(
+                "warning: no Kubernetes inventory was recorded with {}: {why}; the restore can only be checked for \"not an empty cluster\", not object by object (take backups with `etcd backup` while the API answers)",
+                facts.path.display()
+            ),
+        );
+    }
     let dir = opts.up.state_dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| RecoverError::Local {
         path: dir.display().to_string(),
@@ -888,13 +753,13 @@ async fn reset_to_maintenance(
 /// judges it against the snapshot's record.
 async fn verify_restore(
     kubeconfig: &Path,
-    facts: &SnapshotFacts,
+    facts: &CheckedSnapshot,
     deadline: Duration,
     em: &Emitter,
 ) -> Result<(KubeInventory, String), RecoverError> {
     let found = read_inventory(kubeconfig, deadline, em).await?;
     let verdict =
-        judge_restore(&found.1, facts.expected()).map_err(|detail| RecoverError::NotRestored {
+        judge_restore(&found.1, facts.inventory()).map_err(|detail| RecoverError::NotRestored {
             endpoint: found.0.clone(),
             detail,
         })?;
@@ -957,7 +822,7 @@ async fn reboot_check(
     creds: &Arc<Credentials>,
     up: &UpOptions,
     kubeconfig: &Path,
-    facts: &SnapshotFacts,
+    facts: &CheckedSnapshot,
     deadline: Duration,
     em: &Emitter,
     journal: &mut RecoverJournal,
@@ -1067,7 +932,7 @@ async fn reboot_check(
         pause = (pause * 2).min(POLL_MAX);
     }
     let (endpoint, found) = read_inventory(kubeconfig, deadline, em).await?;
-    let verdict = judge_restore(&found, facts.expected())
+    let verdict = judge_restore(&found, facts.inventory())
         .map_err(|detail| lost(format!("{detail} (API {endpoint})")))?;
     em.progress(
         STEP,
@@ -1110,6 +975,9 @@ mod tests {
 
     #[test]
     fn snapshot_check_refuses_truncated_and_mismatched_files() {
+        use super::super::backup::{sidecar_path, BackupMeta, META_FORMAT};
+        use sha2::Digest;
+        let refusal = |p: &Path| RecoverError::from(check_snapshot(p).unwrap_err());
         let dir = tempfile::tempdir().unwrap();
         let mut data = vec![7u8; 1024];
         let sum = sha2::Sha256::digest(&data);
@@ -1121,27 +989,53 @@ mod tests {
         assert!(facts.sidecar.is_none());
         let cut = dir.path().join("cut.db");
         std::fs::write(&cut, &data[..1000]).unwrap();
-        assert!(matches!(
-            check_snapshot(&cut),
-            Err(RecoverError::SnapshotCorrupt { .. })
-        ));
-        std::fs::write(
-            sidecar_path(&good),
-            format!("{{\"sha256\": \"{}\"}}", "0".repeat(64)),
-        )
-        .unwrap();
-        let e = check_snapshot(&good).unwrap_err();
+        let e = refusal(&cut);
+        assert!(matches!(e, RecoverError::SnapshotCorrupt { .. }), "{e}");
+        assert!(e.to_string().contains("cut.db"), "{e}");
+        let e = refusal(&dir.path().join("absent.db"));
+        assert!(matches!(e, RecoverError::SnapshotUnreadable { .. }), "{e}");
+        // Not a backup sidecar, then one recording another file.
+        std::fs::write(sidecar_path(&good), r#"{"sha256": "00"}"#).unwrap();
+        let e = refusal(&good);
         assert!(matches!(e, RecoverError::SidecarMismatch { .. }), "{e}");
-        assert!(e.explain().contains("next action"));
-        std::fs::write(
-            sidecar_path(&good),
-            format!(
-                "{{\"sha256\": \"{}\", \"kubernetes\": {{\"namespaces\": [\"apps\"]}}, \"node\": \"cp1\"}}",
-                facts.sha256
-            ),
-        )
-        .unwrap();
+        assert!(e.explain().contains("next action"), "{}", e.explain());
+        let mut meta = BackupMeta {
+            format: META_FORMAT.into(),
+            cluster: "c".into(),
+            node: "cp1".into(),
+            address: "127.0.0.1".into(),
+            member_id: String::new(),
+            revision: None,
+            raft_index: 1,
+            raft_term: 1,
+            members: vec![],
+            taken_at: String::new(),
+            taken_ms: 0,
+            size: facts.size,
+            sha256: "0".repeat(64),
+            tool_version: String::new(),
+            kubernetes: KubeRecord::Inventory(KubeInventory {
+                resource_version: Some(9),
+                namespaces: vec!["apps".into()],
+                kustomizations: vec![],
+            }),
+        };
+        std::fs::write(sidecar_path(&good), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let e = refusal(&good);
+        assert!(
+            matches!(e, RecoverError::SidecarMismatch { .. })
+                && e.to_string().contains("good.db.json"),
+            "{e}"
+        );
+        meta.sha256 = facts.sha256.clone();
+        std::fs::write(sidecar_path(&good), serde_json::to_vec(&meta).unwrap()).unwrap();
         let f = check_snapshot(&good).unwrap();
-        assert_eq!(f.expected().unwrap().namespaces, vec!["apps".to_string()]);
+        assert_eq!(f.inventory().unwrap().namespaces, vec!["apps".to_string()]);
+        // A sidecar from before the `kubernetes` key: read, no inventory.
+        let mut old = serde_json::to_value(&meta).unwrap();
+        old.as_object_mut().unwrap().remove("kubernetes");
+        std::fs::write(sidecar_path(&good), old.to_string()).unwrap();
+        let f = check_snapshot(&good).unwrap();
+        assert!(f.sidecar.is_some() && f.inventory().is_none());
     }
 }

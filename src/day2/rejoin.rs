@@ -18,6 +18,19 @@ use crate::kube::nodes;
 
 const OP: &str = "rejoin";
 
+/// The steps of a rejoin, in order (each journaled, as `plan node rejoin` lists them).
+pub const STEPS: [&str; 9] = [
+    "guard",
+    "snapshot",
+    "remove_member",
+    "delete_node",
+    "apply",
+    "wait_join",
+    "node_ready",
+    "uncordon",
+    "verify",
+];
+
 /// What a rejoin did.
 #[derive(Debug, Clone)]
 pub struct RejoinReport {

@@ -8,7 +8,10 @@
 //! - [`nodes`]: cordon, drain (Eviction API), uncordon, delete and wait for a Node.
 //! - [`wait`]: readiness by kind on watches, each with a deadline and the blocking
 //!   object's status on timeout.
+//! - [`inventory`]: namespaces and Flux Kustomizations in brief (recorded with
+//!   etcd backups, compared after a restore).
 
+pub mod inventory;
 pub mod nodes;
 pub mod wait;
 

@@ -795,6 +795,10 @@ impl MachineService for LabApi {
         let Some(removed) = removed else {
             return Err(Status::not_found("etcdserver: member not found"));
         };
+        self.node
+            .fabric
+            .member_removals
+            .fetch_add(1, Ordering::SeqCst);
         // The removed member's etcd stops; its data dir stays until it is reset.
         for n in self.node.fabric.nodes() {
             if n.ip.to_string() == removed.node_ip {

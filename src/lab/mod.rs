@@ -130,6 +130,7 @@ impl Lab {
             time_scale: opts.time_scale,
             bootstrap_calls: Default::default(),
             apply_calls: Default::default(),
+            member_removals: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -212,6 +213,12 @@ impl Lab {
     /// How many ApplyConfiguration calls (dry runs excluded) reached any node.
     pub fn apply_calls(&self) -> usize {
         self.fabric.apply_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many etcd members EtcdRemoveMemberByID removed (refusals and
+    /// "member not found" not counted).
+    pub fn member_removals(&self) -> usize {
+        self.fabric.member_removals.load(Ordering::SeqCst)
     }
 
     /// Bumped on every change of any node (state, services, etcd): observers

@@ -73,6 +73,8 @@ pub(crate) struct Fabric {
     pub bootstrap_calls: std::sync::atomic::AtomicUsize,
     /// Every non-dry-run ApplyConfiguration that reached a node's handler.
     pub apply_calls: std::sync::atomic::AtomicUsize,
+    /// Every EtcdRemoveMemberByID that removed a member.
+    pub member_removals: std::sync::atomic::AtomicUsize,
 }
 
 impl Fabric {
