@@ -293,7 +293,7 @@ fn bootstrap_step(report: &RecoverReport) -> Outcome {
 async fn backup_wipe_everything_recover_brings_the_objects_back() {
     // Before the disaster: `up` through all five layers (Flux installed and
     // synced from the lab repository, every Kustomization and HelmRelease Ready).
-    let f = fixture(175, 0.05, StepId::Adoption, "dr").await;
+    let f = fixture(221, 0.05, StepId::Adoption, "dr").await;
     let hr_before = helmreleases(&f.lab);
     assert_eq!(hr_before.len(), 14, "{hr_before:?}");
     let lab = &f.lab;
@@ -585,7 +585,7 @@ async fn killed_recover(f: &Fixture, at: KillAt, reset_nodes: bool) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_killed_at_every_step_boundary_converges() {
-    let f = fixture(176, 0.05, StepId::Apiserver, "killed").await;
+    let f = fixture(222, 0.05, StepId::Apiserver, "killed").await;
     let points = [
         // The live cluster is reset by --reset-nodes; killed during the resets.
         (KillAt::Progress("reset: wipe STATE"), true),
@@ -653,7 +653,7 @@ async fn recover_killed_at_every_step_boundary_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
-    let lab = lab(177, 0.0).await;
+    let lab = lab(223, 0.0).await;
     let dir = tempfile::tempdir().unwrap();
     // No secrets bundle: refused (never creates one), nothing touched.
     let src = MemorySource::new(lab_definition(&lab, 3, "nosecrets"), None);
@@ -768,7 +768,7 @@ fn backup(name: &str, ns: &str, completed: &str, fault: Option<&str>) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn velero_restore_suspends_restores_and_resumes() {
-    let f = fixture(178, 0.0, StepId::Apiserver, "velero").await;
+    let f = fixture(224, 0.0, StepId::Apiserver, "velero").await;
     let c = client(f.dir.path()).await;
     let em = Emitter::new();
     let vo = VeleroOptions {
