@@ -91,6 +91,8 @@ pub enum RecoverError {
     NoSecrets { location: String },
     #[error("{} node(s) not in maintenance mode: {}; no node was touched", .nodes.len(), .nodes.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", "))]
     NodesConfigured { nodes: Vec<(String, String)> },
+    #[error("{} node(s) do not answer on the Talos API: {}; no node was touched", .nodes.len(), .nodes.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", "))]
+    NodesUnreachable { nodes: Vec<(String, String)> },
     #[error("cannot reset {}: {}; no node was touched", .nodes.len(), .nodes.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", "))]
     CannotReset { nodes: Vec<(String, String)> },
     #[error("{journal}: a recovery from another snapshot (sha256 {other}) is in phase {phase}")]
@@ -123,6 +125,7 @@ impl RecoverError {
             | RecoverError::SidecarMismatch { .. }
             | RecoverError::NoSecrets { .. }
             | RecoverError::NodesConfigured { .. }
+            | RecoverError::NodesUnreachable { .. }
             | RecoverError::OtherRecoveryInProgress { .. } => true,
             RecoverError::Flow(e) => e.is_input_error(),
             _ => false,
@@ -136,6 +139,7 @@ impl RecoverError {
             RecoverError::SidecarMismatch { .. } => "the snapshot was replaced or damaged after `etcd backup` wrote it, or the sidecar belongs to another snapshot".into(),
             RecoverError::NoSecrets { .. } => "the secrets bundle is missing or misnamed; new secrets would give a cluster no existing talosconfig, kubeconfig or workload can talk to".into(),
             RecoverError::NodesConfigured { .. } => "these nodes still run a Talos config (the disaster spared them, or a reset did not happen)".into(),
+            RecoverError::NodesUnreachable { .. } => "the machines are powered off, still booting, at another address, or a firewall drops port 50000".into(),
             RecoverError::CannotReset { .. } => "the nodes run a config from another secrets bundle (no credentials to reset them) or do not answer".into(),
             RecoverError::OtherRecoveryInProgress { .. } => "an earlier `recover` with a different snapshot did not finish".into(),
             RecoverError::NotRestored { .. } => "etcd started without the snapshot's data (empty etcd), or the snapshot predates the objects expected".into(),
@@ -151,6 +155,7 @@ impl RecoverError {
             RecoverError::SnapshotCorrupt { .. } | RecoverError::SidecarMismatch { .. } => "use another snapshot (`ls -l` the backups; `etcd backup` verifies each one it writes)".into(),
             RecoverError::NoSecrets { .. } => "restore the secrets bundle (git history, password manager) to the path above; without it there is nothing to recover into".into(),
             RecoverError::NodesConfigured { .. } => "if these nodes really are to be wiped, run the same command with --reset-nodes; else boot them into maintenance mode".into(),
+            RecoverError::NodesUnreachable { .. } => "power them on and boot them into maintenance mode (Talos ISO/PXE); `talos mode --insecure --endpoint <ip>` must answer; then run recover again".into(),
             RecoverError::CannotReset { .. } => "boot these nodes from the Talos ISO/PXE into maintenance mode by hand, then run recover again".into(),
             RecoverError::OtherRecoveryInProgress { .. } => "finish it with the same --snapshot, or remove recover.json from the state directory and start over with --reset-nodes".into(),
             RecoverError::NotRestored { .. } => "do not use the cluster: reset the nodes (`recover --reset-nodes --snapshot` again) with a snapshot that has the data; keep the sidecar next to the snapshot".into(),
@@ -658,6 +663,12 @@ async fn gate_nodes(
             .map(|(n, c)| (n.label(), c.describe()))
             .collect()
     };
+    // A node that does not answer cannot be reset either: say so before
+    // suggesting --reset-nodes, which could not help.
+    let silent = listed(&|c| matches!(c, NodeClass::Unreachable(_)));
+    if !silent.is_empty() {
+        return Err(RecoverError::NodesUnreachable { nodes: silent });
+    }
     if !opts.reset_nodes {
         return Err(RecoverError::NodesConfigured {
             nodes: listed(&|_| true),

@@ -88,7 +88,7 @@ pub(crate) async fn wait_maintenance(
                                         "reset",
                                         EventKind::Waiting,
                                         format!(
-                                            "for {} to come back in maintenance ({})",
+                                            "{} to come back in maintenance ({})",
                                             node.label(),
                                             st.summary()
                                         ),
@@ -195,7 +195,7 @@ pub(crate) async fn wait_running(
         |p| {
             let line = match p {
                 WaitProgress::Status(s) => s.summary(),
-                WaitProgress::Away(e) => format!("away: {}", e.likely_cause()),
+                WaitProgress::Away(e) => format!("the node to answer again ({})", e.likely_cause()),
             };
             if line != last_told {
                 emit(
