@@ -63,7 +63,42 @@ pub(crate) struct Ctx<'a> {
     pub outcomes: Vec<(&'static str, String)>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Opens the node's journal for `op` and says so when it resumes an
+    /// interrupted run; returns the context and whether it resumed.
+    pub fn open(
+        cluster: &'a Cluster,
+        name: &str,
+        opts: &'a Day2Options,
+        op: &'static str,
+    ) -> Result<(Ctx<'a>, bool), Day2Error> {
+        let node = cluster.node(name)?.clone();
+        let j = OpJournal::open(&opts.state_dir, &cluster.def.cluster, op, &node.hostname)?;
+        let resumed = j.resumed();
+        if resumed {
+            emit(
+                opts,
+                op,
+                &node.hostname,
+                "resume",
+                EventKind::Info,
+                format!(
+                    "resuming the {op} started earlier (done: {})",
+                    j.steps.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let ctx = Ctx {
+            cluster,
+            opts,
+            node,
+            j,
+            op,
+            outcomes: Vec::new(),
+        };
+        Ok((ctx, resumed))
+    }
+
     /// Journal first, then the event: a kill right after the event keeps the step.
     pub fn done(&mut self, step: &'static str, msg: impl Into<String>) -> Result<(), Day2Error> {
         let msg = msg.into();
@@ -173,30 +208,8 @@ pub async fn reimage(
     opts: &Day2Options,
 ) -> Result<ReimageReport, Day2Error> {
     let t0 = Instant::now();
-    let node = cluster.node(name)?.clone();
-    let j = OpJournal::open(&opts.state_dir, &cluster.def.cluster, OP, &node.hostname)?;
-    let resumed = j.resumed();
-    let mut ctx = Ctx {
-        cluster,
-        opts,
-        node: node.clone(),
-        j,
-        op: OP,
-        outcomes: Vec::new(),
-    };
-    if resumed {
-        emit(
-            opts,
-            OP,
-            &node.hostname,
-            "resume",
-            EventKind::Info,
-            format!(
-                "resuming the reimage started earlier (done: {})",
-                ctx.j.steps.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        );
-    }
+    let (mut ctx, resumed) = Ctx::open(cluster, name, opts, OP)?;
+    let node = ctx.node.clone();
     let cp = node.control_plane;
 
     // Guard. Once the member left, the node is expected not to answer etcd.

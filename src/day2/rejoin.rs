@@ -13,7 +13,7 @@ use super::guard::{self, GuardOp};
 use super::journal::OpJournal;
 use super::reimage::{apply_and_join, auto_snapshot, kube_client, verify, Ctx};
 use super::steps::{self, kube_err, Mode};
-use super::{emit, Cluster, Day2Error, Day2Options, EventKind, PlanStep};
+use super::{Cluster, Day2Error, Day2Options, PlanStep};
 use crate::kube::nodes;
 
 const OP: &str = "rejoin";
@@ -52,30 +52,8 @@ pub async fn rejoin(
     opts: &Day2Options,
 ) -> Result<RejoinReport, Day2Error> {
     let t0 = Instant::now();
-    let node = cluster.node(name)?.clone();
-    let j = OpJournal::open(&opts.state_dir, &cluster.def.cluster, OP, &node.hostname)?;
-    let resumed = j.resumed();
-    let mut ctx = Ctx {
-        cluster,
-        opts,
-        node: node.clone(),
-        j,
-        op: OP,
-        outcomes: Vec::new(),
-    };
-    if resumed {
-        emit(
-            opts,
-            OP,
-            &node.hostname,
-            "resume",
-            EventKind::Info,
-            format!(
-                "resuming the rejoin started earlier (done: {})",
-                ctx.j.steps.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        );
-    }
+    let (mut ctx, resumed) = Ctx::open(cluster, name, opts, OP)?;
+    let node = ctx.node.clone();
 
     // A node that runs its config with our CA is not dead: reimage is the verb
     // for it. After an earlier run got past the member removal, configured means
