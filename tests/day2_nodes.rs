@@ -648,4 +648,36 @@ async fn plan_names_the_node_receiving_each_call() {
     // Plans change nothing.
     assert!(!env.dir.path().join("day2").exists());
     assert_eq!(member_names(&env).await.len(), 3);
+
+    // A kubeconfig whose API server is the node to reimage (endpoint = one
+    // CP's address, no VIP) is refused before anything is touched: after the
+    // reset nothing could delete its Node or watch it come back.
+    let mut on_cp1 = env.cluster.clone();
+    let kc = String::from_utf8(on_cp1.kubeconfig.clone().unwrap()).unwrap();
+    assert!(kc.contains("https://127.0.216.10:6443"), "{kc}");
+    on_cp1.kubeconfig = Some(
+        kc.replace("https://127.0.216.10:6443", "https://127.0.216.11:6443")
+            .into_bytes(),
+    );
+    let applies = env.lab.apply_calls();
+    let err = match endsys_bootstrap::day2::reimage(&on_cp1, "cp1", &o).await {
+        Err(e) => e,
+        Ok(_) => panic!("reimage through the node's own API server was not refused"),
+    };
+    assert!(
+        matches!(err, Day2Error::ApiOnNode { ref server, .. } if server == "127.0.216.11"),
+        "{err}"
+    );
+    assert!(
+        err.next_action().contains("--skip-kubernetes"),
+        "{}",
+        err.next_action()
+    );
+    assert_eq!(env.lab.apply_calls(), applies);
+    assert_eq!(env.lab.nodes()[0].state(), NodeState::Running);
+    assert_eq!(member_names(&env).await.len(), 3);
+    assert!(
+        !env.dir.path().join("day2").exists(),
+        "a refused reimage left a journal"
+    );
 }

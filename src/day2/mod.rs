@@ -82,6 +82,10 @@ pub enum Day2Error {
         next: String,
     },
 
+    /// The kubeconfig reaches Kubernetes through the very node being wiped.
+    #[error("{node}: the kubeconfig's API server {server} is this node; once it is reset, its Node could not be deleted nor watched back")]
+    ApiOnNode { node: String, server: String },
+
     /// A backup file, its sidecar or another local file.
     #[error("{path}: {detail}")]
     Backup { path: String, detail: String },
@@ -114,6 +118,7 @@ impl Day2Error {
             Day2Error::Timeout { what, .. } if what.contains("etcd") => "the node's etcd cannot reach its peers (network, firewall on 2379/2380) or it is stuck as a learner".into(),
             Day2Error::Timeout { .. } => "the node is slow to install/boot, or stuck (see its console / `talos status`)".into(),
             Day2Error::NodeState { .. } => "the node is not where the operation starts".into(),
+            Day2Error::ApiOnNode { .. } => "the cluster endpoint is one control plane's address instead of a VIP or load balancer".into(),
             Day2Error::Backup { .. } => "the file is truncated, modified, or not an etcd snapshot".into(),
             Day2Error::Flow(e) => e.to_string(),
         }
@@ -128,6 +133,7 @@ impl Day2Error {
             Day2Error::Kube { error, .. } => error.next_action(),
             Day2Error::Timeout { .. } => "re-run the same command: it resumes from the journal after checking the real state".into(),
             Day2Error::NodeState { next, .. } => next.clone(),
+            Day2Error::ApiOnNode { .. } => "point the kubeconfig's `server:` at a VIP or another control plane, or re-run with --skip-kubernetes and delete the old Node through another control plane afterwards".into(),
             Day2Error::Backup { .. } => "take a new backup with `etcd backup`".into(),
             Day2Error::Flow(e) => e.explain(),
         }
@@ -325,6 +331,42 @@ impl Cluster {
             TlsMode::Insecure { fingerprint: None },
             policy,
         )?)
+    }
+
+    /// The host of the saved kubeconfig's API server (current context's
+    /// cluster, else the only one).
+    pub fn api_server_host(&self) -> Option<String> {
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_slice(self.kubeconfig.as_ref()?).ok()?;
+        let clusters = doc.get("clusters")?.as_sequence()?;
+        let current = doc
+            .get("contexts")
+            .and_then(|c| c.as_sequence())
+            .and_then(|cs| {
+                let name = doc.get("current-context")?.as_str()?;
+                cs.iter()
+                    .find(|c| c.get("name").and_then(|n| n.as_str()) == Some(name))
+            })
+            .and_then(|c| {
+                c.get("context")?
+                    .get("cluster")?
+                    .as_str()
+                    .map(str::to_owned)
+            });
+        let cluster = clusters
+            .iter()
+            .find(|c| {
+                current.is_some() && c.get("name").and_then(|n| n.as_str()) == current.as_deref()
+            })
+            .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))?;
+        let server = cluster.get("cluster")?.get("server")?.as_str()?;
+        let rest = server.split_once("://").map_or(server, |(_, r)| r);
+        let authority = rest.split('/').next()?;
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        Some(host.to_string())
     }
 
     /// A Kubernetes client from the saved kubeconfig.

@@ -168,6 +168,35 @@ pub(crate) async fn kube_client(
     }
 }
 
+/// Before anything is touched: the Kubernetes steps after the reset (delete
+/// the Node, watch it come back) need an API that is not on the wiped node.
+fn refuse_api_on_node(
+    cluster: &Cluster,
+    node: &NodeDef,
+    opts: &Day2Options,
+) -> Result<(), Day2Error> {
+    if opts.skip_kubernetes {
+        return Ok(());
+    }
+    let node_host = node
+        .address
+        .rsplit_once(':')
+        .map_or(node.address.as_str(), |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') {
+                h
+            } else {
+                node.address.as_str()
+            }
+        });
+    match cluster.api_server_host() {
+        Some(host) if host == node_host => Err(Day2Error::ApiOnNode {
+            node: node.label(),
+            server: host,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The automatic snapshot before a control-plane operation.
 pub(crate) async fn auto_snapshot(ctx: &mut Ctx<'_>) -> Result<(), Day2Error> {
     if !ctx.node.control_plane {
@@ -208,6 +237,7 @@ pub async fn reimage(
     opts: &Day2Options,
 ) -> Result<ReimageReport, Day2Error> {
     let t0 = Instant::now();
+    refuse_api_on_node(cluster, cluster.node(name)?, opts)?;
     let (mut ctx, resumed) = Ctx::open(cluster, name, opts, OP)?;
     let node = ctx.node.clone();
     let cp = node.control_plane;
