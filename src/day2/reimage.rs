@@ -565,27 +565,10 @@ pub async fn plan(
     name: &str,
     opts: &Day2Options,
 ) -> Result<Vec<PlanStep>, Day2Error> {
-    let node = cluster.node(name)?.clone();
-    let j =
-        OpJournal::peek(&opts.state_dir, OP, &node.hostname).filter(|j| j.completed_ms.is_none());
-    let done = |s: &str| j.as_ref().is_some_and(|j| j.done(s));
-    let others = steps::other_cps(cluster, &node.hostname);
-    let other = others
-        .first()
-        .map(|n| n.label())
-        .unwrap_or_else(|| "(no other control plane)".into());
-    let cps: Vec<String> = cluster.def.control_planes().map(|n| n.label()).collect();
-    let kube = if opts.skip_kubernetes {
-        None
-    } else if opts.state_dir.join("kubeconfig").exists() {
-        Some(format!("Kubernetes API ({})", cluster.def.endpoint))
-    } else {
-        None
-    };
-    let k = |s: &str| match &kube {
-        Some(api) => format!("{s} → {api}"),
-        None => format!("{s}: skipped (no kubeconfig in the state directory)"),
-    };
+    let basis = steps::PlanBasis::new(cluster, name, opts, OP)?;
+    let (node, other, cps) = (&basis.node, &basis.other, &basis.cps);
+    let done = |s: &str| basis.done(s);
+    let k = |s: &str| basis.kube(s);
     let cp = node.control_plane;
     let mut out = vec![PlanStep {
         step: "guard",

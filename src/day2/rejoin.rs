@@ -10,7 +10,6 @@
 use std::time::Instant;
 
 use super::guard::{self, GuardOp};
-use super::journal::OpJournal;
 use super::reimage::{apply_and_join, auto_snapshot, kube_client, verify, Ctx};
 use super::steps::{self, kube_err, Mode};
 use super::{Cluster, Day2Error, Day2Options, PlanStep};
@@ -231,24 +230,10 @@ pub async fn plan(
     name: &str,
     opts: &Day2Options,
 ) -> Result<Vec<PlanStep>, Day2Error> {
-    let node = cluster.node(name)?.clone();
-    let j =
-        OpJournal::peek(&opts.state_dir, OP, &node.hostname).filter(|j| j.completed_ms.is_none());
-    let done = |s: &str| j.as_ref().is_some_and(|j| j.done(s));
-    let others = steps::other_cps(cluster, &node.hostname);
-    let other = others
-        .first()
-        .map(|n| n.label())
-        .unwrap_or_else(|| "(no other control plane)".into());
-    let cps: Vec<String> = cluster.def.control_planes().map(|n| n.label()).collect();
-    let kube = !opts.skip_kubernetes && opts.state_dir.join("kubeconfig").exists();
-    let k = |s: String| {
-        if kube {
-            format!("{s} → Kubernetes API ({})", cluster.def.endpoint)
-        } else {
-            format!("{s}: skipped (no kubeconfig in the state directory)")
-        }
-    };
+    let basis = steps::PlanBasis::new(cluster, name, opts, OP)?;
+    let (node, other, cps) = (&basis.node, &basis.other, &basis.cps);
+    let done = |s: &str| basis.done(s);
+    let k = |s: String| basis.kube(&s);
     let cp = node.control_plane;
     Ok(vec![
         PlanStep {

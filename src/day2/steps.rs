@@ -227,6 +227,60 @@ pub(crate) async fn wait_running(
     }
 }
 
+/// What both node plans start from: the node, an unfinished journal (steps
+/// already done), the other control planes and where Kubernetes calls go.
+pub(crate) struct PlanBasis {
+    pub node: NodeDef,
+    journal: Option<super::journal::OpJournal>,
+    /// The first other control plane (the one asked for member lists).
+    pub other: String,
+    pub cps: Vec<String>,
+    kube_api: Option<String>,
+}
+
+impl PlanBasis {
+    pub fn new(
+        cluster: &Cluster,
+        name: &str,
+        opts: &Day2Options,
+        op: &'static str,
+    ) -> Result<PlanBasis, Day2Error> {
+        let node = cluster.node(name)?.clone();
+        let journal = super::journal::OpJournal::peek(&opts.state_dir, op, &node.hostname)
+            .filter(|j| j.completed_ms.is_none());
+        let other = other_cps(cluster, &node.hostname)
+            .first()
+            .map(|n| n.label())
+            .unwrap_or_else(|| "(no other control plane)".into());
+        let cps = cluster.def.control_planes().map(|n| n.label()).collect();
+        // The Cluster loaded the state directory's kubeconfig already.
+        let kube_api = (!opts.skip_kubernetes && cluster.kubeconfig.is_some())
+            .then(|| format!("Kubernetes API ({})", cluster.def.endpoint));
+        Ok(PlanBasis {
+            node,
+            journal,
+            other,
+            cps,
+            kube_api,
+        })
+    }
+
+    /// Whether an interrupted run already did `step`.
+    pub fn done(&self, step: &str) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.done(step))
+    }
+
+    /// A Kubernetes call, or why it will be skipped.
+    pub fn kube(&self, call: &str) -> String {
+        match &self.kube_api {
+            Some(api) => format!("{call} → {api}"),
+            None => format!(
+                "{call}: skipped (--skip-kubernetes, or no kubeconfig in the state directory)"
+            ),
+        }
+    }
+}
+
 /// The control planes other than `exclude`, in definition order (the order the
 /// plan names them in).
 pub(crate) fn other_cps<'a>(cluster: &'a Cluster, exclude: &str) -> Vec<&'a NodeDef> {

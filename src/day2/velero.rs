@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+
+use crate::kube::flux::{self as kflux, resource, str_at};
+use kube::core::ApiResource;
 use serde_json::{json, Value};
 
 use crate::orchestrator::events::{Emitter, StepId};
@@ -120,27 +122,11 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> VeleroError 
     }
 }
 
-fn resource(group: &str, kind: &str, plural: &str) -> ApiResource {
-    let version = "v1";
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-fn kustomizations() -> ApiResource {
-    resource(
-        "kustomize.toolkit.fluxcd.io",
-        "Kustomization",
-        "kustomizations",
-    )
-}
 fn backups() -> ApiResource {
-    resource("velero.io", "Backup", "backups")
+    resource("velero.io", "v1", "Backup", "backups")
 }
 fn restores() -> ApiResource {
-    resource("velero.io", "Restore", "restores")
-}
-
-fn str_at<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
+    resource("velero.io", "v1", "Restore", "restores")
 }
 
 /// The Velero CRDs the API does not serve (empty: Velero is installed).
@@ -182,7 +168,7 @@ impl AppKustomization {
 pub async fn apps(
     client: &kube::Client,
 ) -> Result<BTreeMap<String, Vec<AppKustomization>>, VeleroError> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &kustomizations());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &kflux::kustomizations());
     let list = match api.list(&ListParams::default()).await {
         Ok(l) => l,
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(BTreeMap::new()),
@@ -330,7 +316,7 @@ async fn set_suspend(
     restore: &str,
 ) -> Result<(), VeleroError> {
     let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &k.namespace, &kustomizations());
+        Api::namespaced_with(client.clone(), &k.namespace, &kflux::kustomizations());
     // The annotation marks what this tool suspended, so a re-run resumes only that.
     let body = if suspend {
         json!({"metadata": {"annotations": {SUSPENDED_BY: restore}}, "spec": {"suspend": true}})

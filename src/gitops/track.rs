@@ -13,13 +13,14 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::{stream, FutureExt, StreamExt};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
 use serde_json::Value;
 
 use super::{Graph, Key, LayerMap, LAYER_NAMES};
+use crate::kube::flux::{self, condition, str_at as s};
 
 /// Which Flux object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -223,24 +224,6 @@ struct Obj {
     depends_on: Vec<Key>,
     owner: Option<Key>,
     suspended: bool,
-}
-
-fn s<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
-}
-
-fn condition(v: &Value, t: &str) -> Option<(String, String, String)> {
-    v.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| s(c, "/type") == t)
-        .map(|c| {
-            (
-                s(c, "/status").to_string(),
-                s(c, "/reason").to_string(),
-                s(c, "/message").to_string(),
-            )
-        })
 }
 
 fn summarize(kind: Kind, o: &DynamicObject) -> (Key, Obj) {
@@ -448,35 +431,6 @@ impl World {
     }
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-fn ks_resource() -> ApiResource {
-    resource(
-        "kustomize.toolkit.fluxcd.io",
-        "v1",
-        "Kustomization",
-        "kustomizations",
-    )
-}
-fn hr_resource() -> ApiResource {
-    resource(
-        "helm.toolkit.fluxcd.io",
-        "v2",
-        "HelmRelease",
-        "helmreleases",
-    )
-}
-fn git_resource() -> ApiResource {
-    resource(
-        "source.toolkit.fluxcd.io",
-        "v1",
-        "GitRepository",
-        "gitrepositories",
-    )
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Src {
     Ks,
@@ -511,8 +465,8 @@ impl Tracker {
     pub async fn snapshot(&self) -> Result<Progress, TrackError> {
         let mut w = World::default();
         for (kind, ar) in [
-            (Kind::Kustomization, ks_resource()),
-            (Kind::HelmRelease, hr_resource()),
+            (Kind::Kustomization, flux::kustomizations()),
+            (Kind::HelmRelease, flux::helmreleases()),
         ] {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             let list = api
@@ -527,7 +481,7 @@ impl Tracker {
                 };
             }
         }
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &git_resource());
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &flux::gitrepositories());
         if let Ok(list) = api.list(&ListParams::default()).await {
             for o in &list.items {
                 if let Some((k, rev)) = git_revision(o) {
@@ -555,9 +509,9 @@ impl Tracker {
                 .boxed()
         };
         let mut events = stream::select_all([
-            watch(ks_resource(), Src::Ks),
-            watch(hr_resource(), Src::Hr),
-            watch(git_resource(), Src::Git),
+            watch(flux::kustomizations(), Src::Ks),
+            watch(flux::helmreleases(), Src::Hr),
+            watch(flux::gitrepositories(), Src::Git),
         ]);
         let mut world = World::default();
         let mut buffers: BTreeMap<Src, World> = BTreeMap::new();

@@ -34,14 +34,6 @@ impl KubeInventory {
     }
 }
 
-/// Flux's `Kustomization` (kustomize.toolkit.fluxcd.io/v1).
-pub fn kustomization_resource() -> kube::core::ApiResource {
-    kube::core::ApiResource::from_gvk_with_plural(
-        &kube::core::GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization"),
-        "kustomizations",
-    )
-}
-
 /// Namespaces and Flux Kustomizations the API serves now (Kustomizations: none
 /// when Flux's CRD is absent).
 pub async fn kube_inventory(client: &kube::Client) -> Result<KubeInventory, kube::Error> {
@@ -60,7 +52,7 @@ pub async fn kube_inventory(client: &kube::Client) -> Result<KubeInventory, kube
         .filter_map(|n| n.metadata.name.clone())
         .collect();
     namespaces.sort();
-    let ks_api: Api<DynamicObject> = Api::all_with(client.clone(), &kustomization_resource());
+    let ks_api: Api<DynamicObject> = Api::all_with(client.clone(), &super::flux::kustomizations());
     let mut kustomizations: Vec<String> = match ks_api.list_metadata(&ListParams::default()).await {
         Ok(list) => list
             .items

@@ -11,6 +11,7 @@
 //! - [`inventory`]: namespaces and Flux Kustomizations in brief (recorded with
 //!   etcd backups, compared after a restore).
 
+pub mod flux;
 pub mod inventory;
 pub mod nodes;
 pub mod wait;

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -32,6 +32,7 @@ use serde_json::Value;
 
 use crate::charts::helmfile::Release;
 use crate::gitops::{walk, Graph, Key, LayerMap, Progress, TrackError, Tracker};
+use crate::kube::flux::{self as kflux, condition, str_at as s};
 use crate::kube::KubeError;
 use crate::sops::{AgeIdentities, SopsConfig};
 
@@ -71,62 +72,6 @@ fn gitops_err(step: StepId, detail: String, cause: &str, next: &str) -> FlowErro
 
 fn kube_failed(step: StepId, e: KubeError) -> FlowError {
     super::layer1::kube_err(step, e)
-}
-
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-fn fluxinstance_resource() -> ApiResource {
-    resource(
-        "fluxcd.controlplane.io",
-        "v1",
-        "FluxInstance",
-        "fluxinstances",
-    )
-}
-fn git_resource() -> ApiResource {
-    resource(
-        "source.toolkit.fluxcd.io",
-        "v1",
-        "GitRepository",
-        "gitrepositories",
-    )
-}
-fn ks_resource() -> ApiResource {
-    resource(
-        "kustomize.toolkit.fluxcd.io",
-        "v1",
-        "Kustomization",
-        "kustomizations",
-    )
-}
-fn hr_resource() -> ApiResource {
-    resource(
-        "helm.toolkit.fluxcd.io",
-        "v2",
-        "HelmRelease",
-        "helmreleases",
-    )
-}
-
-fn s<'a>(v: &'a Value, p: &str) -> &'a str {
-    v.pointer(p).and_then(Value::as_str).unwrap_or("")
-}
-
-/// (status, reason, message) of a condition.
-fn condition(v: &Value, t: &str) -> Option<(String, String, String)> {
-    v.pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| s(c, "/type") == t)
-        .map(|c| {
-            (
-                s(c, "/status").to_string(),
-                s(c, "/reason").to_string(),
-                s(c, "/message").to_string(),
-            )
-        })
 }
 
 /// Ready=True for the current generation (the check Flux's own dependsOn does).
@@ -661,7 +606,7 @@ async fn flux_sync(
         .unwrap_or_else(|| ("flux-system".into(), "flux".into()));
     let (fi_text, w) = watch_one(
         &waits,
-        &fluxinstance_resource(),
+        &kflux::fluxinstances(),
         &fi_name.0,
         &fi_name.1,
         |v| {
@@ -702,7 +647,7 @@ async fn flux_sync(
     }
     let (src_text, w) = watch_one(
         &waits,
-        &git_resource(),
+        &kflux::gitrepositories(),
         "flux-system",
         "flux-system",
         |v| {
@@ -737,16 +682,22 @@ async fn flux_sync(
     }
     for k in ks {
         let rev = revision.clone();
-        let (text, w) = watch_one(&waits, &ks_resource(), &k.namespace, &k.name, |v| {
-            let applied = s(v, "/status/lastAppliedRevision");
-            if !ready_now(v) {
-                Look::Wait(ready_text(v))
-            } else if applied != rev {
-                Look::Wait(format!("applied {applied}, the source is at {rev}"))
-            } else {
-                Look::Done(format!("Kustomization {} Ready at {applied}", k))
-            }
-        })
+        let (text, w) = watch_one(
+            &waits,
+            &kflux::kustomizations(),
+            &k.namespace,
+            &k.name,
+            |v| {
+                let applied = s(v, "/status/lastAppliedRevision");
+                if !ready_now(v) {
+                    Look::Wait(ready_text(v))
+                } else if applied != rev {
+                    Look::Wait(format!("applied {applied}, the source is at {rev}"))
+                } else {
+                    Look::Done(format!("Kustomization {} Ready at {applied}", k))
+                }
+            },
+        )
         .await?;
         waited |= w;
         em.progress(step, None, text);
@@ -923,7 +874,7 @@ async fn adoption(half: &KubeHalf, st: &mut KubeState, em: &Emitter) -> Result<O
         .as_ref()
         .map(|h| h.releases.clone())
         .unwrap_or_default();
-    let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &hr_resource());
+    let hrs: Api<DynamicObject> = Api::all_with(client.clone(), &kflux::helmreleases());
     let list = hrs
         .list(&ListParams::default())
         .await
