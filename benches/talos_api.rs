@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use endsys_bootstrap::lab::identity::LabIdentity;
-use endsys_bootstrap::lab::{Lab, LabOptions};
 use endsys_bootstrap::talos::connect::handshake;
 use endsys_bootstrap::talos::resources::MachineStage;
 use endsys_bootstrap::talos::wait::wait_for_status;
 use endsys_bootstrap::talos::{ApplyMode, CallPolicy, Dial, TalosClient, TlsMode};
+use endsys_lab::identity::LabIdentity;
+use endsys_lab::{Lab, LabOptions};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -1,27 +1,29 @@
 //! endsys-bootstrap: provisions and bootstraps Talos Linux clusters on bare metal.
 //!
 //! The library is the product; `main.rs` only turns arguments into calls here.
-//! Rooms, from the bottom up:
-//! - [`pki`]: CAs and certificates, Talos PEM quirks.
-//! - [`machineconfig`]: cluster definition, secrets bundle, rendering, patches, validation.
-//! - [`sops`]: SOPS files encrypted with age, in process.
-//! - [`talos`]: the Talos machine API: generated types, client, talosconfig.
-//! - [`charts`]: helmfile model, helm template, Helm ownership, Cilium lint, lab chart set.
-//! - [`kube`]: server-side apply engine and readiness waits (kube-rs).
-//! - [`lab`]: simulated Talos nodes (and later Kubernetes) on loopback, for tests and `demo`.
-//! - [`day2`]: etcd backup/status, quorum guard, node reimage and rejoin.
-//! - [`orchestrator`]: flows (`up`, `plan`, `demo`): steps, events, journal, timing.
-//! - [`day2`]: recover (disaster rebuild), Velero restores.
-//! - [`cli`]: argument types and output for the binary.
+//! The workspace, from the bottom up:
+//! - `endsys-core` ([`pki`]): CAs and certificates, Talos PEM quirks.
+//! - `endsys-talos` ([`talos`]): the Talos machine API: generated types, client, talosconfig.
+//! - `endsys-config` ([`machineconfig`], [`sops`]): cluster definition, secrets bundle,
+//!   rendering, patches, validation; SOPS files encrypted with age, in process.
+//! - this crate, the tool:
+//!   - [`charts`]: helmfile model, helm template, Helm ownership, Cilium lint.
+//!   - [`kube`]: server-side apply engine and readiness waits (kube-rs).
+//!   - [`gitops`]: the Flux tree walker, layer map, readiness tracker.
+//!   - [`day2`]: etcd backup/status, quorum guard, node reimage and rejoin, recover.
+//!   - [`orchestrator`]: flows (`up`, `plan`): steps, events, journal, timing.
+//!   - [`cli`]: argument types and output for the binary.
+//!   - `demo` (feature `lab`): the whole flow against `endsys-lab`'s simulated cluster.
+
+pub use endsys_config::{machineconfig, sops};
+pub use endsys_core::pki;
+pub use endsys_talos as talos;
 
 pub mod charts;
 pub mod cli;
 pub mod day2;
+#[cfg(feature = "lab")]
+pub mod demo;
 pub mod gitops;
 pub mod kube;
-pub mod lab;
-pub mod machineconfig;
 pub mod orchestrator;
-pub mod pki;
-pub mod sops;
-pub mod talos;

@@ -4,8 +4,10 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, gen, lab_cmd, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, gen, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
 };
+#[cfg(feature = "lab")]
+use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
 use endsys_bootstrap::machineconfig::Vars;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
@@ -55,10 +57,12 @@ enum Command {
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Lab(LabCommand),
     /// The real `up` against simulated nodes on this machine, with a timing table.
-    Demo(up::DemoArgs),
+    #[cfg(feature = "lab")]
+    Demo(demo_cmd::DemoArgs),
     /// Rebuild after a disaster: restore an etcd snapshot onto wiped nodes (verified,
     /// resumable), or a full `up` with the existing secrets; Velero restores per app.
     Recover(recover_cmd::RecoverArgs),
@@ -79,6 +83,7 @@ enum GenCommand {
     },
 }
 
+#[cfg(feature = "lab")]
 #[derive(Debug, Subcommand)]
 enum LabCommand {
     /// Run simulated nodes (127.0.0.11, .12, …) until Ctrl-C.
@@ -159,9 +164,12 @@ fn main() {
             Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
             Command::Node(cmd) => day2::node(cmd, &out).await,
             Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
+            #[cfg(feature = "lab")]
             Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
+            #[cfg(feature = "lab")]
             Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,
-            Command::Demo(args) => up::demo(args, &out).await,
+            #[cfg(feature = "lab")]
+            Command::Demo(args) => demo_cmd::demo(args, &out).await,
             Command::Recover(args) => recover_cmd::run(args, &out).await,
         }
     });

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use endsys_bootstrap::charts::lab;
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::lab_definition;
+use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::orchestrator::layer1::Renderer;
 use endsys_bootstrap::orchestrator::{up, Emitter, FlowError, MemorySource, StepId, UpOptions};
+use endsys_lab::repository as lab;
+use endsys_lab::{Lab, LabOptions, NodeState};
 
 #[tokio::test]
 async fn missing_helm_stops_up_in_preflight_with_every_node_untouched() {
@@ -24,7 +24,7 @@ async fn missing_helm_stops_up_in_preflight_with_every_node_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
     lab::write_repo(&repo).expect("lab repo");
-    let mut half = lab::kube_half(repo, None).expect("half");
+    let mut half = endsys_bootstrap::demo::kube_half(repo, None).expect("half");
     half.renderer = Renderer::Helm(Some("/nonexistent/bin/helm".into()));
     let mut opts = UpOptions::new(dir.path().join("state"));
     opts.probe_timeout = Duration::from_secs(2);
@@ -78,7 +78,7 @@ async fn kubectl_uses_the_kubeconfig_up_fetched_after_layer1() {
     lab::write_repo(&repo).expect("lab repo");
     let mut opts = UpOptions::new(dir.path().join("state"));
     opts.probe_timeout = Duration::from_secs(2);
-    opts.kube = Some(lab::kube_half(repo, None).expect("half"));
+    opts.kube = Some(endsys_bootstrap::demo::kube_half(repo, None).expect("half"));
     // Layer 1 only: Flux is tests/up_flux.rs's business.
     opts.until = StepId::Layer1Done;
     let src = MemorySource::new(lab_definition(&lab, 3, "kubectl"), None);

@@ -12,10 +12,10 @@ use endsys_bootstrap::day2::backup::{etcd_status, sidecar_path, take_backup, ver
 use endsys_bootstrap::day2::{
     reimage, rejoin, Cluster, Day2Error, Day2Event, Day2Options, EventKind, Reporter,
 };
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::lab_definition;
+use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::orchestrator::{up, ClusterSource, Emitter, MemorySource, StepId, UpOptions};
 use endsys_bootstrap::talos::CallPolicy;
+use endsys_lab::{Lab, LabOptions, NodeState};
 
 fn policy() -> CallPolicy {
     CallPolicy {
@@ -363,7 +363,7 @@ async fn rejoin_after_disk_replacement_removes_the_stale_member() {
 /// Powers a node on when a step starts (the operator bringing it back).
 struct PowerOnAt {
     step: &'static str,
-    node: endsys_bootstrap::lab::LabNode,
+    node: endsys_lab::LabNode,
     fired: AtomicBool,
     inner: Collect,
 }

@@ -17,14 +17,14 @@ use endsys_bootstrap::day2::recover::{
 };
 use endsys_bootstrap::day2::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
 use endsys_bootstrap::day2::Cluster;
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::lab_definition;
+use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::orchestrator::events::EventSink;
 use endsys_bootstrap::orchestrator::source::MemorySecrets;
 use endsys_bootstrap::orchestrator::{
     up, ClusterSource, Emitter, Event, EventKind, MemorySource, Outcome, StepId, UpOptions,
 };
 use endsys_bootstrap::talos::CallPolicy;
+use endsys_lab::{Lab, LabOptions, NodeState};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
@@ -178,7 +178,7 @@ async fn create_app(c: &kube::Client, ns: &str, with_ks: bool) {
 }
 
 fn flux_kustomization_crd() -> Value {
-    endsys_bootstrap::lab::kube::flux::flux_crds()
+    endsys_lab::kube::flux::flux_crds()
         .into_iter()
         .find(|c| c["metadata"]["name"] == "kustomizations.kustomize.toolkit.fluxcd.io")
         .unwrap()
@@ -195,13 +195,13 @@ async fn fixture(subnet: u8, scale: f64, until: StepId, name: &str) -> Fixture {
     let mut opts = options(dir.path(), until);
     if until > StepId::Apiserver {
         let repo = dir.path().join("repo");
-        endsys_bootstrap::charts::lab::write_repo(&repo).unwrap();
+        endsys_lab::repository::write_repo(&repo).unwrap();
         if until > StepId::Layer1Done {
             // Layer 2 on: Flux fetches the lab repository from the lab's Git URL.
             lab.kube()
-                .serve_git(endsys_bootstrap::charts::lab::GIT_URL, repo.clone());
+                .serve_git(endsys_lab::repository::GIT_URL, repo.clone());
         }
-        opts.kube = Some(endsys_bootstrap::charts::lab::kube_half(repo, None).unwrap());
+        opts.kube = Some(endsys_bootstrap::demo::kube_half(repo, None).unwrap());
     }
     let flux = until > StepId::Layer1Done;
     up(&*src as &dyn ClusterSource, &opts, &Emitter::new())
@@ -789,7 +789,7 @@ async fn velero_restore_suspends_restores_and_resumes() {
         e.explain()
     );
 
-    install_crds(&c, endsys_bootstrap::lab::kube::velero::crds()).await;
+    install_crds(&c, endsys_lab::kube::velero::crds()).await;
     create_app(&c, "media", true).await;
     apply(
         &c,

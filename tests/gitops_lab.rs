@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use endsys_bootstrap::gitops::{walk, ItemState, Key, Kind, LayerMap, TrackError, Tracker};
-use endsys_bootstrap::lab::kube::flux;
+use endsys_lab::kube::flux;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -386,7 +386,7 @@ async fn apply_chart(
     release: &str,
     ns: &str,
 ) -> Vec<endsys_bootstrap::kube::Applied> {
-    let text = endsys_bootstrap::charts::lab::prerendered(release).expect("pre-rendered chart");
+    let text = endsys_lab::repository::prerendered(release).expect("pre-rendered chart");
     let mut objs = endsys_bootstrap::kube::parse_manifests(text, release).expect("manifests");
     endsys_bootstrap::charts::add_ownership(&mut objs, release, ns);
     let mut applier = endsys_bootstrap::kube::Applier::new(client.clone())

@@ -10,7 +10,7 @@ mod kubelab;
 use std::time::{Duration, Instant};
 
 use endsys_bootstrap::gitops::{LayerMap, Tracker};
-use endsys_bootstrap::lab::kube::flux;
+use endsys_lab::kube::flux;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use endsys_bootstrap::orchestrator::demo::{run_demo, DemoOptions};
+use endsys_bootstrap::demo::{run_demo, DemoOptions};
 use endsys_bootstrap::orchestrator::events::{Emitter, EventKind, Outcome, StepId};
 
 fn helm() -> Option<PathBuf> {

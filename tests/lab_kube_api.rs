@@ -633,8 +633,8 @@ async fn workloads_get_status_and_faults_show() {
 
 #[tokio::test]
 async fn objects_survive_an_etcd_snapshot_and_recovery() {
-    use endsys_bootstrap::lab::NodeState;
     use endsys_bootstrap::talos::client::ResetOptions;
+    use endsys_lab::NodeState;
     let kc = up(156, "k156").await;
     let client = client(&kc.kubeconfig).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -684,7 +684,7 @@ async fn objects_survive_an_etcd_snapshot_and_recovery() {
 
 #[tokio::test]
 async fn delays_follow_the_time_scale() {
-    use endsys_bootstrap::lab::{Lab, LabOptions};
+    use endsys_lab::{Lab, LabOptions};
     let lab = Lab::start(LabOptions {
         nodes: 3,
         controlplanes: 3,

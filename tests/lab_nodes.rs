@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use endsys_bootstrap::lab::{Lab, LabNode, LabOptions, NodeState, MAINTENANCE_CN};
 use endsys_bootstrap::pki::{
     CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage, CA_VALIDITY,
     CLIENT_VALIDITY,
@@ -21,6 +20,7 @@ use endsys_bootstrap::talos::api::{
     cosi::resource::{self as cosi, state_client::StateClient},
     machine::{self, machine_service_client::MachineServiceClient},
 };
+use endsys_lab::{Lab, LabNode, LabOptions, NodeState, MAINTENANCE_CN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};

@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::{apply_all, insecure, lab, mtls, policy, TestCluster};
-use endsys_bootstrap::lab::NodeState;
 use endsys_bootstrap::talos::client::ResetOptions;
 use endsys_bootstrap::talos::resources::MachineStage;
 use endsys_bootstrap::talos::wait::wait_for_status;
 use endsys_bootstrap::talos::{probe_mode, ApplyMode, Dial, NodeMode, TalosError, TlsFailure};
+use endsys_lab::NodeState;
 use futures::StreamExt;
 use tonic::Code;
 

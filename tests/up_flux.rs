@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use endsys_bootstrap::charts::lab;
-use endsys_bootstrap::orchestrator::demo::{run_demo, DemoOptions, DemoReport, Inspect};
+use endsys_bootstrap::demo::{run_demo, DemoOptions, DemoReport, Inspect};
 use endsys_bootstrap::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
 use endsys_bootstrap::orchestrator::FlowError;
+use endsys_lab::repository as lab;
 use serde_json::Value;
 
 fn helm() -> Option<PathBuf> {

@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::lab_definition;
+use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::orchestrator::events::EventSink;
 use endsys_bootstrap::orchestrator::journal::Journal;
 use endsys_bootstrap::orchestrator::source::MemorySecrets;
@@ -14,6 +13,7 @@ use endsys_bootstrap::orchestrator::{
     Outcome, StepId, UpOptions,
 };
 use endsys_bootstrap::talos::{ApplyMode, CallPolicy, TalosClient, TlsMode};
+use endsys_lab::{Lab, LabOptions, NodeState};
 
 async fn lab(subnet: u8, nodes: usize) -> Lab {
     Lab::start(LabOptions {
@@ -276,7 +276,7 @@ async fn node_configured_by_another_cluster_is_refused() {
 
 /// Powers a node off synchronously when the apply step starts (before any apply).
 struct PowerOffAtApply {
-    node: endsys_bootstrap::lab::LabNode,
+    node: endsys_lab::LabNode,
     done: bool,
 }
 

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::{lab_definition, lab_talconfig};
+use endsys_bootstrap::demo::{lab_definition, lab_talconfig};
+use endsys_lab::{Lab, LabOptions, NodeState};
 use serde_json::Value;
 
 /// A named kill point: SIGKILL on the first event line it matches.

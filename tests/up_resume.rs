@@ -8,14 +8,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use endsys_bootstrap::lab::{Lab, LabOptions, NodeState};
-use endsys_bootstrap::orchestrator::demo::lab_definition;
+use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::orchestrator::events::EventSink;
 use endsys_bootstrap::orchestrator::journal::Journal;
 use endsys_bootstrap::orchestrator::{
     up, ClusterSource, Emitter, Event, EventKind, MemorySource, StepId, UpOptions,
 };
 use endsys_bootstrap::talos::{CallPolicy, TalosClient, TlsMode};
+use endsys_lab::{Lab, LabOptions, NodeState};
 
 /// Where to kill: the first event matching.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 //! between a lab node reaching `running` and the tool noticing, and 50 nodes
 //! against 3 (work must not grow with the node count).
 
-use endsys_bootstrap::orchestrator::demo::{run_demo, DemoOptions};
+use endsys_bootstrap::demo::{run_demo, DemoOptions};
 use endsys_bootstrap::orchestrator::{Emitter, StepId};
 
 fn opts(subnet: u8, nodes: usize, scale: f64) -> DemoOptions {

@@ -6,11 +6,10 @@
 //! - [`helmfile`]: `bootstrap/helmfile.yaml` → [`helmfile::Helmfile`], releases in `needs` order.
 //! - [`helm`]: the `helm` binary (version check, `template`).
 //! - [`lint`]: Cilium values Talos needs.
-//! - [`lab`]: the lab chart set `demo` installs (charts, values, pre-rendered manifests).
 
 pub mod helm;
 pub mod helmfile;
-pub mod lab;
+
 pub mod lint;
 
 use std::path::PathBuf;

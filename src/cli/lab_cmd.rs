@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::{CliError, Output};
-use crate::lab::identity::{admin_talosconfig, LabIdentity};
-use crate::lab::{Lab, LabOptions, NodeState};
 use crate::talos::resources::{MachineStage, WatchEventKind};
 use crate::talos::wait::{wait_for_status, WaitProgress};
 use crate::talos::{probe_mode, ApplyMode, CallPolicy, Dial, NodeMode, TalosClient, TlsMode};
+use endsys_lab::identity::{admin_talosconfig, LabIdentity};
+use endsys_lab::{Lab, LabOptions, NodeState};
 
 /// Options shared by `lab serve` and `demo`.
 #[derive(Debug, Args, Clone)]

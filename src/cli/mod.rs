@@ -2,7 +2,10 @@
 //! Everything here calls into the library; no behaviour lives here.
 
 pub mod day2;
+#[cfg(feature = "lab")]
+pub mod demo_cmd;
 pub mod gen;
+#[cfg(feature = "lab")]
 pub mod lab_cmd;
 pub mod recover_cmd;
 pub mod talos_cmd;

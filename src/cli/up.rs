@@ -10,7 +10,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::broadcast;
 
 use super::{CliError, Output, OutputFormat};
-use crate::orchestrator::demo::{run_demo, DemoOptions};
 use crate::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
 use crate::orchestrator::ledger::Ledger;
 use crate::orchestrator::talhelper::TalhelperSource;
@@ -88,39 +87,6 @@ pub struct KubeconfigArgs {
     /// Target of --merge.
     #[arg(long, requires = "merge")]
     pub into: Option<PathBuf>,
-}
-
-/// `demo`: the whole flow against simulated nodes on this machine.
-#[derive(Debug, clap::Args)]
-pub struct DemoArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
-    pub nodes: usize,
-    /// How many of them are control planes.
-    #[arg(long, default_value_t = 3)]
-    pub controlplanes: usize,
-    /// Multiplies every lab delay (1 ≈ real hardware in proportion; 0 = none).
-    #[arg(long, default_value_t = 1.5)]
-    pub time_scale: f64,
-    /// Talos version the simulated nodes emulate (v1.12.x or v1.13.x).
-    #[arg(long, default_value = "v1.13.9")]
-    pub talos_version: String,
-    /// Keep the state (journal, talosconfig, kubeconfig) here instead of a temp dir.
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-    /// Third octet of the lab's loopback addresses (127.0.N.11 and up).
-    #[arg(long, default_value_t = 0)]
-    pub subnet: u8,
-    /// Use a copy of this (plain) secrets bundle instead of generating one.
-    #[arg(long)]
-    pub secrets: Option<PathBuf>,
-    /// helm for the lab charts [default: helm on PATH; without one, the lab
-    /// chart set's pre-rendered manifests go through the same apply/wait path].
-    #[arg(long)]
-    pub helm: Option<PathBuf>,
-    /// Run `up` a second time afterwards; it must change nothing.
-    #[arg(long)]
-    pub rerun: bool,
 }
 
 /// Shared options of `up`-like runs.
@@ -701,70 +667,5 @@ pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliErr
         ),
         serde_json::json!({"path": target, "context": ctx, "changed": changed}),
     );
-    Ok(())
-}
-
-pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
-    if args.nodes == 0 || args.controlplanes == 0 || args.controlplanes > args.nodes {
-        return Err(CliError::Usage(format!(
-            "--controlplanes must be between 1 and --nodes ({}), got {}",
-            args.nodes, args.controlplanes
-        )));
-    }
-    if !(args.time_scale >= 0.0 && args.time_scale.is_finite()) {
-        return Err(CliError::Usage(format!(
-            "--time-scale must be a number >= 0, got {}",
-            args.time_scale
-        )));
-    }
-    let opts = DemoOptions {
-        nodes: args.nodes,
-        controlplanes: args.controlplanes,
-        time_scale: args.time_scale,
-        talos_version: args.talos_version,
-        first_ip: std::net::Ipv4Addr::new(127, 0, args.subnet, 11),
-        state_dir: args.state_dir,
-        secrets_from: args.secrets,
-        helm: args.helm,
-        rerun: args.rerun,
-        ..DemoOptions::default()
-    };
-    if out.format == OutputFormat::Text {
-        eprintln!(
-            "demo: {} simulated Talos node(s) ({} control plane(s)) on 127.0.{}.11+, time scale {}; `up` runs against them over gRPC/TLS as on metal,\n      then the Kubernetes half (namespaces, SOPS secrets, CRDs, Cilium, nodes Ready, charts) against the lab's Kubernetes API,\n      then Flux (age key check, flux-operator + FluxInstance, sync) and the watch until all five layers are Ready.\n      Writing talconfig.yaml and a new secrets bundle first (RSA-4096: a few seconds).",
-            opts.nodes, opts.controlplanes, args.subnet, opts.time_scale
-        );
-    }
-    let em = Emitter::new();
-    let ledger = Ledger::new();
-    em.add_sink(ledger.sink());
-    let display = spawn_display(&em, out);
-    let result = run_demo(&opts, &em).await;
-    drop(em);
-    let _ = display.await;
-    let report = result.map_err(flow_error)?;
-    match out.format {
-        OutputFormat::Text => {
-            eprintln!();
-            println!("{}", report.summary());
-            println!("state kept in {}", report.state_dir.display());
-        }
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::json!({
-                "event": "demo_report",
-                "wall_ms": report.wall.as_millis() as u64,
-                "critical_path_ms": report.critical_path.as_millis() as u64,
-                "overhead_ms": report.overhead().as_millis() as u64,
-                "kube_half_ms": report.kube_wall.as_millis() as u64,
-                "kube_half_overhead_ms": report.kube_overhead().as_millis() as u64,
-                "lag_p95_ms": report.lag_p95.as_millis() as u64,
-                "gitops_ms": report.gitops_wall.as_millis() as u64,
-                "gitops_critical_path_ms": report.gitops_critical_path.as_millis() as u64,
-                "layers_ready_ms": report.layers_ready.iter().map(|(l, d)| serde_json::json!({"layer": l, "ms": d.as_millis() as u64})).collect::<Vec<_>>(),
-                "nodes": opts.nodes,
-            })
-        ),
-    }
     Ok(())
 }

@@ -115,27 +115,9 @@ pub fn default_backup_path(state_dir: &Path, cluster: &str) -> PathBuf {
         .join(format!("{cluster}-etcd-{stamp}.snapshot"))
 }
 
-/// Unix milliseconds → `2026-01-02T03:04:05.000Z` (civil-from-days, no tz data).
+/// Unix milliseconds → `2026-01-02T03:04:05.000Z`.
 pub(crate) fn rfc3339(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60,
-        ms % 1000
-    )
+    endsys_core::clock::rfc3339_ms(ms)
 }
 
 fn local(path: &Path, detail: impl Into<String>) -> Day2Error {

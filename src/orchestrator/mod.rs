@@ -12,9 +12,7 @@
 //!   layers 3–5, the adoption check, and `status`.
 //! - [`kubeconfig`]: kubeconfig reading and merging.
 //! - [`ledger`]: timing ledger and the per-phase table.
-//! - [`demo`]: the whole flow against the lab.
 
-pub mod demo;
 pub mod error;
 pub mod events;
 pub mod flux;

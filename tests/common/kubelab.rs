@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use endsys_bootstrap::lab::Lab;
 use endsys_bootstrap::talos::TalosClient;
+use endsys_lab::Lab;
 
 use crate::common::{lab, mtls, TestCluster};
 

@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use endsys_bootstrap::lab::identity::LabIdentity;
-use endsys_bootstrap::lab::{Lab, LabOptions};
 use endsys_bootstrap::talos::{CallPolicy, Credentials, TalosClient, TlsMode};
+use endsys_lab::identity::LabIdentity;
+use endsys_lab::{Lab, LabOptions};
 
 /// The secrets of one test cluster (the lab's throw-away identity).
 pub struct TestCluster(pub LabIdentity);

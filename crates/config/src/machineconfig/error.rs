@@ -1,0 +1,207 @@
+//! Typed errors for the machine-config room. Every input error carries the file and,
+//! where it can be found, the line, plus a hint with the likely cause and next action.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Where in the operator's files a problem sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    /// 1-based; 0 when the problem concerns the whole file.
+    pub line: usize,
+}
+
+impl Location {
+    pub fn new(file: &Path, line: usize) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            line,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}", self.file.display(), self.line)
+        } else {
+            write!(f, "{}", self.file.display())
+        }
+    }
+}
+
+/// One validation finding. Errors block rendering; warnings are reported only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// What the finding is about: a node name, a file, or `cluster`.
+    pub subject: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        write!(f, "{sev}: {}: {}", self.subject, self.message)
+    }
+}
+
+/// Errors from loading, rendering, patching and validating machine configs.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The operator's input is wrong: a definition, env file, patch or secrets bundle.
+    #[error("{location}: {message}\n  hint: {hint}")]
+    Input {
+        location: Location,
+        message: String,
+        hint: String,
+    },
+    /// Rendered configs failed validation.
+    #[error("validation failed with {} error(s):\n{}", count_errors(.findings), list(.findings))]
+    Validation { findings: Vec<Finding> },
+    /// A file could not be read or written.
+    #[error("{path}: {source}\n  hint: {hint}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+        hint: String,
+    },
+    /// Key or certificate handling failed (not the operator's fault as a rule).
+    #[error("crypto: {0}")]
+    Crypto(String),
+}
+
+fn count_errors(f: &[Finding]) -> usize {
+    f.iter().filter(|f| f.severity == Severity::Error).count()
+}
+
+fn list(f: &[Finding]) -> String {
+    f.iter()
+        .map(|f| format!("  {f}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    pub fn input(
+        file: &Path,
+        line: usize,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        ConfigError::Input {
+            location: Location::new(file, line),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        let hint = match source.kind() {
+            std::io::ErrorKind::NotFound => {
+                "check the path, or pass it explicitly (--config/--env/--secrets)"
+            }
+            std::io::ErrorKind::PermissionDenied => "check the file's permissions",
+            _ => "check that the path is a readable file",
+        };
+        ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+            hint: hint.into(),
+        }
+    }
+
+    /// Process exit code: 2 for anything the operator must fix in the input,
+    /// 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ConfigError::Input { .. } | ConfigError::Validation { .. } => 2,
+            ConfigError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
+            ConfigError::Io { .. } | ConfigError::Crypto(_) => 1,
+        }
+    }
+
+    /// The location, for input errors.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigError::Input { location, .. } => Some(location),
+            _ => None,
+        }
+    }
+}
+
+impl From<endsys_core::pki::PkiError> for ConfigError {
+    fn from(e: endsys_core::pki::PkiError) -> Self {
+        ConfigError::Crypto(e.to_string())
+    }
+}
+
+/// Finds the 1-based line of a YAML key path in block-style text, by walking the
+/// keys in order with growing indentation. serde values carry no spans, and this is
+/// enough for the hand-written files operators keep. Returns the deepest line found.
+pub fn locate_line(text: &str, path: &[&str]) -> usize {
+    let mut best = 0usize;
+    let mut start = 0usize;
+    let mut min_indent: isize = -1;
+    let lines: Vec<&str> = text.lines().collect();
+    'seg: for seg in path {
+        if seg.parse::<usize>().is_ok() || seg.is_empty() {
+            continue;
+        }
+        for (i, l) in lines.iter().enumerate().skip(start) {
+            let trimmed = l.trim_start();
+            let indent = (l.len() - trimmed.len()) as isize;
+            let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+            let extra = (trimmed.len() - body.len()) as isize;
+            if trimmed.starts_with('#') || trimmed.is_empty() {
+                continue;
+            }
+            if indent + extra <= min_indent && i > start {
+                // Left the parent block.
+                break 'seg;
+            }
+            let key_match = body
+                .strip_prefix(seg)
+                .map(|rest| rest.trim_start().starts_with(':'))
+                .unwrap_or(false)
+                || body
+                    .strip_prefix(&format!("\"{seg}\""))
+                    .map(|rest| rest.trim_start().starts_with(':'))
+                    .unwrap_or(false);
+            if key_match && indent + extra > min_indent {
+                best = i + 1;
+                start = i + 1;
+                min_indent = indent + extra;
+                continue 'seg;
+            }
+        }
+        break;
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_line_walks_nested_keys() {
+        let text = "a:\n  b: 1\nc:\n  d:\n    - e: 1\n      f: 2\n";
+        assert_eq!(locate_line(text, &["c", "d", "0", "f"]), 6);
+        assert_eq!(locate_line(text, &["a", "b"]), 2);
+        assert_eq!(locate_line(text, &["c", "zzz"]), 3);
+        assert_eq!(locate_line(text, &["nope"]), 0);
+    }
+}

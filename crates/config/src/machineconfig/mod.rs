@@ -1,0 +1,44 @@
+//! Cluster definition (talhelper's `talconfig.yaml`), secrets bundle, per-node
+//! machine-config rendering, patches and validation.
+//!
+//! The usual flow:
+//! ```no_run
+//! use endsys_config::machineconfig::*;
+//! # fn main() -> Result<(), ConfigError> {
+//! let paths = DefinitionPaths::beside(std::path::Path::new("talos/talconfig.yaml"));
+//! let def = ClusterDefinition::load(&paths, Vars::from_process_env())?;
+//! let text = std::fs::read_to_string("talos/talsecret.yaml").unwrap_or_default();
+//! let secrets = SecretsBundle::from_yaml(&text, std::path::Path::new("talos/talsecret.yaml"))?;
+//! let configs = render_all(&def, &secrets)?;
+//! let warnings = validate_all(&def, &configs)?;
+//! let talosconfig = TalosconfigFile::for_cluster(&def, &secrets)?;
+//! # let _ = (warnings, talosconfig); Ok(()) }
+//! ```
+//!
+//! Differences from upstream, on purpose: RFC 6902 patches are applied to the v1alpha1
+//! document even though Talos ≥ 1.12 configs are multi-document (upstream refuses);
+//! Go templates in patches and image-factory lookups are not supported (refused with
+//! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
+
+pub mod envsubst;
+pub mod error;
+pub mod patch;
+pub mod render;
+pub mod schema;
+pub mod secrets;
+pub mod talconfig;
+pub mod talosconfig;
+pub mod validate;
+pub mod yaml;
+
+pub use envsubst::Vars;
+pub use error::{ConfigError, Finding, Location, Severity};
+pub use patch::{LoadedPatch, Patch};
+pub use render::{render_all, render_node, Contract, RenderedConfig};
+pub use secrets::SecretsBundle;
+pub use talconfig::{
+    ClusterDefinition, DefinitionPaths, FsPatchReader, MemPatchReader, PatchReader, PatchSource,
+    ResolvedNode, TalConfig,
+};
+pub use talosconfig::{TalosconfigContext, TalosconfigFile};
+pub use validate::{validate_all, validate_cluster, validate_config};

@@ -1,0 +1,12 @@
+//! Shared basics of endsys-bootstrap, below every other crate of the workspace:
+//! - [`pki`]: CAs and certificates, Talos PEM quirks.
+//! - [`doctor`]: the error doctor trait (likely cause, next action) every error implements.
+//! - [`clock`]: Unix milliseconds and RFC 3339 UTC, through the `time` crate.
+//! - [`net`]: addresses as the definition writes them.
+
+pub mod clock;
+pub mod doctor;
+pub mod net;
+pub mod pki;
+
+pub use doctor::Doctor;

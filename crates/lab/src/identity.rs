@@ -1,0 +1,119 @@
+//! A throw-away cluster identity for the lab: CAs like Talos generates and minimal
+//! but complete machine configs made from them. Used by `demo`'s walkthrough and
+//! the end-to-end tests; real clusters get their configs from `machineconfig`.
+
+use std::sync::Arc;
+
+use base64::Engine;
+
+use endsys_core::pki::{
+    CertAndKey, CertificateAuthority, KeyAlgorithm, LeafSpec, PkiError, Usage, CA_VALIDITY,
+    CLIENT_VALIDITY,
+};
+use endsys_talos::talosconfig::{Context, Talosconfig};
+use endsys_talos::Credentials;
+
+/// The CAs of one lab cluster.
+pub struct LabIdentity {
+    pub name: String,
+    pub os_ca: CertificateAuthority,
+    pub k8s_ca: CertificateAuthority,
+    pub etcd_ca: CertificateAuthority,
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+impl LabIdentity {
+    /// New CAs: Ed25519 OS CA, ECDSA P-256 Kubernetes and etcd CAs (as Talos makes them).
+    pub fn generate(name: &str) -> Result<Self, PkiError> {
+        Ok(Self {
+            name: name.to_string(),
+            os_ca: CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY)?,
+            k8s_ca: CertificateAuthority::generate(
+                KeyAlgorithm::EcdsaP256,
+                "kubernetes",
+                CA_VALIDITY,
+            )?,
+            etcd_ca: CertificateAuthority::generate(KeyAlgorithm::EcdsaP256, "etcd", CA_VALIDITY)?,
+        })
+    }
+
+    /// A client certificate from the OS CA carrying `roles`.
+    pub fn client_cert(&self, roles: &[&str]) -> Result<CertAndKey, PkiError> {
+        self.os_ca.issue(&LeafSpec {
+            common_name: String::new(),
+            organizations: roles.iter().map(|r| r.to_string()).collect(),
+            ip_sans: vec![],
+            dns_sans: vec![],
+            usage: Usage::Client,
+            validity: CLIENT_VALIDITY,
+        })
+    }
+
+    pub fn credentials(&self, roles: &[&str]) -> Result<Arc<Credentials>, PkiError> {
+        let c = self.client_cert(roles)?;
+        Ok(Arc::new(Credentials {
+            ca_pem: self.os_ca.pair.cert_pem.clone().into_bytes(),
+            cert_pem: c.cert_pem.into_bytes(),
+            key: c.key,
+        }))
+    }
+
+    /// An admin talosconfig for `endpoints`.
+    pub fn talosconfig(&self, endpoints: Vec<String>) -> Result<Talosconfig, PkiError> {
+        admin_talosconfig(&self.name, &self.os_ca, endpoints)
+    }
+
+    /// A minimal but complete machine config (v1alpha1 + HostnameConfig).
+    pub fn machine_config(
+        &self,
+        hostname: &str,
+        machine_type: &str,
+        endpoint_ip: &str,
+    ) -> Result<String, PkiError> {
+        let ca = |c: &CertificateAuthority| -> Result<String, PkiError> {
+            Ok(format!(
+                "{{crt: {}, key: {}}}",
+                b64(&c.pair.cert_pem),
+                b64(&c.pair.key_pem()?)
+            ))
+        };
+        Ok(format!(
+            "version: v1alpha1\nmachine:\n  type: {machine_type}\n  token: abcdef.0123456789abcdef\n  ca: {os}\n  certSANs: []\n  install:\n    disk: /dev/sda\n    image: ghcr.io/siderolabs/installer:v1.13.9\n  network: {{}}\ncluster:\n  id: lab\n  secret: lab\n  clusterName: {name}\n  controlPlane:\n    endpoint: https://{endpoint_ip}:6443\n  ca: {k8s}\n  etcd:\n    ca: {etcd}\n---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: {hostname}\nauto: \"off\"\n",
+            os = ca(&self.os_ca)?,
+            k8s = ca(&self.k8s_ca)?,
+            etcd = ca(&self.etcd_ca)?,
+            name = self.name,
+        ))
+    }
+}
+
+/// An os:admin talosconfig minted from an OS CA, context named after the cluster.
+pub fn admin_talosconfig(
+    cluster: &str,
+    os_ca: &CertificateAuthority,
+    endpoints: Vec<String>,
+) -> Result<Talosconfig, PkiError> {
+    let cert = os_ca.issue(&LeafSpec {
+        common_name: String::new(),
+        organizations: vec!["os:admin".into()],
+        ip_sans: vec![],
+        dns_sans: vec![],
+        usage: Usage::Client,
+        validity: CLIENT_VALIDITY,
+    })?;
+    let mut tc = Talosconfig::default();
+    tc.upsert(
+        cluster,
+        Context::from_pem(
+            endpoints.clone(),
+            endpoints,
+            &os_ca.pair.cert_pem,
+            &cert.cert_pem,
+            &cert.key_pem()?,
+        ),
+    );
+    Ok(tc)
+}

@@ -1,0 +1,396 @@
+//! Simulated Talos nodes on loopback, for tests and `demo`.
+//!
+//! Each node is a real gRPC server with real TLS on its own address
+//! (`127.0.0.11:50000`, `127.0.0.12:50000`, ...), behaving as Talos does: maintenance
+//! mode with a throw-away certificate and no client auth; apply config → installing →
+//! rebooting (connection refused) → booting → running with mutual TLS from the
+//! config's OS CA and roles from the client certificate; bootstrap once; etcd join,
+//! snapshot and recovery; reset; faults. All nodes share one fabric holding the
+//! simulated etcd cluster(s). The behaviour follows `reference/talos-api.md`.
+//!
+//! One knob, [`LabOptions::time_scale`], multiplies every delay (0 = none). Nothing
+//! polls: transitions are tasks, and observers follow watch channels
+//! ([`LabNode::watch_state`], COSI Watch, Events).
+
+mod api;
+mod config;
+mod etcd;
+mod hardware;
+pub mod identity;
+pub mod kube;
+mod node;
+pub mod repository;
+mod resources;
+mod routing;
+mod tls;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use etcd::{EtcdError, EtcdHandle, EtcdMemberInfo};
+pub use hardware::{DiskInfo, Hardware, LinkInfo};
+pub use tls::{LabConnInfo, MAINTENANCE_CN};
+
+use node::{Fabric, NodeInner};
+
+/// Lifecycle state of a simulated node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeState {
+    /// No config: maintenance API (TLS without client certificates).
+    Maintenance,
+    /// Config accepted, writing Talos to disk (apid already in mTLS mode).
+    Installing,
+    /// Down: listener closed, connection refused.
+    Rebooting,
+    /// Configured, services starting.
+    Booting,
+    /// Configured and up.
+    Running,
+    /// Off: connection refused until [`LabNode::power_on`].
+    PoweredOff,
+    /// Reset in progress.
+    Resetting,
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// How many of them the caller intends as control planes (informational: the
+    /// applied config decides a node's type, as on real hardware).
+    pub controlplanes: usize,
+    /// Address of node 0; node i gets `first_ip + i`.
+    pub first_ip: Ipv4Addr,
+    /// apid port on every node.
+    pub port: u16,
+    /// Talos version to emulate; `v1.12.x` selects the 1.12 maintenance server.
+    pub talos_version: String,
+    /// Multiplies every delay; 1.0 ≈ seconds like real hardware, 0.0 = none.
+    pub time_scale: f64,
+    /// Per-node hardware; missing entries get [`Hardware::default_for`].
+    pub hardware: Vec<Hardware>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            nodes: 3,
+            controlplanes: 3,
+            first_ip: Ipv4Addr::new(127, 0, 0, 11),
+            port: 50000,
+            talos_version: "v1.13.9".into(),
+            time_scale: 1.0,
+            hardware: Vec::new(),
+        }
+    }
+}
+
+/// Errors starting a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab node {addr}: cannot listen: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("lab options: {0}")]
+    Options(String),
+}
+
+/// A running lab.
+pub struct Lab {
+    nodes: Vec<LabNode>,
+    fabric: Arc<Fabric>,
+    kube: kube::KubeLab,
+}
+
+impl Lab {
+    /// Starts every node in maintenance mode and returns once all listen.
+    pub async fn start(opts: LabOptions) -> Result<Lab, LabError> {
+        if opts.nodes == 0 {
+            return Err(LabError::Options("at least one node is required".into()));
+        }
+        if !(opts.time_scale >= 0.0 && opts.time_scale.is_finite()) {
+            return Err(LabError::Options(format!(
+                "time_scale must be a finite number >= 0, got {}",
+                opts.time_scale
+            )));
+        }
+        let first = u32::from(opts.first_ip);
+        if first.checked_add(opts.nodes as u32 - 1).is_none() {
+            return Err(LabError::Options("address range overflows".into()));
+        }
+        let (changed, _) = tokio::sync::watch::channel(0);
+        let fabric = Arc::new(Fabric {
+            etcd: Mutex::new(Default::default()),
+            nodes: Mutex::new(Vec::new()),
+            changed,
+            time_scale: opts.time_scale,
+            bootstrap_calls: Default::default(),
+            apply_calls: Default::default(),
+            member_removals: Default::default(),
+        });
+        let mut nodes = Vec::with_capacity(opts.nodes);
+        for i in 0..opts.nodes {
+            let ip = Ipv4Addr::from(first + i as u32);
+            let hw = opts
+                .hardware
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Hardware::default_for(i));
+            let inner = NodeInner::new(
+                i,
+                ip,
+                opts.port,
+                hw,
+                opts.talos_version.clone(),
+                fabric.clone(),
+            );
+            fabric
+                .nodes
+                .lock()
+                .expect("nodes lock")
+                .push(Arc::downgrade(&inner));
+            nodes.push(LabNode { inner });
+        }
+        for n in &nodes {
+            // Check the address is free first so the error says which one.
+            let addr = n.addr();
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => drop(l),
+                Err(source) => return Err(LabError::Bind { addr, source }),
+            }
+            n.inner.power_on().await;
+            if n.state() != NodeState::Maintenance {
+                return Err(LabError::Options(format!("node {addr} did not boot")));
+            }
+        }
+        let kube = kube::KubeLab::start(fabric.clone());
+        Ok(Lab {
+            nodes,
+            fabric,
+            kube,
+        })
+    }
+
+    pub fn nodes(&self) -> &[LabNode] {
+        &self.nodes
+    }
+
+    /// A node by IP (`127.0.0.11`) or by hostname from its applied config.
+    pub fn node(&self, ip_or_name: &str) -> Option<&LabNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.inner.ip.to_string() == ip_or_name)
+            .or_else(|| {
+                self.nodes
+                    .iter()
+                    .find(|n| n.hostname().as_deref() == Some(ip_or_name))
+            })
+    }
+
+    /// Powers every node off (listeners closed, connections cut).
+    pub async fn shutdown(self) {
+        self.kube.halt();
+        for n in &self.nodes {
+            n.inner.power_off().await;
+        }
+    }
+
+    /// The simulated Kubernetes API (up once a control plane runs with etcd
+    /// bootstrapped, on the config's control-plane endpoint).
+    pub fn kube(&self) -> kube::KubeLab {
+        self.kube.clone()
+    }
+
+    /// How many Bootstrap calls reached any node of this lab (accepted or refused).
+    pub fn bootstrap_calls(&self) -> usize {
+        self.fabric.bootstrap_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many ApplyConfiguration calls (dry runs excluded) reached any node.
+    pub fn apply_calls(&self) -> usize {
+        self.fabric.apply_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many etcd members EtcdRemoveMemberByID removed (refusals and
+    /// "member not found" not counted).
+    pub fn member_removals(&self) -> usize {
+        self.fabric.member_removals.load(Ordering::SeqCst)
+    }
+
+    /// Bumped on every change of any node (state, services, etcd): observers
+    /// sample the lab on each change instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.fabric.changed.subscribe()
+    }
+
+    /// The simulated etcd key-value store.
+    pub fn etcd(&self) -> EtcdHandle {
+        EtcdHandle {
+            fabric: self.fabric.clone(),
+        }
+    }
+}
+
+impl Drop for Lab {
+    /// A lab dropped without [`Lab::shutdown`] still stops serving.
+    fn drop(&mut self) {
+        self.kube.halt();
+        for n in &self.nodes {
+            n.inner.halt();
+        }
+    }
+}
+
+/// Handle on one simulated node (cheap to clone).
+#[derive(Clone)]
+pub struct LabNode {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for LabNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabNode")
+            .field("addr", &self.addr())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl LabNode {
+    pub fn ip(&self) -> IpAddr {
+        IpAddr::V4(self.inner.ip)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr()
+    }
+
+    /// Position in the lab (0-based).
+    pub fn index(&self) -> usize {
+        self.inner.index
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.inner.state()
+    }
+
+    /// Follows state changes (tests await transitions on this).
+    pub fn watch_state(&self) -> tokio::sync::watch::Receiver<NodeState> {
+        self.inner.state_tx.subscribe()
+    }
+
+    /// Every state transition from now on, none coalesced (a `watch` only keeps
+    /// the latest, and at `time_scale` 0 some states last microseconds).
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<NodeState> {
+        self.inner.transitions_tx.subscribe()
+    }
+
+    /// Hostname from the applied config, if any.
+    pub fn hostname(&self) -> Option<String> {
+        self.inner.config().and_then(|c| c.hostname.clone())
+    }
+
+    pub fn hardware(&self) -> &Hardware {
+        &self.inner.hardware
+    }
+
+    /// The OS CA of the applied config (what an operator holds in secrets.yaml);
+    /// `lab serve` mints the lab talosconfig from it.
+    pub fn os_ca(&self) -> Option<endsys_core::pki::CertificateAuthority> {
+        self.inner.config().map(|c| c.os_ca.clone())
+    }
+
+    /// Whether the applied config makes this node a control plane.
+    pub fn is_control_plane(&self) -> bool {
+        self.inner
+            .config()
+            .is_some_and(|c| c.machine_type.is_control_plane())
+    }
+
+    /// Whether the etcd data directory is non-empty.
+    pub fn has_etcd_data(&self) -> bool {
+        self.inner.data.lock().expect("data lock").etcd.is_some()
+    }
+
+    /// State of one service as ServiceList reports it (`Running`, `Preparing`, ...).
+    pub fn service_state(&self, id: &str) -> Option<String> {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .services
+            .get(id)
+            .map(|s| s.state.clone())
+    }
+
+    // ---- faults ----
+
+    /// The next `n` RPCs answer `Unavailable`.
+    pub fn drop_next_calls(&self, n: usize) {
+        self.inner.drop_calls.store(n, Ordering::SeqCst);
+    }
+
+    /// Power off: listener closed (connection refused), connections cut, tasks stop.
+    pub async fn power_off(&self) {
+        self.inner.power_off().await;
+    }
+
+    /// Power on: boots from disk (configured) or into maintenance.
+    pub async fn power_on(&self) {
+        self.inner.power_on().await;
+    }
+
+    /// Time a reboot keeps the node down (overrides the scaled default).
+    pub fn set_reboot_delay(&self, d: Duration) {
+        *self.inner.reboot_delay.lock().expect("reboot delay lock") = Some(d);
+    }
+
+    /// Configured mode serves a certificate from a foreign CA while on.
+    pub fn serve_wrong_ca(&self, on: bool) {
+        self.inner.wrong_ca.store(on, Ordering::SeqCst);
+    }
+
+    /// Fault: etcd on this node never joins its cluster (the service stays
+    /// `Preparing`), until turned off again.
+    pub fn block_etcd_join(&self, on: bool) {
+        self.inner.etcd_join_blocked.store(on, Ordering::SeqCst);
+        if !on {
+            self.inner.fabric.kick_joins();
+        }
+    }
+
+    /// Fault: the local etcd member raises an alarm (`NOSPACE`, `CORRUPT`); it shows
+    /// in EtcdStatus errors the way etcd reports it. An empty name clears them.
+    pub fn set_etcd_alarm(&self, alarm: &str) {
+        let mut a = self.inner.etcd_alarms.lock().expect("alarms lock");
+        a.clear();
+        if !alarm.is_empty() {
+            a.push(alarm.to_string());
+        }
+    }
+
+    /// The etcd member ID this node holds in its data directory, if any.
+    pub fn etcd_member_id(&self) -> Option<u64> {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .etcd
+            .map(|m| m.member_id)
+    }
+
+    /// The system disk died and was replaced: the next power on boots into
+    /// maintenance with a fresh identity (no config, no etcd data). Powers the node
+    /// off first if needed.
+    pub async fn wipe_disk(&self) {
+        if self.state() != NodeState::PoweredOff {
+            self.inner.power_off().await;
+        }
+        self.inner.wipe_disk();
+    }
+}

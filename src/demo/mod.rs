@@ -1,0 +1,605 @@
+//! `demo`: starts the lab, describes it as a cluster definition, and runs the real
+//! `up` against it over the same gRPC/TLS paths as on metal. Measures the tool
+//! against the lab: overhead beyond the lab's own critical path, and how long the
+//! tool takes to notice each node reaching `running`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use endsys_lab::{Lab, LabOptions, NodeState};
+
+use crate::orchestrator::error::FlowError;
+use crate::orchestrator::events::{Emitter, StepId};
+use crate::orchestrator::ledger::{percentile, Ledger};
+use crate::orchestrator::source::{ClusterSource, Definition, DiskTarget, MemorySource, NodeDef};
+use crate::orchestrator::talhelper::TalhelperSource;
+use crate::orchestrator::up::{up, UpOptions, UpReport};
+
+mod half;
+pub use half::kube_half;
+
+/// Lab delays along `up`'s critical path, in seconds at time scale 1
+/// (src/lab/node.rs `delay`): install 4 + reboot 3 + boot 2, then etcd start 1
+/// after Bootstrap, then etcd join 2 for the other control planes.
+pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
+
+/// Lab delays along the Kubernetes half's critical path (src/lab/kube: API start
+/// 3, CRD Established 0.5, CNI rollout 8 (nodes Ready with it), then coredns,
+/// spegel and cert-manager rollouts 4 each, cert-manager's CRD 0.5).
+pub const LAB_KUBE_CRITICAL_PATH_SECS: f64 = 3.0 + 0.5 + 8.0 + 4.0 + 4.0 + 0.5 + 4.0;
+
+/// Lab delays along the GitOps path, in seconds at time scale 1
+/// (src/lab/kube/sim.rs, src/lab/kube/flux.rs): flux-operator's CRD 0.5 and
+/// rollout 4; the FluxInstance's controllers roll out 4, then it turns Ready
+/// after 1.0 (the source fetch and the flux-system, cluster-meta and
+/// cluster-apps applies overlap that rollout in the lab); then the longest app
+/// chain of the lab tree, cert-manager → external-secrets →
+/// external-secrets-stores → pocket-id → immich, each a Kustomization apply 1.0
+/// plus its HelmRelease install 1.5 (`wait: true`).
+pub const LAB_GITOPS_CRITICAL_PATH_SECS: f64 = 0.5 + 4.0 + 4.0 + 1.0 + 5.0 * (1.0 + 1.5);
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub nodes: usize,
+    pub controlplanes: usize,
+    pub time_scale: f64,
+    pub talos_version: String,
+    pub first_ip: Ipv4Addr,
+    /// Keep the state here instead of a temporary directory.
+    pub state_dir: Option<PathBuf>,
+    pub until: StepId,
+    /// Copy this secrets bundle instead of generating one (RSA-4096 takes seconds).
+    pub secrets_from: Option<PathBuf>,
+    /// helm for the lab charts; `None`: `helm` on PATH, else pre-rendered manifests.
+    pub helm: Option<PathBuf>,
+    /// Run `up` a second time after the first (it must change nothing).
+    pub rerun: bool,
+    /// Use this gitops repository (lab-shaped) instead of writing the lab's.
+    pub repo: Option<PathBuf>,
+    /// Deadline of the `gitops` step (default: the lab's 300 s).
+    pub gitops_timeout: Option<Duration>,
+    /// Deadline of the `flux_sync` step (default: the lab's 120 s).
+    pub flux_timeout: Option<Duration>,
+    /// Called with the lab's Kubernetes API after the run(s), failed or not,
+    /// before the lab stops (tests look at what the run left behind).
+    pub inspect: Option<Inspect>,
+}
+
+/// A look at the lab before it stops.
+#[derive(Clone)]
+pub struct Inspect(pub Arc<dyn Fn(&endsys_lab::kube::KubeLab) + Send + Sync>);
+
+impl std::fmt::Debug for Inspect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Inspect")
+    }
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            controlplanes: 3,
+            time_scale: 1.5,
+            talos_version: "v1.13.9".into(),
+            first_ip: Ipv4Addr::new(127, 0, 0, 11),
+            state_dir: None,
+            until: StepId::LAST,
+            secrets_from: None,
+            helm: None,
+            rerun: false,
+            repo: None,
+            gitops_timeout: None,
+            flux_timeout: None,
+            inspect: None,
+        }
+    }
+}
+
+/// What a demo run measured.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub up: UpReport,
+    /// The second run, with `rerun`.
+    pub rerun: Option<UpReport>,
+    pub table: String,
+    pub wall: Duration,
+    /// The lab's own delays on the critical path (scaled).
+    pub critical_path: Duration,
+    /// Node reaching `running` in the lab → the tool observing it.
+    pub lags: Vec<Duration>,
+    pub lag_p95: Duration,
+    pub state_dir: PathBuf,
+    /// The Kubernetes half (kube_api … layer1_done) of the first run, and the
+    /// lab's own delays on its path (API start is in the Talos half's apiserver wait).
+    pub kube_wall: Duration,
+    pub kube_critical_path: Duration,
+    /// When each GitOps layer first had every Flux object Ready (since the run
+    /// started), from the `layer_progress` events of the first run.
+    pub layers_ready: Vec<(u8, Duration)>,
+    /// The steps after layer 1 (flux_secrets … adoption) of the first run,
+    /// and the lab's own delays on that path.
+    pub gitops_wall: Duration,
+    pub gitops_critical_path: Duration,
+    /// Flux objects whose resourceVersion changed during the re-run (none
+    /// expected).
+    pub rerun_changed: Vec<String>,
+}
+
+impl DemoReport {
+    fn layers_text(&self) -> String {
+        if self.layers_ready.is_empty() {
+            return String::new();
+        }
+        let mut s = format!(
+            "\nGitOps (flux_secrets → adoption): {}; every Flux object Ready per layer at:",
+            versus(self.gitops_critical_path, self.gitops_wall)
+        );
+        for (l, at) in &self.layers_ready {
+            s.push_str(&format!(" L{l} {:.2}s", at.as_secs_f64()));
+        }
+        s
+    }
+
+    pub fn overhead(&self) -> Duration {
+        self.wall.saturating_sub(self.critical_path)
+    }
+
+    /// The Kubernetes half's time beyond the lab's simulated delays.
+    pub fn kube_overhead(&self) -> Duration {
+        self.kube_wall.saturating_sub(self.kube_critical_path)
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "{}\nwhole run: {}\nreaction lag (lab node running -> tool notices): p95 {:.0} ms over {} node(s), max {:.0} ms",
+            self.table,
+            versus(self.critical_path, self.wall),
+            self.lag_p95.as_secs_f64() * 1000.0,
+            self.lags.len(),
+            self.lags.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        ) + &self.layers_text() + &if self.kube_wall.is_zero() {
+            String::new()
+        } else {
+            format!(
+                "\nKubernetes half: {}",
+                versus(self.kube_critical_path, self.kube_wall)
+            )
+        }
+    }
+}
+
+/// The tool's wall time against the lab's nominal delays on a path. The nominal
+/// figure is a sum of the lab's configured delays; where the lab overlaps them
+/// (controllers rolling out while a source is fetched) the sum over-counts, and
+/// a tool finishing under it says so instead of claiming zero overhead.
+fn versus(lab: Duration, tool: Duration) -> String {
+    let (l, t) = (lab.as_secs_f64(), tool.as_secs_f64());
+    if tool >= lab {
+        let pct = if l > 0.0 { 100.0 * (t - l) / l } else { 0.0 };
+        format!(
+            "lab delays {l:.2}s, tool {t:.2}s, overhead {:.0} ms ({pct:.1}%)",
+            (t - l) * 1000.0
+        )
+    } else {
+        format!(
+            "lab delays {l:.2}s (nominal sum, over-counts overlapping delays), tool {t:.2}s: {:.0} ms under it, overhead not measurable this way",
+            (l - t) * 1000.0
+        )
+    }
+}
+
+/// The cluster definition of a lab: node i is `cp<i>` or `worker<i>` at its lab IP,
+/// install disk chosen by model (the NVMe), endpoint the first control plane.
+pub fn lab_definition(lab: &Lab, controlplanes: usize, cluster: &str) -> Definition {
+    let mut nodes = Vec::new();
+    let (mut cp, mut w) = (0, 0);
+    for (i, n) in lab.nodes().iter().enumerate() {
+        let control_plane = i < controlplanes;
+        let hostname = if control_plane {
+            cp += 1;
+            format!("cp{cp}")
+        } else {
+            w += 1;
+            format!("worker{w}")
+        };
+        nodes.push(NodeDef {
+            hostname,
+            address: n.ip().to_string(),
+            control_plane,
+            install_disk: Some(DiskTarget::Selector(vec![(
+                "model".into(),
+                "Samsung SSD 980*".into(),
+            )])),
+            links: vec![],
+        });
+    }
+    Definition {
+        cluster: cluster.to_string(),
+        endpoint: format!("https://{}:6443", lab.nodes()[0].ip()),
+        nodes,
+    }
+}
+
+/// The lab as a talhelper `talconfig.yaml`, the format operators keep in git.
+pub fn lab_talconfig(def: &Definition, talos_version: &str) -> String {
+    let mut out = format!(
+        "# Written by `endsys-bootstrap demo`: {} simulated node(s) on loopback.\nclusterName: {}\ntalosVersion: {talos_version}\nkubernetesVersion: v1.35.0\nendpoint: {}\nnodes:\n",
+        def.nodes.len(),
+        def.cluster,
+        def.endpoint
+    );
+    for n in &def.nodes {
+        out.push_str(&format!(
+            "  - hostname: {}\n    ipAddress: {}\n    controlPlane: {}\n",
+            n.hostname, n.address, n.control_plane
+        ));
+        match &n.install_disk {
+            Some(DiskTarget::Selector(fields)) => {
+                out.push_str("    installDiskSelector:\n");
+                for (k, v) in fields {
+                    out.push_str(&format!("      {k}: \"{v}\"\n"));
+                }
+            }
+            Some(DiskTarget::Path(p)) => out.push_str(&format!("    installDisk: {p}\n")),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Writes `talconfig.yaml` and a fresh `talsecret.yaml` (0600) into `dir`.
+pub fn write_lab_files(
+    dir: &std::path::Path,
+    def: &Definition,
+    talos_version: &str,
+    secrets_from: Option<&std::path::Path>,
+) -> Result<(PathBuf, PathBuf), FlowError> {
+    let local = |p: &std::path::Path, e: String| FlowError::Local {
+        path: p.display().to_string(),
+        detail: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| local(dir, e.to_string()))?;
+    let talconfig = dir.join("talconfig.yaml");
+    std::fs::write(&talconfig, lab_talconfig(def, talos_version))
+        .map_err(|e| local(&talconfig, e.to_string()))?;
+    let secrets = dir.join("talsecret.yaml");
+    if let (false, Some(from)) = (secrets.exists(), secrets_from) {
+        let text = std::fs::read(from).map_err(|e| local(from, e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, &text)
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
+    if !secrets.exists() {
+        let bundle = crate::machineconfig::SecretsBundle::generate()
+            .map_err(|e| FlowError::Source(e.to_string()))?;
+        crate::talos::talosconfig::write_private(&secrets, bundle.to_yaml().as_bytes())
+            .map_err(|e| local(&secrets, e.to_string()))?;
+    }
+    Ok((talconfig, secrets))
+}
+
+/// Records when each lab node enters each state (the lab's side of the lag).
+pub fn record_lab_transitions(lab: &Lab) -> Arc<Mutex<Vec<(usize, NodeState, Instant)>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for n in lab.nodes() {
+        let mut rx = n.watch_state();
+        let idx = n.index();
+        let log = log.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let s = *rx.borrow_and_update();
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((idx, s, Instant::now()));
+            }
+        });
+    }
+    log
+}
+
+/// Starts the lab and runs `up` against it.
+pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, FlowError> {
+    if opts.controlplanes == 0 || opts.controlplanes > opts.nodes {
+        return Err(FlowError::Definition {
+            file: "demo options".into(),
+            detail: format!(
+                "--controlplanes must be between 1 and --nodes ({}), got {}",
+                opts.nodes, opts.controlplanes
+            ),
+        });
+    }
+    let lab = Lab::start(LabOptions {
+        nodes: opts.nodes,
+        controlplanes: opts.controlplanes,
+        first_ip: opts.first_ip,
+        port: 50000,
+        talos_version: opts.talos_version.clone(),
+        time_scale: opts.time_scale,
+        ..LabOptions::default()
+    })
+    .await
+    .map_err(|e| FlowError::Source(format!("cannot start the lab: {e}")))?;
+    let transitions = record_lab_transitions(&lab);
+    let def = lab_definition(&lab, opts.controlplanes, "lab");
+    let state_dir = match &opts.state_dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new()
+            .prefix("endsys-demo-")
+            .tempdir()
+            .map_err(|e| FlowError::Local {
+                path: std::env::temp_dir().display().to_string(),
+                detail: e.to_string(),
+            })?
+            // Kept: the operator may want to look at the journal and kubeconfig.
+            .keep(),
+    };
+    let (talconfig, secrets) = write_lab_files(
+        &state_dir.join("talos"),
+        &def,
+        &opts.talos_version,
+        opts.secrets_from.as_deref(),
+    )?;
+    let mut files = TalhelperSource::new(&talconfig, &secrets);
+    files.vars = crate::machineconfig::Vars::default();
+    // The lab cannot run real worker configs yet (their machine.ca carries no key;
+    // real workers get the apid certificate from trustd). With workers, the demo
+    // renders minimal configs in memory instead; control planes use the real files.
+    let memory;
+    let source: &dyn ClusterSource = if opts.controlplanes < opts.nodes {
+        em.progress(
+            StepId::Preflight,
+            None,
+            "lab workers need minimal in-memory configs (the lab has no trustd yet)",
+        );
+        memory = MemorySource::new(def.clone(), None);
+        &memory
+    } else {
+        &files
+    };
+    let mut uo = UpOptions::new(state_dir.clone());
+    uo.until = opts.until;
+    uo.new_cluster = false;
+    let repo = match &opts.repo {
+        Some(r) => r.clone(),
+        None => state_dir.join("repo"),
+    };
+    if opts.until >= StepId::KubeApi {
+        if opts.repo.is_none() {
+            endsys_lab::repository::write_repo(&repo).map_err(|e| FlowError::Local {
+                path: repo.display().to_string(),
+                detail: format!("cannot write the lab repository: {e}"),
+            })?;
+        }
+        let helm = match crate::charts::helm::Helm::find(opts.helm.as_deref()).await {
+            Ok(h) => {
+                em.progress(
+                    StepId::Preflight,
+                    None,
+                    format!(
+                        "lab charts: rendered by helm {} ({})",
+                        h.version,
+                        h.path.display()
+                    ),
+                );
+                Some(h)
+            }
+            Err(e) => {
+                em.progress(
+                    StepId::Preflight,
+                    None,
+                    format!("lab charts: {e} — using the pre-rendered manifests of the lab chart set (same apply/wait path)"),
+                );
+                None
+            }
+        };
+        let mut half = kube_half(repo.clone(), helm)
+            .map_err(|e| FlowError::Source(format!("lab age key: {e}")))?;
+        if let Some(d) = opts.gitops_timeout {
+            half.gitops_deadline = d;
+        }
+        if let Some(d) = opts.flux_timeout {
+            half.flux_deadline = d;
+        }
+        uo.kube = Some(half);
+    }
+    if opts.until > StepId::Layer1Done {
+        serve_lab_git(&lab, &repo)?;
+    }
+    let ledger = Ledger::new();
+    em.add_sink(ledger.sink());
+    let layer_times = LayerTimes::default();
+    em.add_sink(Box::new(layer_times.clone()));
+    let first = up(source, &uo, em).await;
+    let report = match first {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(i) = &opts.inspect {
+                (i.0)(&lab.kube());
+            }
+            lab.shutdown().await;
+            return Err(e);
+        }
+    };
+    let layers_ready = layer_times.first_ready();
+    // Measured on the first run only; the re-run is a check that nothing changes.
+    let wall = ledger.wall().unwrap_or(report.duration);
+    let kube_wall: Duration = ledger
+        .steps()
+        .iter()
+        .filter(|t| (StepId::KubeApi..=StepId::Layer1Done).contains(&t.step))
+        .take(
+            StepId::UP
+                .iter()
+                .filter(|s| (StepId::KubeApi..=StepId::Layer1Done).contains(*s))
+                .count(),
+        )
+        .map(|t| t.duration)
+        .sum();
+    let gitops_wall: Duration = ledger
+        .steps()
+        .iter()
+        .filter(|t| t.step > StepId::Layer1Done)
+        .take(
+            StepId::UP
+                .iter()
+                .filter(|s| **s > StepId::Layer1Done)
+                .count(),
+        )
+        .map(|t| t.duration)
+        .sum();
+    let before = flux_versions(&lab.kube());
+    let rerun = if opts.rerun {
+        let r = up(source, &uo, em).await;
+        if r.is_err() {
+            if let Some(i) = &opts.inspect {
+                (i.0)(&lab.kube());
+            }
+        }
+        Some(r?)
+    } else {
+        None
+    };
+    let after = flux_versions(&lab.kube());
+    let rerun_changed: Vec<String> = if opts.rerun {
+        after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    } else {
+        vec![]
+    };
+    if let Some(i) = &opts.inspect {
+        (i.0)(&lab.kube());
+    }
+
+    let mut lags = Vec::new();
+    let log = transitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (i, n) in def.nodes.iter().enumerate() {
+        let lab_running = log
+            .iter()
+            .find(|(idx, s, _)| *idx == i && *s == NodeState::Running)
+            .map(|(_, _, at)| *at);
+        if let (Some(lab_at), Some(tool_at)) =
+            (lab_running, ledger.observed(&n.hostname, "running"))
+        {
+            lags.push(tool_at.saturating_duration_since(lab_at));
+        }
+    }
+    let critical_secs = if opts.until >= StepId::EtcdQuorum {
+        if opts.controlplanes > 1 {
+            LAB_CRITICAL_PATH_SECS
+        } else {
+            LAB_CRITICAL_PATH_SECS - 2.0
+        }
+    } else {
+        4.0 + 3.0 + 2.0
+    };
+    let kube_secs = if opts.until >= StepId::Layer1Done {
+        LAB_KUBE_CRITICAL_PATH_SECS
+    } else {
+        0.0
+    };
+    // The API start (3 s) elapses inside the Talos half's apiserver wait (and
+    // overlaps the etcd joins); the kubelets register 2 s after the API is up,
+    // inside the Kubernetes half.
+    let kube_critical_path = if kube_secs > 0.0 {
+        Duration::from_secs_f64((kube_secs - 3.0 + 2.0) * opts.time_scale)
+    } else {
+        Duration::ZERO
+    };
+    let gitops_secs = if opts.until >= StepId::Gitops {
+        LAB_GITOPS_CRITICAL_PATH_SECS
+    } else {
+        0.0
+    };
+    let gitops_critical_path = Duration::from_secs_f64(gitops_secs * opts.time_scale);
+    let critical_path =
+        Duration::from_secs_f64((critical_secs + kube_secs + gitops_secs) * opts.time_scale);
+    lab.shutdown().await;
+    Ok(DemoReport {
+        up: report,
+        rerun,
+        table: ledger.table(),
+        wall,
+        critical_path,
+        lag_p95: percentile(&lags, 95.0),
+        lags,
+        state_dir,
+        kube_wall,
+        kube_critical_path,
+        layers_ready,
+        gitops_wall,
+        gitops_critical_path,
+        rerun_changed,
+    })
+}
+
+/// resourceVersion of every Flux object in the lab (to show a re-run changed
+/// none of them: no new reconcile, no new HelmRelease history entry).
+fn flux_versions(k: &endsys_lab::kube::KubeLab) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for kind in [
+        "FluxInstance",
+        "GitRepository",
+        "Kustomization",
+        "HelmRelease",
+    ] {
+        for o in k.list(kind, None) {
+            let at = |p: &str| {
+                o.pointer(p)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            out.insert(
+                format!(
+                    "{kind} {}/{}",
+                    at("/metadata/namespace"),
+                    at("/metadata/name")
+                ),
+                at("/metadata/resourceVersion"),
+            );
+        }
+    }
+    out
+}
+
+/// Answers the FluxInstance's Git URL ([`endsys_lab::repository::GIT_URL`]) with
+/// the lab repository, as a Git host serves the operator's repository.
+fn serve_lab_git(lab: &Lab, repo: &std::path::Path) -> Result<(), FlowError> {
+    lab.kube()
+        .serve_git(endsys_lab::repository::GIT_URL, repo.to_path_buf());
+    Ok(())
+}
+
+/// Records, per GitOps layer, when its count first reached total (for the
+/// demo's timing lines).
+#[derive(Clone, Default)]
+struct LayerTimes(Arc<Mutex<Vec<(u8, Duration)>>>);
+
+impl LayerTimes {
+    fn first_ready(&self) -> Vec<(u8, Duration)> {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        v.sort();
+        v
+    }
+}
+
+impl crate::orchestrator::events::EventSink for LayerTimes {
+    fn record(&mut self, ev: &crate::orchestrator::events::Event) {
+        if let crate::orchestrator::events::EventKind::LayerProgress { ready, total, .. } = &ev.kind
+        {
+            let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if ready == total && *total > 0 && !v.iter().any(|(l, _)| *l == ev.layer) {
+                v.push((ev.layer, Duration::from_millis(ev.elapsed_ms)));
+            }
+        }
+    }
+}
