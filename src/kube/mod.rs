@@ -70,7 +70,8 @@ pub enum KubeError {
 }
 
 impl KubeError {
-    fn from_kube(e: kube::Error, object: &str, verb: &'static str) -> KubeError {
+    /// A kube-rs error as the apply engine reports it (object and verb named).
+    pub fn from_kube(e: kube::Error, object: &str, verb: &'static str) -> KubeError {
         match e {
             kube::Error::Api(s) if s.code == 409 && verb == "apply" => KubeError::Conflict {
                 object: object.to_string(),

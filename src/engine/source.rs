@@ -1,7 +1,7 @@
-//! Where `up` gets the cluster from: the definition (nodes, roles, hardware
+//! Where a flow gets the cluster from: the definition (nodes, roles, hardware
 //! selectors), the secrets bundle, and the rendered machine configs.
 //!
-//! [`ClusterSource`] is the seam between the orchestrator and the machine-config
+//! [`ClusterSource`] is the seam between the flows and the machine-config
 //! room: the talhelper-format source reads files; [`MemorySource`] builds minimal
 //! but complete configs in memory (tests, and `demo` before the real renderer).
 
@@ -71,7 +71,24 @@ impl NodeDef {
     pub fn label(&self) -> String {
         format!("{} ({})", self.hostname, self.address)
     }
+
+    /// The host of its address (without a port).
+    pub fn host(&self) -> &str {
+        host_of(&self.address)
+    }
 }
+
+/// Host part of a URL: `https://10.0.0.1:2380` → `10.0.0.1`, `https://[fd00::1]:6443/` → `fd00::1`.
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+pub use endsys_core::net::host_of;
 
 /// The parsed, validated cluster definition.
 #[derive(Debug, Clone)]
@@ -137,7 +154,7 @@ impl std::fmt::Debug for Rendered {
     }
 }
 
-/// The orchestrator's view of the machine-config room.
+/// The flows' view of the machine-config room.
 pub trait ClusterSource: Send + Sync {
     /// Reads and validates the definition.
     fn definition(&self) -> Result<Definition, FlowError>;
@@ -243,11 +260,7 @@ pub fn minimal_config(
     } else {
         "worker"
     };
-    let ip = node
-        .address
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(&node.address);
+    let ip = node.host();
     Ok(format!(
         "version: v1alpha1\nmachine:\n  type: {role}\n  token: abcdef.0123456789abcdef\n  ca: {os}\n  certSANs: [{ip}]\n  install:\n{install}    image: ghcr.io/siderolabs/installer:v1.13.9\n  network: {{}}\ncluster:\n  id: {name}\n  secret: {name}\n  clusterName: {name}\n  controlPlane:\n    endpoint: {endpoint}\n  ca: {k8s}\n  etcd:\n    ca: {etcd}\n---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: {host}\nauto: \"off\"\n",
         os = ca_yaml(&s.os_ca)?,
@@ -335,5 +348,18 @@ impl ClusterSource for MemorySource {
             credentials,
             talosconfig,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_of_addresses_and_urls() {
+        assert_eq!(host_of("127.0.0.1:50000"), "127.0.0.1");
+        assert_eq!(url_host("https://10.0.0.1:2380"), "10.0.0.1");
+        assert_eq!(url_host("https://[fd00::1]:6443/x"), "fd00::1");
+        assert_eq!(url_host("10.0.0.2"), "10.0.0.2");
     }
 }

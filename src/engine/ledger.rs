@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::events::{Event, EventKind, EventSink, StepId};
+use super::events::{Event, EventKind, EventSink};
+use super::step::StepId;
 
 #[derive(Debug, Clone)]
 pub struct StepTiming {

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{emit, host_of, Cluster, Day2Error, Day2Options, EventKind};
-use crate::orchestrator::source::NodeDef;
+use crate::engine::source::url_host;
+use crate::engine::{Cluster, Emitter, FlowError, NodeDef, StepId};
 use crate::talos::client::{EtcdMember, EtcdStatus};
 use crate::talos::CallPolicy;
 
@@ -122,24 +122,11 @@ pub fn owner<'a>(cluster: &'a Cluster, m: &EtcdMember) -> Option<&'a NodeDef> {
         .find(|n| n.hostname == m.hostname)
         .or_else(|| {
             cps.iter().find(|n| {
-                let host = host_of(&n.address);
-                m.peer_urls.iter().any(|u| peer_host(u) == host)
+                let host = n.host();
+                m.peer_urls.iter().any(|u| url_host(u) == host)
             })
         })
         .copied()
-}
-
-/// `https://10.0.0.1:2380` → `10.0.0.1`.
-pub(crate) fn peer_host(url: &str) -> &str {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    if let Some(v6) = hostport.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6);
-    }
-    hostport
-        .rsplit_once(':')
-        .map(|(h, _)| h)
-        .unwrap_or(hostport)
 }
 
 /// Member IDs whose own control plane answered EtcdStatus with a leader.
@@ -337,20 +324,19 @@ pub fn evaluate(cluster: &Cluster, view: &EtcdView, target: &NodeDef, op: GuardO
 /// returns the report (forced or clean). The table is reported either way.
 pub async fn check(
     cluster: &Cluster,
-    opts: &Day2Options,
+    policy: CallPolicy,
+    force: bool,
+    em: &Emitter,
     op_name: &'static str,
     target: &NodeDef,
     op: GuardOp,
-) -> Result<GuardReport, Day2Error> {
-    let view = survey(cluster, opts.policy).await;
+) -> Result<GuardReport, FlowError> {
+    let view = survey(cluster, policy).await;
     let table = member_table(cluster, &view);
     let reasons = evaluate(cluster, &view, target, op);
-    emit(
-        opts,
-        op_name,
-        &target.hostname,
-        "guard",
-        EventKind::Info,
+    em.progress(
+        StepId::Guard,
+        Some(&target.hostname),
         format!("etcd members:\n{}", table.trim_end()),
     );
     if reasons.is_empty() {
@@ -361,16 +347,13 @@ pub async fn check(
             table,
         });
     }
-    if op == GuardOp::Worker || opts.force {
-        emit(
-            opts,
-            op_name,
-            &target.hostname,
-            "guard",
-            EventKind::Warning,
+    if op == GuardOp::Worker || force {
+        em.warning(
+            StepId::Guard,
+            Some(&target.hostname),
             format!(
                 "proceeding despite{}: {}",
-                if opts.force {
+                if force {
                     " (--force)"
                 } else {
                     " (worker: etcd membership unchanged)"
@@ -385,7 +368,7 @@ pub async fn check(
             table,
         });
     }
-    Err(Day2Error::Guard {
+    Err(FlowError::Guard {
         op: op_name,
         node: target.label(),
         reasons,

@@ -45,6 +45,32 @@ pub fn server_and_ca(text: &str, path: &Path) -> Result<(String, Vec<u8>), FlowE
     Ok((server, ca))
 }
 
+/// The API server URL of a kubeconfig's current context (else of its only
+/// cluster): where `kubectl` with this file would send requests.
+pub fn current_server(bytes: &[u8]) -> Option<String> {
+    let doc: Value = serde_yaml_ng::from_slice(bytes).ok()?;
+    let clusters = doc.get("clusters")?.as_sequence()?;
+    let current = doc
+        .get("contexts")
+        .and_then(Value::as_sequence)
+        .and_then(|cs| {
+            let name = doc.get("current-context")?.as_str()?;
+            cs.iter()
+                .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+        })
+        .and_then(|c| {
+            c.get("context")?
+                .get("cluster")?
+                .as_str()
+                .map(str::to_owned)
+        });
+    let cluster = clusters
+        .iter()
+        .find(|c| current.is_some() && c.get("name").and_then(Value::as_str) == current.as_deref())
+        .or_else(|| (clusters.len() == 1).then(|| &clusters[0]))?;
+    Some(cluster.get("cluster")?.get("server")?.as_str()?.to_string())
+}
+
 /// `~/.kube/config` (or the first path in `$KUBECONFIG`).
 pub fn default_kubeconfig_path() -> PathBuf {
     if let Some(v) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {

@@ -18,7 +18,8 @@ use crate::kube::flux::{self as kflux, resource, str_at};
 use kube::core::ApiResource;
 use serde_json::{json, Value};
 
-use crate::orchestrator::events::{Emitter, StepId};
+use crate::engine::{Emitter, StepId};
+use endsys_core::Doctor;
 
 /// Annotation on a Kustomization this tool suspended for a restore (value: the Restore).
 pub const SUSPENDED_BY: &str = "endsys.dev/suspended-for-restore";
@@ -80,12 +81,16 @@ pub enum VeleroError {
         phase: String,
         after: Duration,
     },
-    #[error("{what}: {detail}")]
-    Kube { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
-impl VeleroError {
-    pub fn likely_cause(&self) -> String {
+impl Doctor for VeleroError {
+    fn likely_cause(&self) -> String {
         match self {
             VeleroError::CrdsMissing { .. } => "Flux has not installed Velero yet (layer 5), or the cluster does not use Velero".into(),
             VeleroError::NoBackup { .. } => "no backup schedule includes this namespace, or Velero has not synced its backups from object storage yet".into(),
@@ -95,7 +100,7 @@ impl VeleroError {
         }
     }
 
-    pub fn next_action(&self) -> String {
+    fn next_action(&self) -> String {
         match self {
             VeleroError::CrdsMissing { .. } => "wait until Flux reports velero Ready (`status`), then run the same command again".into(),
             VeleroError::NoBackup { namespace, velero } => format!("`kubectl -n {velero} get backups.velero.io`; check the backup location is available, then retry (nothing of {namespace} was changed)"),
@@ -104,21 +109,13 @@ impl VeleroError {
             VeleroError::Kube { .. } => "check the API server is reachable and re-run; the steps are idempotent".into(),
         }
     }
-
-    pub fn explain(&self) -> String {
-        format!(
-            "{self}\n  likely cause: {}\n  next action:  {}",
-            self.likely_cause(),
-            self.next_action()
-        )
-    }
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> VeleroError {
     let what = what.into();
     move |e| VeleroError::Kube {
         what,
-        detail: e.to_string(),
+        source: Box::new(e),
     }
 }
 
@@ -437,7 +434,7 @@ pub async fn restore_apps(
             Ok(Err(e)) => {
                 return Err(VeleroError::Kube {
                     what: format!("watch Restore {velero}/{restore}"),
-                    detail: e.to_string(),
+                    source: Box::new(e),
                 })
             }
             Ok(Ok(o)) => o,

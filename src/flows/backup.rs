@@ -1,113 +1,25 @@
 //! etcd backups: a snapshot from a healthy control plane (asked directly, never
 //! through a VIP), its SHA-256 trailer verified, written 0600 atomically with a
-//! metadata sidecar `FILE.json`; and `etcd status`.
-//!
-//! The one model of a snapshot file and its sidecar, for every flow that reads
-//! or writes one (`etcd backup|verify`, reimage's automatic snapshot, `recover`):
-//! [`take_backup`], [`check_snapshot`] (sidecar optional), [`verify_backup`]
-//! (sidecar required), [`verify_snapshot`] (trailer only), [`sidecar_path`],
-//! [`BackupMeta`] and its [`KubeRecord`].
+//! metadata sidecar `FILE.json` ([`crate::snapshot`] is the file model); and
+//! `etcd status`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use sha2::Digest;
+use serde::Serialize;
 
 use super::guard::{self, CpProbe, EtcdView};
-use super::{Cluster, Day2Error};
-use crate::kube::inventory::{kube_inventory, KubeInventory};
-use crate::talos::client::verify_snapshot_bytes;
+use crate::engine::{now_ms, Cluster, FlowError};
+use crate::kube::inventory::kube_inventory;
+use crate::snapshot::{
+    check_snapshot, sidecar_path, BackupMeta, KubeRecord, MemberMeta, META_FORMAT,
+};
 use crate::talos::CallPolicy;
-
-/// Sidecar format tag.
-pub const META_FORMAT: &str = "endsys-bootstrap/etcd-backup/v1";
-
-/// One etcd member at backup time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberMeta {
-    /// 16 lower-case hex digits, as talosctl prints it.
-    pub id: String,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub learner: bool,
-}
-
-/// The sidecar `FILE.json` of a backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupMeta {
-    pub format: String,
-    pub cluster: String,
-    /// The control plane that streamed the snapshot.
-    pub node: String,
-    pub address: String,
-    pub member_id: String,
-    /// etcd's MVCC revision: Talos's EtcdStatus does not report it, so it is
-    /// `null` unless known (`etcdutl snapshot status FILE` prints it).
-    pub revision: Option<i64>,
-    pub raft_index: u64,
-    pub raft_term: u64,
-    pub members: Vec<MemberMeta>,
-    /// RFC 3339, UTC.
-    pub taken_at: String,
-    pub taken_ms: u64,
-    pub size: u64,
-    /// SHA-256 of the whole file (data and trailer), hex.
-    pub sha256: String,
-    pub tool_version: String,
-    /// What the Kubernetes API held just before the snapshot, or why it was
-    /// not recorded (`recover` checks the restore against it).
-    #[serde(default)]
-    pub kubernetes: KubeRecord,
-}
-
-/// The sidecar's `kubernetes` key: the inventory read just before the snapshot
-/// (a subset of what the snapshot holds), or why there is none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "recorded", rename_all = "snake_case")]
-pub enum KubeRecord {
-    /// `"recorded": "inventory"` with the inventory's fields beside it.
-    Inventory(KubeInventory),
-    /// `"recorded": "none"`, `"reason": …`.
-    None { reason: String },
-}
-
-impl Default for KubeRecord {
-    /// A sidecar written before the key existed.
-    fn default() -> Self {
-        KubeRecord::None {
-            reason: "the sidecar has no `kubernetes` key (written by an older version)".into(),
-        }
-    }
-}
-
-impl KubeRecord {
-    pub fn inventory(&self) -> Option<&KubeInventory> {
-        match self {
-            KubeRecord::Inventory(i) => Some(i),
-            KubeRecord::None { .. } => None,
-        }
-    }
-
-    /// For messages: the inventory's summary, or why there is none.
-    pub fn describe(&self) -> String {
-        match self {
-            KubeRecord::Inventory(i) => format!("Kubernetes inventory: {}", i.summary()),
-            KubeRecord::None { reason } => format!("no Kubernetes inventory: {reason}"),
-        }
-    }
-}
-
-/// `FILE` → `FILE.json`.
-pub fn sidecar_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(".json");
-    PathBuf::from(s)
-}
+use endsys_core::clock::rfc3339_ms as rfc3339;
 
 /// `<state_dir>/backups/<cluster>-etcd-<UTC time>.snapshot`.
 pub fn default_backup_path(state_dir: &Path, cluster: &str) -> PathBuf {
-    let stamp = rfc3339(super::now_ms())
+    let stamp = rfc3339(now_ms())
         .replace([':', '-'], "")
         .replace(".000", "");
     state_dir
@@ -115,83 +27,10 @@ pub fn default_backup_path(state_dir: &Path, cluster: &str) -> PathBuf {
         .join(format!("{cluster}-etcd-{stamp}.snapshot"))
 }
 
-/// Unix milliseconds → `2026-01-02T03:04:05.000Z`.
-pub(crate) fn rfc3339(ms: u64) -> String {
-    endsys_core::clock::rfc3339_ms(ms)
-}
-
-fn local(path: &Path, detail: impl Into<String>) -> Day2Error {
-    Day2Error::Backup {
+fn local(path: &Path, detail: impl Into<String>) -> FlowError {
+    FlowError::Backup {
         path: path.display().to_string(),
         detail: detail.into(),
-    }
-}
-
-/// What is wrong with a snapshot file or its sidecar. Each names the file;
-/// callers add the likely cause and the next action for their flow
-/// ([`Day2Error::Backup`], `RecoverError`).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SnapshotFileError {
-    #[error("{}: cannot read: {detail}", .path.display())]
-    Unreadable { path: PathBuf, detail: String },
-    /// Not 512·n + 32 bytes, or the SHA-256 trailer does not match.
-    #[error("{}: {detail}", .path.display())]
-    Corrupt { path: PathBuf, detail: String },
-    /// The sidecar is missing (where required), unreadable, not JSON, or of
-    /// another format.
-    #[error("{}: {detail}", .sidecar.display())]
-    Sidecar {
-        snapshot: PathBuf,
-        sidecar: PathBuf,
-        detail: String,
-    },
-    /// The file's size or checksum differs from what its sidecar records.
-    #[error("{}: {detail}", .snapshot.display())]
-    Mismatch {
-        snapshot: PathBuf,
-        sidecar: PathBuf,
-        detail: String,
-    },
-}
-
-impl From<SnapshotFileError> for Day2Error {
-    fn from(e: SnapshotFileError) -> Self {
-        let (path, detail) = match e {
-            SnapshotFileError::Unreadable { path, detail } => {
-                (path, format!("cannot read: {detail}"))
-            }
-            SnapshotFileError::Corrupt { path, detail } => (path, detail),
-            SnapshotFileError::Sidecar {
-                sidecar: path,
-                detail,
-                ..
-            } => (path, detail),
-            SnapshotFileError::Mismatch {
-                snapshot: path,
-                detail,
-                ..
-            } => (path, detail),
-        };
-        local(&path, detail)
-    }
-}
-
-/// A snapshot file whose trailer checked out, with its sidecar when it has one
-/// (and then its size and checksum matched).
-#[derive(Debug, Clone)]
-pub struct CheckedSnapshot {
-    pub path: PathBuf,
-    pub size: u64,
-    /// SHA-256 of the whole file, hex.
-    pub sha256: String,
-    /// `FILE.json`, when present.
-    pub sidecar: Option<BackupMeta>,
-}
-
-impl CheckedSnapshot {
-    /// The Kubernetes inventory recorded with the snapshot, if any.
-    pub fn inventory(&self) -> Option<&KubeInventory> {
-        self.sidecar.as_ref().and_then(|m| m.kubernetes.inventory())
     }
 }
 
@@ -218,7 +57,7 @@ pub async fn take_backup(
     cluster: &Cluster,
     policy: CallPolicy,
     out: &Path,
-) -> Result<BackupMeta, Day2Error> {
+) -> Result<BackupMeta, FlowError> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| local(dir, format!("cannot create: {e}")))?;
     }
@@ -257,7 +96,7 @@ pub async fn take_backup(
             }
         };
         let status = p.status.as_ref().ok();
-        let taken_ms = super::now_ms();
+        let taken_ms = now_ms();
         let meta = BackupMeta {
             format: META_FORMAT.into(),
             cluster: cluster.def.cluster.clone(),
@@ -293,13 +132,13 @@ pub async fn take_backup(
         return Ok(meta);
     }
     let _ = std::fs::remove_file(&tmp);
-    Err(Day2Error::NoHealthyControlPlane {
+    Err(FlowError::NoHealthyControlPlane {
         what: "an etcd snapshot".into(),
         tried,
     })
 }
 
-fn set_private(path: &Path) -> Result<(), Day2Error> {
+fn set_private(path: &Path) -> Result<(), FlowError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -309,7 +148,7 @@ fn set_private(path: &Path) -> Result<(), Day2Error> {
     Ok(())
 }
 
-fn write_meta(out: &Path, meta: &BackupMeta) -> Result<(), Day2Error> {
+fn write_meta(out: &Path, meta: &BackupMeta) -> Result<(), FlowError> {
     let side = sidecar_path(out);
     let text = serde_json::to_vec_pretty(meta).map_err(|e| local(&side, e.to_string()))?;
     crate::talos::talosconfig::write_private(&side, &text)
@@ -344,77 +183,10 @@ async fn record_kubernetes(cluster: &Cluster, timeout: Duration) -> KubeRecord {
     }
 }
 
-/// Checks a snapshot file's SHA-256 trailer (any etcd snapshot, with or without
-/// a sidecar); returns its size and the SHA-256 of the whole file.
-pub fn verify_snapshot(path: &Path) -> Result<(u64, String), SnapshotFileError> {
-    let bytes = std::fs::read(path).map_err(|e| SnapshotFileError::Unreadable {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    verify_snapshot_bytes(&bytes).map_err(|detail| SnapshotFileError::Corrupt {
-        path: path.to_path_buf(),
-        detail,
-    })?;
-    Ok((
-        bytes.len() as u64,
-        hex::encode(sha2::Sha256::digest(&bytes)),
-    ))
-}
-
-/// Checks a snapshot without touching any node: its trailer, then, when
-/// `FILE.json` exists, that it is a backup sidecar whose size and checksum match
-/// the file. A snapshot without a sidecar (`talosctl etcd snapshot`) passes with
-/// `sidecar: None`.
-pub fn check_snapshot(path: &Path) -> Result<CheckedSnapshot, SnapshotFileError> {
-    let (size, sha256) = verify_snapshot(path)?;
-    let side = sidecar_path(path);
-    let sidecar_err = |detail: String| SnapshotFileError::Sidecar {
-        snapshot: path.to_path_buf(),
-        sidecar: side.clone(),
-        detail,
-    };
-    let text = match std::fs::read(&side) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(CheckedSnapshot {
-                path: path.to_path_buf(),
-                size,
-                sha256,
-                sidecar: None,
-            })
-        }
-        Err(e) => return Err(sidecar_err(format!("cannot read the sidecar: {e}"))),
-    };
-    let meta: BackupMeta = serde_json::from_slice(&text)
-        .map_err(|e| sidecar_err(format!("not a backup sidecar: {e}")))?;
-    if meta.format != META_FORMAT {
-        return Err(sidecar_err(format!(
-            "unknown sidecar format {:?}",
-            meta.format
-        )));
-    }
-    if meta.size != size || meta.sha256 != sha256 {
-        return Err(SnapshotFileError::Mismatch {
-            snapshot: path.to_path_buf(),
-            sidecar: side.clone(),
-            detail: format!(
-                "checksum mismatch: the sidecar records {} bytes sha256 {}, the file has {size} bytes sha256 {sha256}",
-                meta.size, meta.sha256
-            ),
-        });
-    }
-    Ok(CheckedSnapshot {
-        path: path.to_path_buf(),
-        size,
-        sha256,
-        sidecar: Some(meta),
-    })
-}
-
 /// Checks a backup: the snapshot's trailer, then its sidecar's size and
 /// checksum. A backup without a sidecar, or whose file changed, is refused.
-pub fn verify_backup(path: &Path) -> Result<BackupMeta, Day2Error> {
-    let checked = check_snapshot(path)?;
+pub fn verify_backup(path: &Path) -> Result<BackupMeta, FlowError> {
+    let checked = check_snapshot(path).map_err(FlowError::snapshot)?;
     checked.sidecar.ok_or_else(|| {
         local(
             &sidecar_path(path),
@@ -599,19 +371,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rfc3339_is_utc_civil_time() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_767_225_599_000), "2025-12-31T23:59:59.000Z");
-    }
-
-    #[test]
-    fn sidecar_sits_beside_the_file() {
-        assert_eq!(
-            sidecar_path(Path::new("/b/x.snapshot")),
-            PathBuf::from("/b/x.snapshot.json")
-        );
+    fn backups_are_named_after_cluster_and_time() {
         let p = default_backup_path(Path::new("/s"), "lab");
+        assert!(p.starts_with("/s/backups"));
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         assert!(
             name.starts_with("lab-etcd-") && name.ends_with("Z.snapshot"),

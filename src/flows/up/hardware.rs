@@ -3,8 +3,8 @@
 
 use crate::talos::resources::{Disk, Link};
 
-use super::error::FlowError;
-use super::source::{DiskTarget, LinkSelector, NodeDef};
+use crate::engine::FlowError;
+use crate::engine::{DiskTarget, LinkSelector, NodeDef};
 
 /// Shell-style glob with `*` and `?` (what Talos selectors accept).
 pub fn glob(pattern: &str, value: &str) -> bool {

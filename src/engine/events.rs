@@ -1,198 +1,22 @@
-//! The one event stream of a run.
+//! The one event stream of every flow.
 //!
 //! Every step reports through an [`Emitter`]: the journal and the timing ledger are
 //! fed synchronously (so a process killed right after an event cannot lose what the
 //! event recorded), the progress display and `--output json` read a broadcast
 //! channel. Field names of the serialized form are stable: tools may parse them.
+//! `up` prints [`Event::to_json_line`]; the node operations render the same events
+//! into their `day2` lines (src/cli/day2.rs).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-/// The five layers of a cluster (only the first is driven by this tool directly).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layer {
-    Foundation,
-    Gitops,
-    DataServices,
-    Security,
-    Applications,
-}
+use super::step::StepId;
 
-impl Layer {
-    pub fn number(self) -> u8 {
-        match self {
-            Layer::Foundation => 1,
-            Layer::Gitops => 2,
-            Layer::DataServices => 3,
-            Layer::Security => 4,
-            Layer::Applications => 5,
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Layer::Foundation => "foundation",
-            Layer::Gitops => "gitops",
-            Layer::DataServices => "data services",
-            Layer::Security => "security",
-            Layer::Applications => "applications",
-        }
-    }
-}
-
-/// The steps of `up`, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepId {
-    /// The run as a whole (run_started / run_finished events).
-    Run,
-    Preflight,
-    Apply,
-    WaitConfigured,
-    Bootstrap,
-    EtcdQuorum,
-    Kubeconfig,
-    Apiserver,
-    /// The Kubernetes half of layer 1 (src/orchestrator/layer1.rs).
-    KubeApi,
-    NodesRegistered,
-    Namespaces,
-    Secrets,
-    Crds,
-    Cni,
-    NodesReady,
-    Charts,
-    Layer1Done,
-    /// Layer 2 (src/orchestrator/flux.rs).
-    FluxSecrets,
-    FluxInstall,
-    FluxSync,
-    /// Layers 3–5: the tracker over the live Flux objects.
-    Gitops,
-    /// Flux adopted the bootstrap releases.
-    Adoption,
-}
-
-impl StepId {
-    /// Steps of `up` in execution order: layer 1 (Talos half, Kubernetes
-    /// half), layer 2 (Flux), then the watch over layers 3–5.
-    pub const UP: [StepId; 21] = [
-        StepId::Preflight,
-        StepId::Apply,
-        StepId::WaitConfigured,
-        StepId::Bootstrap,
-        StepId::EtcdQuorum,
-        StepId::Kubeconfig,
-        StepId::Apiserver,
-        StepId::KubeApi,
-        StepId::NodesRegistered,
-        StepId::Namespaces,
-        StepId::Secrets,
-        StepId::Crds,
-        StepId::Cni,
-        StepId::NodesReady,
-        StepId::Charts,
-        StepId::Layer1Done,
-        StepId::FluxSecrets,
-        StepId::FluxInstall,
-        StepId::FluxSync,
-        StepId::Gitops,
-        StepId::Adoption,
-    ];
-
-    /// The last step of `up`.
-    pub const LAST: StepId = StepId::Adoption;
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StepId::Run => "run",
-            StepId::Preflight => "preflight",
-            StepId::Apply => "apply",
-            StepId::WaitConfigured => "wait_configured",
-            StepId::Bootstrap => "bootstrap",
-            StepId::EtcdQuorum => "etcd_quorum",
-            StepId::Kubeconfig => "kubeconfig",
-            StepId::Apiserver => "apiserver",
-            StepId::KubeApi => "kube_api",
-            StepId::NodesRegistered => "nodes_registered",
-            StepId::Namespaces => "namespaces",
-            StepId::Secrets => "secrets",
-            StepId::Crds => "crds",
-            StepId::Cni => "cni",
-            StepId::NodesReady => "nodes_ready",
-            StepId::Charts => "charts",
-            StepId::Layer1Done => "layer1_done",
-            StepId::FluxSecrets => "flux_secrets",
-            StepId::FluxInstall => "flux_install",
-            StepId::FluxSync => "flux_sync",
-            StepId::Gitops => "gitops",
-            StepId::Adoption => "adoption",
-        }
-    }
-
-    /// The layer a step works on. The tracker (`gitops`) watches every layer
-    /// but ends when the last one is Ready; `adoption` checks the layer-2
-    /// handoff, after Flux has reconciled the bootstrap HelmReleases.
-    pub fn layer(self) -> Layer {
-        match self {
-            StepId::FluxSecrets | StepId::FluxInstall | StepId::FluxSync | StepId::Adoption => {
-                Layer::Gitops
-            }
-            StepId::Gitops => Layer::Applications,
-            _ => Layer::Foundation,
-        }
-    }
-
-    /// What the step does, for plans and the display.
-    pub fn describe(self) -> &'static str {
-        match self {
-            StepId::Run => "the whole run",
-            StepId::Preflight => "check definition, secrets, node reachability, modes, disks and links",
-            StepId::Apply => "apply machine configs (insecure to maintenance nodes, mTLS auto to configured ones)",
-            StepId::WaitConfigured => "wait for every node to run its config",
-            StepId::Bootstrap => "bootstrap etcd exactly once",
-            StepId::EtcdQuorum => "wait for etcd quorum with every control plane a member",
-            StepId::Kubeconfig => "fetch the admin kubeconfig",
-            StepId::Apiserver => "wait for kube-apiserver to serve TLS on 6443",
-            StepId::KubeApi => "connect to the Kubernetes API with the fetched kubeconfig (version, discovery)",
-            StepId::NodesRegistered => "wait until every node is registered (NotReady is expected before the CNI)",
-            StepId::Namespaces => "one namespace per folder under kubernetes/apps/ (server-side apply)",
-            StepId::Secrets => "decrypt the listed SOPS files in process and apply them into flux-system",
-            StepId::Crds => "apply CRDs from manifest sources (URL or file), wait Established",
-            StepId::Cni => "render and apply the Cilium release (Talos values lint first), wait rolled out",
-            StepId::NodesReady => "wait until every node is Ready (the CNI is up)",
-            StepId::Charts => "render, apply and wait for the other bootstrap releases in needs order",
-            StepId::Layer1Done => "layer 1 done: nodes Ready, bootstrap charts healthy",
-            StepId::FluxSecrets => "check sops-age and cluster-secrets in flux-system; the cluster's age key decrypts every SOPS file Flux will build",
-            StepId::FluxInstall => "render, apply and wait for the flux-operator and flux-instance releases",
-            StepId::FluxSync => "wait for the FluxInstance Ready, the flux-system source at the expected revision, flux-system and cluster-meta Ready",
-            StepId::Gitops => "watch every Flux Kustomization and HelmRelease until layers 3-5 are Ready",
-            StepId::Adoption => "confirm Flux adopted each bootstrap release (same name and namespace, no reinstall)",
-        }
-    }
-
-    /// The `--until` value that stops after this step.
-    pub fn until_flag(self) -> &'static str {
-        match self {
-            StepId::Apply => "apply",
-            StepId::WaitConfigured => "configured",
-            StepId::EtcdQuorum | StepId::Kubeconfig => "etcd",
-            StepId::NodesReady => "cni",
-            StepId::Layer1Done => "layer1",
-            StepId::FluxSync => "flux",
-            StepId::Adoption => "all",
-            other => other.name(),
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<StepId> {
-        StepId::UP.into_iter().find(|st| st.name() == s)
-    }
-}
+pub use endsys_core::clock::now_ms;
 
 /// How a step (or one node's part of it) ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -264,6 +88,11 @@ pub enum EventKind {
         ok: bool,
         duration_ms: u64,
     },
+    /// Something the operator must see that is not a failure (a forced
+    /// guard, the Kubernetes steps of a node operation skipped).
+    Warning {
+        message: String,
+    },
     /// A GitOps layer's count changed (the event's `layer` is the layer
     /// counted, not the step's): `ready` of `total` Flux objects Ready, and the
     /// ones still waiting (`Kind namespace/name`).
@@ -302,9 +131,25 @@ impl Event {
     }
 }
 
-/// Something fed synchronously with every event (journal, ledger).
+/// Something fed synchronously with every event (journal, ledger, tests).
 pub trait EventSink: Send {
     fn record(&mut self, event: &Event);
+}
+
+type Sinks = Vec<(u64, Box<dyn EventSink>)>;
+
+/// Detaches a sink from its emitter when dropped (a flow's journal sink lives
+/// as long as the flow, even when the flow's task is aborted).
+pub struct Attached {
+    id: u64,
+    sinks: Arc<Mutex<Sinks>>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Hands events to the synchronous sinks and the broadcast channel.
@@ -313,7 +158,8 @@ pub struct Emitter {
     /// Start of the run (reset by `run_started`); `elapsed_ms` counts from here.
     started: Arc<Mutex<Instant>>,
     tx: broadcast::Sender<Event>,
-    sinks: Arc<Mutex<Vec<Box<dyn EventSink>>>>,
+    sinks: Arc<Mutex<Sinks>>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Emitter {
@@ -335,6 +181,7 @@ impl Emitter {
             started: Arc::new(Mutex::new(Instant::now())),
             tx,
             sinks: Arc::new(Mutex::new(Vec::new())),
+            next_id: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -343,11 +190,24 @@ impl Emitter {
         self.tx.subscribe()
     }
 
+    /// Feeds `sink` every event from now on, for the emitter's lifetime.
     pub fn add_sink(&self, sink: Box<dyn EventSink>) {
-        self.lock().push(sink);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, sink));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<dyn EventSink>>> {
+    /// Feeds `sink` every event until the returned guard is dropped.
+    #[must_use = "the sink is detached when the guard is dropped"]
+    pub fn attach(&self, sink: Box<dyn EventSink>) -> Attached {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().push((id, sink));
+        Attached {
+            id,
+            sinks: self.sinks.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sinks> {
         // A sink that panicked leaves the list usable.
         self.sinks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -385,10 +245,7 @@ impl Emitter {
 
     fn emit_in(&self, step: StepId, layer: u8, node: Option<&str>, kind: EventKind) {
         let at = Instant::now();
-        let ts_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let ts_ms = now_ms();
         if matches!(kind, EventKind::RunStarted { .. }) {
             *self.started.lock().unwrap_or_else(|p| p.into_inner()) = at;
         }
@@ -401,7 +258,7 @@ impl Emitter {
             node: node.map(str::to_string),
             kind,
         };
-        for sink in self.lock().iter_mut() {
+        for (_, sink) in self.lock().iter_mut() {
             sink.record(&event);
         }
         // No receiver is fine (tests, plan).
@@ -416,6 +273,18 @@ impl Emitter {
             node,
             EventKind::StepStarted {
                 description: step.describe().to_string(),
+            },
+        );
+    }
+
+    /// A step starts with a message of its own (the call it makes and the node
+    /// receiving it) instead of the step's description.
+    pub fn started_with(&self, step: StepId, node: Option<&str>, message: impl Into<String>) {
+        self.emit(
+            step,
+            node,
+            EventKind::StepStarted {
+                description: message.into(),
             },
         );
     }
@@ -441,6 +310,28 @@ impl Emitter {
             node,
             EventKind::Progress {
                 message: message.into(),
+            },
+        );
+    }
+
+    pub fn warning(&self, step: StepId, node: Option<&str>, message: impl Into<String>) {
+        self.emit(
+            step,
+            node,
+            EventKind::Warning {
+                message: message.into(),
+            },
+        );
+    }
+
+    /// A decision the journal keeps (e.g. which node bootstraps etcd).
+    pub fn decision(&self, step: StepId, node: Option<&str>, key: &str, value: impl Into<String>) {
+        self.emit(
+            step,
+            node,
+            EventKind::Decision {
+                key: key.to_string(),
+                value: value.into(),
             },
         );
     }
@@ -493,5 +384,22 @@ mod tests {
         assert_eq!(v["outcome"]["reason"], "config unchanged");
         assert!(v["ts_ms"].as_u64().unwrap() > 0);
         assert!(v.get("at").is_none());
+    }
+
+    #[test]
+    fn attached_sinks_detach_on_drop() {
+        struct Count(Arc<Mutex<usize>>);
+        impl EventSink for Count {
+            fn record(&mut self, _: &Event) {
+                *self.0.lock().unwrap() += 1;
+            }
+        }
+        let em = Emitter::new();
+        let n = Arc::new(Mutex::new(0));
+        let guard = em.attach(Box::new(Count(n.clone())));
+        em.progress(StepId::Run, None, "one");
+        drop(guard);
+        em.progress(StepId::Run, None, "two");
+        assert_eq!(*n.lock().unwrap(), 1);
     }
 }
