@@ -70,7 +70,7 @@ impl TalhelperSource {
     }
 }
 
-/// The orchestrator's view of a loaded talhelper definition.
+/// The flows' view of a loaded talhelper definition.
 pub fn definition_of(def: &ClusterDefinition) -> Definition {
     let nodes = def
         .nodes

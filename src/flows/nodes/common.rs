@@ -205,15 +205,78 @@ pub async fn uncordon(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
     let Some(k) = cx.kube().await? else {
         return Ok(skipped("no Kubernetes access"));
     };
-    let host = cx.node.hostname.clone();
-    if nodes::set_unschedulable(&k, &host, false)
+    set_schedulable(cx, &k, true).await
+}
+
+/// PATCH the Node's `spec.unschedulable`; skipped when there is no Node.
+pub async fn set_schedulable(
+    cx: &NodeOp<'_>,
+    k: &kube::Client,
+    schedulable: bool,
+) -> Result<Outcome, FlowError> {
+    let host = &cx.node.hostname;
+    if nodes::set_unschedulable(k, host, !schedulable)
         .await
         .map_err(|e| cx.kube_err(e))?
     {
-        Ok(done(format!("Node {host} schedulable")))
+        Ok(done(format!(
+            "Node {host} {}",
+            if schedulable {
+                "schedulable"
+            } else {
+                "unschedulable"
+            }
+        )))
     } else {
         Ok(skipped("no Node object"))
     }
+}
+
+/// DELETE the node's Node object before it registers again; `deleted` and
+/// `absent` word the outcome.
+pub async fn delete_node(
+    cx: &NodeOp<'_>,
+    k: &kube::Client,
+    deleted: &str,
+    absent: &str,
+) -> Result<Outcome, FlowError> {
+    let host = &cx.node.hostname;
+    if nodes::delete_node(k, host)
+        .await
+        .map_err(|e| cx.kube_err(e))?
+    {
+        Ok(done(format!("{deleted} {host} deleted")))
+    } else {
+        Ok(skipped(absent))
+    }
+}
+
+pub fn plan_delete_node(cx: &NodeOp<'_>) -> Vec<PlanItem> {
+    cx.line(
+        StepId::DeleteNode,
+        cx.kube_call(&format!("DELETE Node {}", cx.node.hostname)),
+    )
+}
+
+/// `until`: what the watch waits for.
+pub fn plan_node_ready(cx: &NodeOp<'_>, until: &str) -> Vec<PlanItem> {
+    cx.line(
+        StepId::NodeReady,
+        cx.kube_call(&format!("watch Node {} until {until}", cx.node.hostname)),
+    )
+}
+
+/// `list`: where the member list is read.
+pub fn plan_verify(cx: &NodeOp<'_>, list: &str) -> Vec<PlanItem> {
+    let cps = cx.cps();
+    cx.check_line(
+        StepId::Verify,
+        format!(
+            "EtcdStatus → {}; {list}{} members, one leader",
+            cps.join(", "),
+            cps.len()
+        ),
+    )
 }
 
 pub fn plan_uncordon(cx: &NodeOp<'_>) -> Vec<PlanItem> {

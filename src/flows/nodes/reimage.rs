@@ -37,12 +37,16 @@ pub fn steps<'a>() -> Flow<NodeOp<'a>> {
             step!(StepId::Drain, drain, plan_drain),
             step!(StepId::LeaveEtcd, leave_etcd, plan_leave_etcd),
             step!(StepId::Reset, reset, plan_reset),
-            step!(StepId::DeleteNode, delete_node, plan_delete_node),
+            step!(StepId::DeleteNode, delete_node, common::plan_delete_node),
             step!(StepId::Apply, common::apply, common::plan_apply),
             step!(StepId::WaitJoin, common::wait_join, common::plan_wait_join),
-            step!(StepId::NodeReady, common::node_ready, plan_node_ready),
+            step!(StepId::NodeReady, common::node_ready, |cx| {
+                common::plan_node_ready(cx, "registered (Ready if it was)")
+            }),
             step!(StepId::Uncordon, common::uncordon, common::plan_uncordon),
-            step!(StepId::Verify, common::verify, plan_verify),
+            step!(StepId::Verify, common::verify, |cx| {
+                common::plan_verify(cx, "EtcdMemberList → first with a leader: ")
+            }),
         ],
         announce: Announce::Outcomes,
     }
@@ -58,7 +62,7 @@ pub async fn reimage(
     let t0 = Instant::now();
     refuse_api_on_node(cluster, cluster.node(name)?, opts)?;
     let mut cx = NodeOp::open(cluster, name, opts, em, OP)?;
-    let resumed = announce_resume(&cx);
+    let resumed = cx.announce_resume();
     let _journal = em.attach(cx.journal.sink());
     let host = cx.node.hostname.clone();
     let scope = Scope {
@@ -69,23 +73,6 @@ pub async fn reimage(
     let outcomes = steps().run(&mut cx, scope).await?;
     cx.journal.complete()?;
     Ok(cx.report(outcomes, resumed, t0.elapsed()))
-}
-
-/// Says so when the operation resumes an interrupted one; true then.
-pub(crate) fn announce_resume(cx: &NodeOp<'_>) -> bool {
-    let resumed = cx.resumed();
-    if resumed {
-        cx.em.progress(
-            StepId::Resume,
-            Some(&cx.node.hostname),
-            format!(
-                "resuming the {} started earlier (done: {})",
-                cx.op,
-                cx.journal.get(|j| j.finished_steps()).join(", ")
-            ),
-        );
-    }
-    resumed
 }
 
 /// `plan node reimage NAME`: the steps, each naming the node that receives each call.
@@ -167,15 +154,23 @@ async fn prepare(cx: &mut NodeOp<'_>) -> Result<(Option<kube::Client>, bool), Fl
     Ok((kube, wiped))
 }
 
+/// The Kubernetes client for a step on the node while it still runs its
+/// workloads, or why the step has nothing to do.
+async fn on_live_node(cx: &mut NodeOp<'_>) -> Result<Result<kube::Client, Outcome>, FlowError> {
+    let (kube, wiped) = prepare(cx).await?;
+    Ok(match kube {
+        None => Err(skipped("no Kubernetes access")),
+        Some(_) if wiped => Err(skipped("node already wiped")),
+        Some(k) => Ok(k),
+    })
+}
+
 /// Cordon, while the node still runs its workloads.
 async fn cordon(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
-    let (kube, wiped) = prepare(cx).await?;
-    let Some(k) = kube else {
-        return Ok(skipped("no Kubernetes access"));
+    let k = match on_live_node(cx).await? {
+        Ok(k) => k,
+        Err(skip) => return Ok(skip),
     };
-    if wiped {
-        return Ok(skipped("node already wiped"));
-    }
     let host = cx.node.hostname.clone();
     let st = nodes::node_state(&k, &host)
         .await
@@ -186,14 +181,7 @@ async fn cordon(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
     if st.unschedulable {
         return Ok(skipped("already unschedulable"));
     }
-    if nodes::set_unschedulable(&k, &host, true)
-        .await
-        .map_err(|e| cx.kube_err(e))?
-    {
-        Ok(done(format!("Node {host} unschedulable")))
-    } else {
-        Ok(skipped("no Node object"))
-    }
+    common::set_schedulable(cx, &k, false).await
 }
 
 fn plan_cordon(cx: &NodeOp<'_>) -> Vec<PlanItem> {
@@ -207,13 +195,10 @@ fn plan_cordon(cx: &NodeOp<'_>) -> Vec<PlanItem> {
 }
 
 async fn drain(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
-    let (kube, wiped) = prepare(cx).await?;
-    let Some(k) = kube else {
-        return Ok(skipped("no Kubernetes access"));
+    let k = match on_live_node(cx).await? {
+        Ok(k) => k,
+        Err(skip) => return Ok(skip),
     };
-    if wiped {
-        return Ok(skipped("node already wiped"));
-    }
     let host = cx.node.hostname.clone();
     cx.started(
         StepId::Drain,
@@ -361,42 +346,5 @@ async fn delete_node(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
     if cx.done(StepId::Apply) || cx.done(StepId::DeleteNode) {
         return Ok(skipped("done earlier"));
     }
-    let host = cx.node.hostname.clone();
-    if nodes::delete_node(&k, &host)
-        .await
-        .map_err(|e| cx.kube_err(e))?
-    {
-        Ok(done(format!("Node {host} deleted")))
-    } else {
-        Ok(skipped("no Node object"))
-    }
-}
-
-fn plan_delete_node(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    cx.line(
-        StepId::DeleteNode,
-        cx.kube_call(&format!("DELETE Node {}", cx.node.hostname)),
-    )
-}
-
-fn plan_node_ready(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    cx.line(
-        StepId::NodeReady,
-        cx.kube_call(&format!(
-            "watch Node {} until registered (Ready if it was)",
-            cx.node.hostname
-        )),
-    )
-}
-
-fn plan_verify(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    let cps = cx.cps();
-    cx.check_line(
-        StepId::Verify,
-        format!(
-            "EtcdStatus → {}; EtcdMemberList → first with a leader: {} members, one leader",
-            cps.join(", "),
-            cps.len()
-        ),
-    )
+    common::delete_node(cx, &k, "Node", "no Node object").await
 }

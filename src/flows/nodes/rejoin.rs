@@ -16,7 +16,6 @@ use crate::flows::guard::GuardOp;
 use crate::kube::nodes;
 
 use super::common;
-use super::reimage::announce_resume;
 use super::state::{done, skipped, step, NodeOp, NodeOpOptions, NodeOpReport};
 use super::watch;
 
@@ -31,12 +30,16 @@ pub fn steps<'a>() -> Flow<NodeOp<'a>> {
                 common::plan_snapshot(cx, "")
             }),
             step!(StepId::RemoveMember, remove_member, plan_remove_member),
-            step!(StepId::DeleteNode, delete_node, plan_delete_node),
+            step!(StepId::DeleteNode, delete_node, common::plan_delete_node),
             step!(StepId::Apply, common::apply, common::plan_apply),
             step!(StepId::WaitJoin, common::wait_join, common::plan_wait_join),
-            step!(StepId::NodeReady, common::node_ready, plan_node_ready),
+            step!(StepId::NodeReady, common::node_ready, |cx| {
+                common::plan_node_ready(cx, "registered/Ready")
+            }),
             step!(StepId::Uncordon, common::uncordon, common::plan_uncordon),
-            step!(StepId::Verify, common::verify, plan_verify),
+            step!(StepId::Verify, common::verify, |cx| common::plan_verify(
+                cx, ""
+            )),
         ],
         announce: Announce::Outcomes,
     }
@@ -51,7 +54,7 @@ pub async fn rejoin(
 ) -> Result<NodeOpReport, FlowError> {
     let t0 = Instant::now();
     let mut cx = NodeOp::open(cluster, name, opts, em, OP)?;
-    let resumed = announce_resume(&cx);
+    let resumed = cx.announce_resume();
     refuse_live_node(&mut cx).await?;
     let _journal = em.attach(cx.journal.sink());
     let host = cx.node.hostname.clone();
@@ -231,41 +234,5 @@ async fn delete_node(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
         cx.journal
             .update(|j| j.facts.was_ready = Some(st.ready || others_ready))?;
     }
-    if nodes::delete_node(&k, &host)
-        .await
-        .map_err(|e| cx.kube_err(e))?
-    {
-        Ok(done(format!("old Node {host} deleted")))
-    } else {
-        Ok(skipped("no Node object (new node)"))
-    }
-}
-
-fn plan_delete_node(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    cx.line(
-        StepId::DeleteNode,
-        cx.kube_call(&format!("DELETE Node {}", cx.node.hostname)),
-    )
-}
-
-fn plan_node_ready(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    cx.line(
-        StepId::NodeReady,
-        cx.kube_call(&format!(
-            "watch Node {} until registered/Ready",
-            cx.node.hostname
-        )),
-    )
-}
-
-fn plan_verify(cx: &NodeOp<'_>) -> Vec<PlanItem> {
-    let cps = cx.cps();
-    cx.check_line(
-        StepId::Verify,
-        format!(
-            "EtcdStatus → {}; {} members, one leader",
-            cps.join(", "),
-            cps.len()
-        ),
-    )
+    common::delete_node(cx, &k, "old Node", "no Node object (new node)").await
 }

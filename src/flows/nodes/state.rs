@@ -119,24 +119,13 @@ impl<'a> NodeOp<'a> {
         em: &'a Emitter,
         op: &'static str,
     ) -> Result<Self, FlowError> {
-        let node = cluster.node(name)?.clone();
-        let path = Journal::<NodeFacts>::node_op_path(&opts.state_dir, op, &node.hostname);
-        let journal = Journal::read_of(&path, &cluster.def.cluster)?
-            .filter(|j| j.completed_ms.is_none())
-            .unwrap_or_else(|| Journal::new(&cluster.def.cluster, Some(op), Some(&node.hostname)));
-        Ok(Self {
-            cluster,
-            opts,
-            em,
-            op,
-            node,
-            journal: JournalHandle::new(path, journal),
-            mode: None,
-            kube: None,
+        Self::with_journal(cluster, name, opts, em, op, |path| {
+            Journal::read_of(path, &cluster.def.cluster)
         })
     }
 
-    /// The plan's context: the journal as it is (not validated, never written).
+    /// The plan's context: the journal as it is, unreadable taken as none
+    /// (a plan never writes it).
     pub fn for_plan(
         cluster: &'a Cluster,
         name: &str,
@@ -144,11 +133,22 @@ impl<'a> NodeOp<'a> {
         em: &'a Emitter,
         op: &'static str,
     ) -> Result<Self, FlowError> {
+        Self::with_journal(cluster, name, opts, em, op, |path| {
+            Ok(Journal::read(path).ok().flatten())
+        })
+    }
+
+    fn with_journal(
+        cluster: &'a Cluster,
+        name: &str,
+        opts: &'a NodeOpOptions,
+        em: &'a Emitter,
+        op: &'static str,
+        read: impl FnOnce(&std::path::Path) -> Result<Option<Journal<NodeFacts>>, FlowError>,
+    ) -> Result<Self, FlowError> {
         let node = cluster.node(name)?.clone();
         let path = Journal::<NodeFacts>::node_op_path(&opts.state_dir, op, &node.hostname);
-        let journal = Journal::read(&path)
-            .ok()
-            .flatten()
+        let journal = read(&path)?
             .filter(|j| j.completed_ms.is_none())
             .unwrap_or_else(|| Journal::new(&cluster.def.cluster, Some(op), Some(&node.hostname)));
         Ok(Self {
@@ -174,6 +174,23 @@ impl<'a> NodeOp<'a> {
     /// Whether an earlier, interrupted run finished steps of this operation.
     pub fn resumed(&self) -> bool {
         self.journal.get(|j| j.resumed())
+    }
+
+    /// Says so when the operation resumes an interrupted one; true then.
+    pub fn announce_resume(&self) -> bool {
+        let resumed = self.resumed();
+        if resumed {
+            self.em.progress(
+                StepId::Resume,
+                Some(&self.node.hostname),
+                format!(
+                    "resuming the {} started earlier (done: {})",
+                    self.op,
+                    self.journal.get(|j| j.finished_steps()).join(", ")
+                ),
+            );
+        }
+        resumed
     }
 
     /// A step starts, naming the call it makes and the node that receives it.

@@ -14,8 +14,7 @@ use crate::kube::wait::wait_all;
 use crate::kube::{parse_manifests, Applied, KubeError, Tally};
 
 use super::kube::{is_flux_release, Group, Installed, KubeHalf, KubeState, Renderer};
-use super::layer1::{plan_helmfile, report, tally_outcome};
-use super::state::{kube_plan_gate, Up};
+use super::state::{kube_plan_half, plan_helmfile, report, tally_outcome, Up};
 
 async fn render(
     half: &KubeHalf,
@@ -178,8 +177,8 @@ fn release_line(r: &Release) -> String {
 
 /// Plan lines of a layer-1 chart step: the releases it installs, in order.
 async fn plan_layer1(cx: &mut Up<'_>, step: StepId) -> Vec<PlanItem> {
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
+    if let Err(lines) = kube_plan_half(cx, step) {
+        return lines;
     }
     let rs = plan_helmfile(cx).and_then(|hf| {
         hf.ordered()
@@ -210,8 +209,8 @@ pub async fn plan_charts(cx: &mut Up<'_>) -> Vec<PlanItem> {
 
 pub async fn plan_flux_install(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::FluxInstall;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
+    if let Err(lines) = kube_plan_half(cx, step) {
+        return lines;
     }
     if cx.opts.until <= StepId::Layer1Done {
         return vec![];

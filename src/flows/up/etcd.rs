@@ -15,8 +15,7 @@ use crate::engine::{
 };
 use crate::talos::{TalosClient, TalosError};
 
-use super::state::{Up, RECOVER_PENDING};
-use super::talos::POLL;
+use super::state::{Up, POLL, RECOVER_PENDING};
 
 /// etcd as one control plane reports it.
 #[derive(Debug, Clone)]

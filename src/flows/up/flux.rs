@@ -29,8 +29,8 @@ use crate::kube::flux::{self as kflux, condition, ready_now, ready_text, str_at 
 use crate::kube::KubeError;
 use crate::sops::{AgeIdentities, SopsConfig};
 
-use super::kube::{sync_spec, walk_graph, KubeHalf};
-use super::state::{kube_plan_gate, Up};
+use super::kube::{sync_spec, walk_graph};
+use super::state::{gitops_plan_gate, plan_helmfile, secs, Up};
 
 fn gitops_err(step: StepId, detail: String, cause: &str, next: &str) -> FlowError {
     FlowError::gitops(step, detail, cause, next)
@@ -476,30 +476,13 @@ pub async fn flux_sync(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
     })
 }
 
-/// A deadline shown in plans.
-pub fn secs(d: std::time::Duration) -> String {
-    format!("{}s", d.as_secs())
-}
-
-/// Whether a plan lists the GitOps steps: `None` when it does (with the
-/// repository's inputs), else the lines it shows instead.
-pub fn gitops_plan_gate<'a>(cx: &'a Up<'_>, step: StepId) -> Result<&'a KubeHalf, Vec<PlanItem>> {
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return Err(g);
-    }
-    match cx.opts.kube.as_ref() {
-        Some(half) if cx.opts.until > StepId::Layer1Done => Ok(half),
-        _ => Err(vec![]),
-    }
-}
-
 pub async fn plan_flux_secrets(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::FluxSecrets;
     let half = match gitops_plan_gate(cx, step) {
         Ok(h) => h,
         Err(lines) => return lines,
     };
-    let hf = super::layer1::plan_helmfile(cx).ok();
+    let hf = plan_helmfile(cx).ok();
     let spec = sync_spec(half, hf.as_ref());
     vec![
         match walk_graph(&half.repo, &spec.path, half.layers.clone()) {
@@ -524,7 +507,7 @@ pub async fn plan_flux_sync(cx: &mut Up<'_>) -> Vec<PlanItem> {
         Ok(h) => h,
         Err(lines) => return lines,
     };
-    let hf = super::layer1::plan_helmfile(cx).ok();
+    let hf = plan_helmfile(cx).ok();
     let spec = sync_spec(half, hf.as_ref());
     let head = match git_head(&half.repo) {
         Some((r, sha)) => format!("the checkout's HEAD {sha} ({r})"),

@@ -19,9 +19,8 @@ use crate::gitops::{Graph, LayerMap, Progress, Tracker};
 use crate::kube::flux::{self as kflux, ready_now, ready_text, str_at as s};
 use crate::kube::KubeError;
 
-use super::flux::{gitops_plan_gate, secs};
 use super::kube::{sync_spec, walk_graph, KubeState};
-use super::state::Up;
+use super::state::{gitops_plan_gate, plan_helmfile, secs, Up};
 
 /// Emits a `layer_progress` event for each layer whose count changed since
 /// the last call (`last` keeps what was emitted).
@@ -314,7 +313,7 @@ pub async fn plan_gitops(cx: &mut Up<'_>) -> Vec<PlanItem> {
         Ok(h) => h,
         Err(lines) => return lines,
     };
-    let hf = super::layer1::plan_helmfile(cx).ok();
+    let hf = plan_helmfile(cx).ok();
     let spec = sync_spec(half, hf.as_ref());
     let Ok(g) = walk_graph(&half.repo, &spec.path, half.layers.clone()) else {
         return vec![];

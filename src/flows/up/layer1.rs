@@ -8,41 +8,13 @@
 use std::time::Duration;
 
 use crate::charts::helm::Helm;
-use crate::charts::helmfile::Helmfile;
 use crate::charts::ManifestSource;
 use crate::engine::{Backoff, FlowError, Outcome, PlanItem, StepId, Wait};
 use crate::kube::wait::wait_nodes;
-use crate::kube::{
-    client_from_kubeconfig, parse_manifests, server_version, Applied, Applier, Tally,
-};
+use crate::kube::{client_from_kubeconfig, parse_manifests, server_version, Applier, Tally};
 
 use super::kube::{kube_preflight, namespace_names, secret_objects, Renderer};
-use super::state::{kube_plan_gate, Up};
-
-/// A step's outcome from what its applies changed: skipped when nothing did.
-pub fn tally_outcome(what: &str, t: Tally) -> Outcome {
-    if t.is_noop() {
-        Outcome::Skipped {
-            reason: format!("{what}: {} unchanged", t.unchanged),
-        }
-    } else {
-        Outcome::Done {
-            detail: format!("{what}: {t}"),
-        }
-    }
-}
-
-/// One progress line per applied object.
-pub fn report(cx: &Up<'_>, step: StepId, applied: &[Applied]) {
-    for a in applied {
-        let word = match a.change {
-            crate::kube::Change::Created => "created",
-            crate::kube::Change::Changed => "changed",
-            crate::kube::Change::Unchanged => "unchanged",
-        };
-        cx.em.progress(step, None, format!("{} {word}", a.label()));
-    }
-}
+use super::state::{kube_plan_half, plan_helmfile, report, tally_outcome, Up};
 
 // ---- kube_api ------------------------------------------------------------------------
 
@@ -86,11 +58,9 @@ pub async fn kube_api(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_kube_api(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::KubeApi;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
-    }
-    let Some(half) = cx.opts.kube.as_ref() else {
-        return vec![];
+    let half = match kube_plan_half(cx, step) {
+        Ok(h) => h,
+        Err(lines) => return lines,
     };
     vec![PlanItem::new(
         step,
@@ -156,20 +126,21 @@ pub async fn nodes_ready(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_nodes_registered(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::NodesRegistered;
-    kube_plan_gate(cx, step).unwrap_or_else(|| {
-        vec![PlanItem::new(
+    match kube_plan_half(cx, step) {
+        Ok(_) => vec![PlanItem::new(
             step,
             false,
             "wait until every node is registered",
-        )]
-    })
+        )],
+        Err(lines) => lines,
+    }
 }
 
 /// Planned after the CNI release (no CNI, no wait for Ready).
 pub async fn plan_nodes_ready(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::NodesReady;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
+    if let Err(lines) = kube_plan_half(cx, step) {
+        return lines;
     }
     let has_cilium = plan_helmfile(cx)
         .ok()
@@ -183,17 +154,6 @@ pub async fn plan_nodes_ready(cx: &mut Up<'_>) -> Vec<PlanItem> {
         vec![PlanItem::new(step, false, "wait until every node is Ready")]
     } else {
         vec![]
-    }
-}
-
-/// The helmfile as a plan reads it (no run state).
-pub fn plan_helmfile(cx: &Up<'_>) -> Result<Helmfile, crate::charts::ChartsError> {
-    match cx.opts.kube.as_ref() {
-        Some(half) => Helmfile::load(&half.helmfile_path()),
-        None => Err(crate::charts::ChartsError::Helmfile {
-            file: "-".into(),
-            detail: "no repository".into(),
-        }),
     }
 }
 
@@ -223,11 +183,9 @@ pub async fn namespaces(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_namespaces(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::Namespaces;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
-    }
-    let Some(half) = cx.opts.kube.as_ref() else {
-        return vec![];
+    let half = match kube_plan_half(cx, step) {
+        Ok(h) => h,
+        Err(lines) => return lines,
     };
     let hf = plan_helmfile(cx).ok();
     vec![match namespace_names(&half.repo, hf.as_ref()) {
@@ -287,11 +245,9 @@ pub async fn secrets(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_secrets(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::Secrets;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
-    }
-    let Some(half) = cx.opts.kube.as_ref() else {
-        return vec![];
+    let half = match kube_plan_half(cx, step) {
+        Ok(h) => h,
+        Err(lines) => return lines,
     };
     half.secrets
         .iter()
@@ -347,11 +303,9 @@ pub async fn crds(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_crds(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::Crds;
-    if let Some(g) = kube_plan_gate(cx, step) {
-        return g;
-    }
-    let Some(half) = cx.opts.kube.as_ref() else {
-        return vec![];
+    let half = match kube_plan_half(cx, step) {
+        Ok(h) => h,
+        Err(lines) => return lines,
     };
     half.crds
         .iter()
@@ -369,5 +323,8 @@ pub async fn layer1_done(_cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
 
 pub async fn plan_layer1_done(cx: &mut Up<'_>) -> Vec<PlanItem> {
     let step = StepId::Layer1Done;
-    kube_plan_gate(cx, step).unwrap_or_else(|| vec![PlanItem::new(step, false, "layer 1 done")])
+    match kube_plan_half(cx, step) {
+        Ok(_) => vec![PlanItem::new(step, false, "layer 1 done")],
+        Err(lines) => lines,
+    }
 }

@@ -9,11 +9,14 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::charts::helmfile::Helmfile;
+use crate::charts::ChartsError;
 use crate::engine::flow::StepFuture;
 use crate::engine::{
     Cluster, ClusterSource, Emitter, FlowError, JournalHandle, NodeDef, NodeProbe, Outcome,
     PlanItem, StepId, UpFacts,
 };
+use crate::kube::{Applied, Tally};
 use crate::talos::{CallPolicy, TalosClient};
 
 use super::kube::{KubeHalf, KubeState};
@@ -179,18 +182,74 @@ where
     })
 }
 
-/// The plan lines of a Kubernetes step that will not run: no repository, or
-/// `--until` stops before the Kubernetes half. `None`: plan it.
-pub fn kube_plan_gate(cx: &Up<'_>, step: StepId) -> Option<Vec<PlanItem>> {
-    if cx.opts.kube.is_none() {
-        return Some(vec![PlanItem::new(
+/// The repository's inputs for the plan of a Kubernetes step, or the lines
+/// the plan shows instead when the step will not run: no repository, or
+/// `--until` stops before the Kubernetes half.
+pub fn kube_plan_half<'r>(cx: &Up<'r>, step: StepId) -> Result<&'r KubeHalf, Vec<PlanItem>> {
+    match cx.opts.kube.as_ref() {
+        None => Err(vec![PlanItem::new(
             step,
             false,
             "not run: no gitops repository given (--repo)",
-        )]);
+        )]),
+        Some(_) if cx.opts.until < StepId::KubeApi => {
+            Err(vec![PlanItem::new(step, false, cx.until_note())])
+        }
+        Some(half) => Ok(half),
     }
-    if cx.opts.until < StepId::KubeApi {
-        return Some(vec![PlanItem::new(step, false, cx.until_note())]);
+}
+
+/// Longest pause between two looks at a state that has no watch.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// A step's outcome from what its applies changed: skipped when nothing did.
+pub fn tally_outcome(what: &str, t: Tally) -> Outcome {
+    if t.is_noop() {
+        Outcome::Skipped {
+            reason: format!("{what}: {} unchanged", t.unchanged),
+        }
+    } else {
+        Outcome::Done {
+            detail: format!("{what}: {t}"),
+        }
     }
-    None
+}
+
+/// One progress line per applied object.
+pub fn report(cx: &Up<'_>, step: StepId, applied: &[Applied]) {
+    for a in applied {
+        let word = match a.change {
+            crate::kube::Change::Created => "created",
+            crate::kube::Change::Changed => "changed",
+            crate::kube::Change::Unchanged => "unchanged",
+        };
+        cx.em.progress(step, None, format!("{} {word}", a.label()));
+    }
+}
+
+/// The helmfile as a plan reads it (no run state).
+pub fn plan_helmfile(cx: &Up<'_>) -> Result<Helmfile, ChartsError> {
+    match cx.opts.kube.as_ref() {
+        Some(half) => Helmfile::load(&half.helmfile_path()),
+        None => Err(ChartsError::Helmfile {
+            file: "-".into(),
+            detail: "no repository".into(),
+        }),
+    }
+}
+
+/// A deadline shown in plans.
+pub fn secs(d: std::time::Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// Whether a plan lists the GitOps steps: `None` when it does (with the
+/// repository's inputs), else the lines it shows instead.
+pub fn gitops_plan_gate<'r>(cx: &Up<'r>, step: StepId) -> Result<&'r KubeHalf, Vec<PlanItem>> {
+    let half = kube_plan_half(cx, step)?;
+    if cx.opts.until > StepId::Layer1Done {
+        Ok(half)
+    } else {
+        Err(vec![])
+    }
 }

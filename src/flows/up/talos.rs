@@ -18,10 +18,7 @@ use crate::talos::resources::MachineStage;
 use crate::talos::wait::WaitProgress;
 use crate::talos::{ApplyMode, Dial, TalosError};
 
-use super::state::Up;
-
-/// Longest pause between two looks at a state that has no watch.
-pub const POLL: Duration = Duration::from_millis(250);
+use super::state::{Up, POLL};
 
 /// Real Talos puts a config diff into the dry-run details; the lab says "No changes".
 pub fn dry_run_unchanged(details: &str) -> bool {

@@ -46,6 +46,31 @@ pub struct TalConfig {
     pub worker: Option<NodeGroup>,
 }
 
+/// Talos's default pod network, when `clusterPodNets` is empty.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+/// Talos's default service network, when `clusterSvcNets` is empty.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+impl TalConfig {
+    /// The pod networks: `clusterPodNets`, else Talos's default.
+    pub fn pod_nets(&self) -> Vec<String> {
+        or_default(&self.cluster_pod_nets, DEFAULT_POD_CIDR)
+    }
+
+    /// The service networks: `clusterSvcNets`, else Talos's default.
+    pub fn svc_nets(&self) -> Vec<String> {
+        or_default(&self.cluster_svc_nets, DEFAULT_SERVICE_CIDR)
+    }
+}
+
+fn or_default(nets: &[String], default: &str) -> Vec<String> {
+    if nets.is_empty() {
+        vec![default.to_string()]
+    } else {
+        nets.to_vec()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CniConfig {
