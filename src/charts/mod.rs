@@ -14,6 +14,7 @@ pub mod lint;
 
 use std::path::PathBuf;
 
+use endsys_core::Doctor;
 use kube::api::DynamicObject;
 use thiserror::Error;
 
@@ -27,7 +28,7 @@ pub const RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 /// What went wrong with charts or their inputs.
 #[derive(Debug, Clone, Error)]
 pub enum ChartsError {
-    #[error("helm not found ({searched}); install helm ≥ 3.13 (4.x recommended) or pass --helm <path>; nothing was changed")]
+    #[error("helm not found ({searched}); nothing was changed")]
     HelmMissing { searched: String },
     #[error("{path}: helm {found} is too old; helm ≥ 3.13 is required (4.x recommended)")]
     HelmTooOld { path: String, found: String },
@@ -46,11 +47,20 @@ pub enum ChartsError {
     Source { source_name: String, detail: String },
 }
 
-impl ChartsError {
-    pub fn next_action(&self) -> String {
+impl Doctor for ChartsError {
+    fn likely_cause(&self) -> String {
         match self {
             ChartsError::HelmMissing { .. } | ChartsError::HelmTooOld { .. } => {
-                "install helm 4 (scripts/fetch-tools.sh fetches one into .tools/bin) and re-run"
+                "the bootstrap charts are rendered with the operator's helm".into()
+            }
+            _ => "a chart or its inputs could not be used".into(),
+        }
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            ChartsError::HelmMissing { .. } | ChartsError::HelmTooOld { .. } => {
+                "install helm ≥ 3.13, 4.x recommended (scripts/fetch-tools.sh fetches one into .tools/bin), or pass --helm <path>, and re-run"
                     .into()
             }
             ChartsError::HelmFailed { .. } => {

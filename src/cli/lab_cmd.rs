@@ -11,6 +11,7 @@ use super::{CliError, Output};
 use crate::talos::resources::{MachineStage, WatchEventKind};
 use crate::talos::wait::{wait_for_status, WaitProgress};
 use crate::talos::{probe_mode, ApplyMode, CallPolicy, Dial, NodeMode, TalosClient, TlsMode};
+use endsys_core::Doctor;
 use endsys_lab::identity::{admin_talosconfig, LabIdentity};
 use endsys_lab::{Lab, LabOptions, NodeState};
 

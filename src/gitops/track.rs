@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+use endsys_core::Doctor;
 use futures::{stream, FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
@@ -189,6 +190,26 @@ impl TrackError {
             }
             TrackError::Kube { .. } => None,
         }
+    }
+}
+
+impl Doctor for TrackError {
+    fn likely_cause(&self) -> String {
+        match self {
+            TrackError::Failed { .. } => "Flux stopped retrying: an object is Stalled or its HelmRelease failed terminally (above, with its message)",
+            TrackError::Deadline { .. } => "the objects above are not Ready yet; everything listed after `blocks` waits on them",
+            TrackError::Kube { .. } => "the Flux objects cannot be listed or watched (Flux CRDs missing, API unreachable)",
+        }
+        .into()
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            TrackError::Failed { .. } => "fix the cause in Git and push (or `flux reconcile` after fixing it in the cluster), then run `up` again: it resumes at this step",
+            TrackError::Deadline { .. } => "read the blocking object's message, fix it in Git and push, then run `up` again (it resumes here); `endsys-bootstrap status` shows the live view meanwhile; a longer --gitops-timeout helps only if it is merely slow",
+            TrackError::Kube { .. } => "check the API server and that Flux is installed, then run `up` again",
+        }
+        .into()
     }
 }
 

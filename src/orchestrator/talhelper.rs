@@ -12,6 +12,7 @@ use crate::machineconfig::{
     TalosconfigFile, Vars,
 };
 use crate::talos::talosconfig::Talosconfig;
+use endsys_core::Doctor;
 
 /// talconfig + talenv + secrets bundle on disk.
 pub struct TalhelperSource {
@@ -25,7 +26,7 @@ pub struct TalhelperSource {
 fn config_err(e: ConfigError, file: &Path) -> FlowError {
     FlowError::Definition {
         file: file.display().to_string(),
-        detail: e.to_string(),
+        detail: e.explain(),
     }
 }
 
@@ -60,9 +61,9 @@ impl TalhelperSource {
         })?;
         let text = if crate::sops::is_sops_yaml(&text) {
             let ids = crate::sops::AgeIdentities::load(self.age_key.as_deref())
-                .map_err(|e| FlowError::Source(format!("{}: {e}", path.display())))?;
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?;
             crate::sops::decrypt_yaml(&text, &ids, path)
-                .map_err(|e| FlowError::Source(format!("{}: {e}", path.display())))?
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?
         } else {
             text
         };
