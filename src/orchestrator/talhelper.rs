@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use super::error::FlowError;
 use super::source::{ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};
 use crate::machineconfig::{
-    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle,
-    TalosconfigFile, Vars,
+    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle, Vars,
 };
-use crate::talos::talosconfig::Talosconfig;
 use endsys_core::Doctor;
 
 /// talconfig + talenv + secrets bundle on disk.
@@ -178,11 +176,9 @@ impl ClusterSource for TalhelperSource {
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let tc_yaml = TalosconfigFile::for_cluster(&def, &bundle)
-            .map_err(|e| config_err(e, &self.secrets))?
-            .to_yaml();
+        let talosconfig = crate::machineconfig::talosconfig::for_cluster(&def, &bundle)
+            .map_err(|e| config_err(e, &self.secrets))?;
         let tc_path = Path::new("<generated talosconfig>");
-        let talosconfig = Talosconfig::parse(&tc_yaml, tc_path)?;
         let credentials = talosconfig
             .context(Some(def.cluster_name()), tc_path)?
             .credentials(tc_path)?;
