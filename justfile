@@ -6,6 +6,10 @@ default: test
 build:
     cargo build --release
 
+# The operator build: the tool without the lab (no `demo`, no `lab serve`).
+operator:
+    cargo build --release --no-default-features
+
 # Run the whole test suite (what CI runs).
 test:
     cargo test
@@ -13,6 +17,7 @@ test:
 # Lints as CI runs them.
 lint:
     cargo clippy --all-targets -- -D warnings
+    cargo clippy --no-default-features --lib --bins -- -D warnings
     cargo fmt --check
 
 # The whole flow against the embedded lab.

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use endsys_bootstrap::charts::helm::Helm;
 use endsys_bootstrap::charts::helmfile::Helmfile;
-use endsys_bootstrap::charts::{add_ownership, has_ownership, lab, ChartsError};
+use endsys_bootstrap::charts::{add_ownership, has_ownership, ChartsError};
 use endsys_bootstrap::kube::{client_from_kubeconfig, parse_manifests, Applier};
+use endsys_lab::repository as lab;
 
 fn stub(dir: &Path, version: &str) -> PathBuf {
     let p = dir.join("helm");

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
-
 use super::up::{flow_error, spawn_display};
 use super::{CliError, Output, OutputFormat};
 use crate::demo::{run_demo, DemoOptions};

@@ -19,6 +19,7 @@ mod hardware;
 pub mod identity;
 pub mod kube;
 mod node;
+pub mod repository;
 mod resources;
 mod routing;
 mod tls;

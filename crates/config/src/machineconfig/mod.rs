@@ -20,8 +20,10 @@
 //! Go templates in patches and image-factory lookups are not supported (refused with
 //! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
 
+pub mod contract;
 pub mod envsubst;
 pub mod error;
+pub mod net;
 pub mod patch;
 pub mod render;
 pub mod schema;

@@ -4,6 +4,7 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
+pub use super::contract::{Contract, DEFAULT_TALOS_VERSION};
 use super::error::ConfigError;
 use super::patch;
 use super::schema;
@@ -11,51 +12,10 @@ use super::secrets::SecretsBundle;
 use super::talconfig::{ClusterDefinition, NetworkDevice, ResolvedNode};
 use super::yaml;
 
-/// talhelper's `LatestTalosVersion` (v3.1.16), used when talosVersion is not set.
-pub const DEFAULT_TALOS_VERSION: &str = "v1.13.8";
-
 /// Schematic ID of the empty schematic on the image factory; what talhelper gets
 /// back when a node names no schematic.
 pub const EMPTY_SCHEMATIC_ID: &str =
     "376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba";
-
-/// A Talos version contract (major.minor). Only 1.12 and 1.13 are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Contract {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl Contract {
-    pub fn parse(version: &str) -> Result<Self, String> {
-        let v = version.trim().strip_prefix('v').unwrap_or(version.trim());
-        let mut it = v.split('.');
-        let major = it.next().and_then(|s| s.parse().ok());
-        let minor = it
-            .next()
-            .and_then(|s| s.split(['-', '+']).next()?.parse().ok());
-        let (Some(major), Some(minor)) = (major, minor) else {
-            return Err(format!(
-                "talosVersion `{version}` is not a version like v1.12.6"
-            ));
-        };
-        let c = Contract { major, minor };
-        if major != 1 || !(12..=13).contains(&minor) {
-            return Err(format!(
-                "Talos {major}.{minor} is not supported: this tool renders configs for the 1.12 and 1.13 contracts"
-            ));
-        }
-        Ok(c)
-    }
-
-    /// Kubernetes minors this Talos release supports (compatibility/talos1NN).
-    pub fn kubernetes_range(&self) -> (u32, u32) {
-        match self.minor {
-            12 => (30, 35),
-            _ => (31, 36),
-        }
-    }
-}
 
 /// One rendered node config.
 #[derive(Debug, Clone)]

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use super::contract::parse_k8s_version;
 use super::envsubst::{substitute, Vars};
 use super::error::{locate_line, ConfigError};
+pub use super::yaml::parse_strict;
 
 /// `talconfig.yaml`, top level.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -419,7 +421,7 @@ impl ClusterDefinition {
             ));
         }
         if let Some(v) = &c.talos_version {
-            super::render::Contract::parse(v).map_err(|m| {
+            super::contract::Contract::parse(v).map_err(|m| {
                 self.err(
                     &["talosVersion"],
                     m,
@@ -437,7 +439,7 @@ impl ClusterDefinition {
                 "write it as vMAJOR.MINOR.PATCH",
             ));
         }
-        if let Err(m) = super::validate::check_endpoint(&c.endpoint) {
+        if let Err(m) = super::net::check_endpoint(&c.endpoint) {
             return Err(self.err(
                 &["endpoint"],
                 m,
@@ -449,7 +451,7 @@ impl ClusterDefinition {
             ("clusterSvcNets", &c.cluster_svc_nets),
         ] {
             for n in nets {
-                if super::validate::parse_cidr(n).is_none() {
+                if super::net::parse_cidr(n).is_none() {
                     return Err(self.err(
                         &[field],
                         format!("{field}: `{n}` is not a CIDR"),
@@ -557,8 +559,7 @@ impl ClusterDefinition {
                     return Err(bad(format!("node {}: networkInterfaces[{j}] needs exactly one of interface or deviceSelector", n.hostname), "select the NIC either by name or by hardwareAddr"));
                 }
                 for a in &dev.addresses {
-                    if super::validate::parse_cidr(a).is_none()
-                        && a.parse::<std::net::IpAddr>().is_err()
+                    if super::net::parse_cidr(a).is_none() && a.parse::<std::net::IpAddr>().is_err()
                     {
                         return Err(bad(format!("node {}: networkInterfaces[{j}] address `{a}` is not an address or CIDR", n.hostname), "write it as 10.0.0.5/24"));
                     }
@@ -735,37 +736,6 @@ pub fn valid_hostname(h: &str) -> bool {
                 && l.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         })
-}
-
-/// `v1.35.3` → (1, 35, 3).
-pub fn parse_k8s_version(v: &str) -> Option<(u32, u32, u32)> {
-    let v = v.strip_prefix('v').unwrap_or(v);
-    let mut it = v.splitn(3, '.');
-    let a = it.next()?.parse().ok()?;
-    let b = it.next()?.parse().ok()?;
-    let c_raw = it.next()?;
-    let c = c_raw.split(['-', '+']).next()?.parse().ok()?;
-    Some((a, b, c))
-}
-
-/// Strict YAML decode; unknown fields and type errors carry the file and line.
-pub fn parse_strict<T: serde::de::DeserializeOwned>(
-    text: &str,
-    source: &Path,
-) -> Result<T, ConfigError> {
-    serde_yaml_ng::from_str(text).map_err(|e| {
-        let line = e.location().map(|l| l.line()).unwrap_or(0);
-        let msg = e.to_string();
-        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        let hint = if msg.contains("unknown field") {
-            "remove the field or fix its spelling; fields this tool does not implement are refused rather than ignored"
-        } else if msg.contains("missing field") {
-            "add the required field"
-        } else {
-            "check the YAML syntax and the value's type at that line"
-        };
-        ConfigError::input(source, line, msg, hint)
-    })
 }
 
 /// How patch files are read: from disk in the CLI, from memory in tests and benches.

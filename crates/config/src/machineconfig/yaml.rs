@@ -3,7 +3,11 @@
 //! plus the key ordering Go structs impose. serde_yaml_ng's emitter does not indent
 //! sequences under mappings and quotes differently, so output would not match.
 
+use std::path::Path;
+
 use serde_yaml_ng::{Mapping, Value};
+
+use super::error::ConfigError;
 
 /// Emits one YAML document (no leading `---`).
 pub fn emit(value: &Value, indent: usize) -> String {
@@ -501,6 +505,26 @@ fn key_text(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => scalar_text(other, &[]),
     }
+}
+
+/// Strict YAML decode; unknown fields and type errors carry the file and line.
+pub fn parse_strict<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source: &Path,
+) -> Result<T, ConfigError> {
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line()).unwrap_or(0);
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        let hint = if msg.contains("unknown field") {
+            "remove the field or fix its spelling; fields this tool does not implement are refused rather than ignored"
+        } else if msg.contains("missing field") {
+            "add the required field"
+        } else {
+            "check the YAML syntax and the value's type at that line"
+        };
+        ConfigError::input(source, line, msg, hint)
+    })
 }
 
 #[cfg(test)]

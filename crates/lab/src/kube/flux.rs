@@ -19,7 +19,8 @@
 //!   with Flux's dependency check, after a delay (× time scale): SOPS decryption
 //!   needs the `spec.decryption.secretRef` Secret with an `age.agekey` whose
 //!   recipient is one of every `*.sops.yaml` file's recipients; the build of
-//!   `spec.path` applies Namespaces, Flux Kustomizations and HelmReleases
+//!   `spec.path` (the lab's own `kustomize build`, [`kustomize`]) applies
+//!   Namespaces, Flux Kustomizations and HelmReleases
 //!   (labelled with the applying Kustomization, as kustomize-controller does);
 //!   `wait` / `healthChecks` wait for those HelmReleases.
 //! - helm-controller ([`helm`]): HelmReleases install (adopting the objects a
@@ -34,6 +35,7 @@
 
 pub(crate) mod git;
 mod helm;
+pub mod kustomize;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -741,17 +743,23 @@ fn reconcile_ks(
         .and_then(|g| api.shared.git_dir(s(g, "/spec/url")))
         .unwrap_or_default();
     let path = s(ks, "/spec/path").trim_start_matches("./").to_string();
-    let docs = match crate::gitops::walk::build_docs(&repo, &repo.join(&path)) {
+    let target = s(ks, "/spec/targetNamespace").to_string();
+    let docs = match kustomize::build_for(
+        &repo,
+        &repo.join(&path),
+        Some(target.as_str()).filter(|t| !t.is_empty()),
+    ) {
         Ok(d) => d,
         Err(e) => {
+            let (reason, msg) = e.flux_condition();
             return fail(
                 api,
                 &ty.ks,
                 ks,
-                "BuildFailed",
-                format!("kustomize build failed: {e}"),
+                reason,
+                msg,
                 json!({"lastAttemptedRevision": rev}),
-            )
+            );
         }
     };
     // SOPS: the decryption Secret must exist and hold an age identity that is a
@@ -780,8 +788,8 @@ fn reconcile_ks(
                     json!({"lastAttemptedRevision": rev}),
                 );
             };
-            for (doc, loc, _) in &docs {
-                let Some(rs) = doc.pointer("/sops/age").and_then(Value::as_array) else {
+            for doc in &docs {
+                let Some(rs) = doc.value.pointer("/sops/age").and_then(Value::as_array) else {
                     continue;
                 };
                 if !rs.iter().any(|r| s(r, "/recipient") == recipient) {
@@ -790,7 +798,7 @@ fn reconcile_ks(
                         &ty.ks,
                         ks,
                         "BuildFailed",
-                        format!("failed to decrypt and format '{}': no age identity in Secret '{ns}/{secret}' matches the file's recipients", loc.file.display()),
+                        format!("failed to decrypt and format '{}': no age identity in Secret '{ns}/{secret}' matches the file's recipients", doc.file.display()),
                         json!({"lastAttemptedRevision": rev}),
                     );
                 }
@@ -823,12 +831,16 @@ fn reconcile_ks(
         return Ok(());
     }
     // Apply: Namespaces first, then Flux objects, labelled with their applier.
-    let target = s(ks, "/spec/targetNamespace").to_string();
     let mut inventory = Vec::new();
     let mut hrs = Vec::new();
-    let mut ordered: Vec<&(Value, crate::gitops::Loc, Option<String>)> = docs.iter().collect();
-    ordered.sort_by_key(|(d, _, _)| s(d, "/kind") != "Namespace");
-    for (doc, _, ns_override) in ordered {
+    let mut ordered: Vec<&kustomize::BuiltDoc> = docs.iter().collect();
+    ordered.sort_by_key(|d| s(&d.value, "/kind") != "Namespace");
+    for kustomize::BuiltDoc {
+        value: doc,
+        namespace: ns_override,
+        ..
+    } in ordered
+    {
         let kind = s(doc, "/kind");
         let api_version = s(doc, "/apiVersion");
         let t = match (kind, api_version.split('/').next().unwrap_or("")) {
@@ -844,8 +856,9 @@ fn reconcile_ks(
             inventory.push(json!({"id": format!("_{oname}__Namespace"), "v": "v1"}));
             continue;
         }
+        // The build already carries spec.targetNamespace (the root
+        // kustomization's namespace) and every kustomization's namespace.
         let ons = [
-            Some(target.clone()).filter(|t| !t.is_empty()),
             ns_override.clone(),
             Some(s(doc, "/metadata/namespace").to_string()).filter(|n| !n.is_empty()),
         ]
