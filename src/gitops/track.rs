@@ -1,9 +1,14 @@
 //! Follows the live Flux Kustomizations and HelmReleases (the live graph is the
-//! truth) and reports readiness per layer, as Flux defines it
-//! (`k8s-and-crates.md` §3): `Ready=True`, `observedGeneration == generation`,
-//! and for Kustomizations `lastAppliedRevision` equal to the source's artifact
-//! revision when that is known. `Stalled=True`, or a terminal HelmRelease
-//! reason, fails fast.
+//! truth) and reports readiness per layer the way Flux's own `dependsOn` decides
+//! that a dependency is ready (fluxcd/kustomize-controller v1.9.4
+//! `internal/controller/kustomization_controller.go`, `checkDependencies`; the
+//! HelmRelease check in helm-controller v1.6.3 is the same without the revision):
+//! conditions present, `Ready=True`, `observedGeneration == generation`, and for
+//! Kustomizations `lastAppliedRevision` equal to the source's artifact revision
+//! when that is known. `Stalled=True` (Flux sets it only for terminal problems,
+//! e.g. a HelmRelease's `RetriesExceeded`), or a terminal HelmRelease reason,
+//! fails fast. kstatus (`sigs.k8s.io/cli-utils`) is not used: it ignores `Ready`
+//! on custom kinds.
 //!
 //! Everything comes from watches (dynamic API, no CRD crates): nothing polls,
 //! and nothing is recomputed while nothing changes.
