@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use base64::Engine;
 use endsys_bootstrap::pki::{
-    CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage, CA_VALIDITY,
-    CLIENT_VALIDITY,
+    CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, CA_VALIDITY,
 };
 use endsys_bootstrap::talos::api::{
     common,
     cosi::resource::{self as cosi, state_client::StateClient},
     machine::{self, machine_service_client::MachineServiceClient},
 };
+use endsys_bootstrap::talos::talosconfig::client_certificate;
 use endsys_lab::{Lab, LabNode, LabOptions, NodeState, MAINTENANCE_CN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -55,16 +55,7 @@ impl Secrets {
     }
 
     fn client(&self, roles: &[&str]) -> CertAndKey {
-        self.os_ca
-            .issue(&LeafSpec {
-                common_name: String::new(),
-                organizations: roles.iter().map(|r| r.to_string()).collect(),
-                ip_sans: vec![],
-                dns_sans: vec![],
-                usage: Usage::Client,
-                validity: CLIENT_VALIDITY,
-            })
-            .unwrap()
+        client_certificate(&self.os_ca, roles).unwrap()
     }
 
     fn config(&self, machine_type: &str, hostname: &str, endpoint_ip: IpAddr) -> Vec<u8> {

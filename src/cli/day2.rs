@@ -4,10 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
-use tokio::sync::broadcast;
-
-use super::up::flow_error;
+use super::up::{flow_error, next};
 use super::{CliError, Output, OutputFormat};
 use crate::engine::journal::state_dir;
 use crate::engine::talhelper::TalhelperSource;
@@ -15,6 +12,7 @@ use crate::engine::{Cluster, ClusterSource, Emitter, Event, EventKind, Outcome};
 use crate::flows::backup;
 use crate::flows::nodes::{self, NodeOpOptions, NodeOpReport};
 use crate::snapshot::{sidecar_path, KubeRecord};
+use clap::{Args, Subcommand};
 
 /// Where the cluster comes from: the same definition and secrets `up` used.
 #[derive(Debug, Clone, Args)]
@@ -186,12 +184,7 @@ fn spawn_printer(em: &Emitter, op: &'static str, out: &Output) -> tokio::task::J
     let mut rx = em.subscribe();
     let format = out.format;
     tokio::spawn(async move {
-        loop {
-            let e = match rx.recv().await {
-                Ok(e) => e,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
+        while let Some(e) = next(&mut rx).await {
             let Some((kind, message)) = day2_kind(&e) else {
                 continue;
             };
@@ -253,7 +246,7 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
             if let Some(kc) = &args.kubeconfig {
                 cluster.kubeconfig = Some(std::fs::read(kc).map_err(|e| {
                     CliError::Usage(format!(
-                        "{}: cannot read the kubeconfig: {e}\n  next: check the path given to --kubeconfig, or leave it out to use <state-dir>/kubeconfig",
+                        "{}: cannot read the kubeconfig: {e}\n  next action:  check the path given to --kubeconfig, or leave it out to use <state-dir>/kubeconfig",
                         kc.display()
                     ))
                 })?);

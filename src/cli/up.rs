@@ -148,11 +148,9 @@ pub struct RunArgs {
 pub fn layer_map(file: Option<&std::path::Path>) -> Result<crate::gitops::LayerMap, CliError> {
     let mut layers = crate::gitops::LayerMap::endsys();
     if let Some(f) = file {
-        layers.load_overrides(f).map_err(|e| {
-            CliError::Usage(format!(
-                "{e}\n  next action:  fix the layer file (see `up --help`)"
-            ))
-        })?;
+        layers
+            .load_overrides(f)
+            .map_err(|e| CliError::Usage(e.explain()))?;
     }
     Ok(layers)
 }
@@ -222,7 +220,8 @@ pub fn spawn_display(em: &Emitter, out: &Output) -> tokio::task::JoinHandle<()> 
     })
 }
 
-async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
+/// The next event, skipping over a lag; `None` once the emitter is gone.
+pub(crate) async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
     loop {
         match rx.recv().await {
             Ok(e) => return Some(e),

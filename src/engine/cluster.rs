@@ -16,6 +16,7 @@ use crate::talos::{
     probe_mode, CallPolicy, Credentials, Dial, NodeMode, TalosClient, TalosError, TlsFailure,
     TlsMode,
 };
+use endsys_core::Doctor;
 
 use super::error::FlowError;
 use super::events::Emitter;

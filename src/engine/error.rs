@@ -413,18 +413,9 @@ impl Doctor for FlowError {
             FlowError::NoHealthyControlPlane { .. } => "etcd has no quorum or every control plane is down".into(),
             FlowError::ApiOnNode { .. } => "the cluster endpoint is one control plane's address instead of a VIP or load balancer".into(),
             FlowError::Kube { source, node, .. } => kube_cause(source, node.is_some()),
-            FlowError::Charts { source, .. } => match **source {
-                ChartsError::HelmMissing { .. } | ChartsError::HelmTooOld { .. } => {
-                    "the bootstrap charts are rendered with the operator's helm".into()
-                }
-                _ => "a chart or its inputs could not be used".into(),
-            },
-            FlowError::Sops { .. } => "the file is damaged or encrypted for another age key".into(),
-            FlowError::Track { source, .. } => match **source {
-                TrackError::Failed { .. } => "Flux stopped retrying: an object is Stalled or its HelmRelease failed terminally (above, with its message)".into(),
-                TrackError::Deadline { .. } => "the objects above are not Ready yet; everything listed after `blocks` waits on them".into(),
-                TrackError::Kube { .. } => "the Flux objects cannot be listed or watched (Flux CRDs missing, API unreachable)".into(),
-            },
+            FlowError::Charts { source, .. } => source.likely_cause(),
+            FlowError::Sops { source, .. } => source.likely_cause(),
+            FlowError::Track { source, .. } => source.likely_cause(),
             FlowError::Step { cause, .. } | FlowError::Gitops { cause, .. } => cause.clone(),
             FlowError::Snapshot { source, .. } => match **source {
                 SnapshotFileError::Unreadable { .. } => "wrong path, or no permission to read it".into(),
@@ -469,12 +460,8 @@ impl Doctor for FlowError {
             FlowError::ApiOnNode { .. } => "point the kubeconfig's `server:` at a VIP or another control plane, or re-run with --skip-kubernetes and delete the old Node through another control plane afterwards".into(),
             FlowError::Kube { source, .. } => source.next_action(),
             FlowError::Charts { source, .. } => source.next_action(),
-            FlowError::Sops { .. } => "check the file with `sops -d` and the age key in use".into(),
-            FlowError::Track { source, .. } => match **source {
-                TrackError::Failed { .. } => "fix the cause in Git and push (or `flux reconcile` after fixing it in the cluster), then run `up` again: it resumes at this step".into(),
-                TrackError::Deadline { .. } => "read the blocking object's message, fix it in Git and push, then run `up` again (it resumes here); `endsys-bootstrap status` shows the live view meanwhile; a longer --gitops-timeout helps only if it is merely slow".into(),
-                TrackError::Kube { .. } => "check the API server and that Flux is installed, then run `up` again".into(),
-            },
+            FlowError::Sops { source, .. } => source.next_action(),
+            FlowError::Track { source, .. } => source.next_action(),
             FlowError::Step { next, .. } | FlowError::Gitops { next, .. } => next.clone(),
             FlowError::Snapshot { source, refused } => match **source {
                 SnapshotFileError::Unreadable { .. } if *refused => "check the path given to --snapshot".into(),
@@ -523,16 +510,14 @@ impl Doctor for FlowError {
     }
 }
 
-/// The likely cause of a Kubernetes failure, by kind.
+/// The likely cause of a Kubernetes failure: the error's own, except where a
+/// node operation knows better (a drain's eviction held up).
 fn kube_cause(e: &KubeError, on_node: bool) -> String {
     match e {
-        KubeError::Timeout { what, .. } if what.contains("evicted") => "a PodDisruptionBudget blocks the eviction, or the pod does not terminate".into(),
-        KubeError::Timeout { .. } => "the object did not become ready in time: its pods are not scheduled, pulling, or crashing".into(),
-        KubeError::Conflict { .. } => "another field manager owns fields this tool sets".into(),
-        KubeError::UnknownKind { .. } => "the API server does not serve this kind".into(),
-        KubeError::Kubeconfig(_) => "the kubeconfig in the state directory is unusable".into(),
-        _ if on_node => "the Kubernetes API is unreachable, or a PodDisruptionBudget blocks the drain".into(),
-        _ => "the Kubernetes API refused or failed the request".into(),
+        KubeError::Timeout { what, .. } if on_node && what.contains("evicted") => {
+            "a PodDisruptionBudget blocks the eviction, or the pod does not terminate".into()
+        }
+        _ => e.likely_cause(),
     }
 }
 

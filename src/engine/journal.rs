@@ -262,6 +262,8 @@ impl<F: Facts> Journal<F> {
 
     /// Writes via a temporary file and rename (0600).
     pub fn write(&mut self, path: &Path) -> Result<(), FlowError> {
+        // Whatever version it was read as, it is written in this one.
+        self.version = VERSION;
         self.updated_ms = now_ms();
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| FlowError::local(path, e.to_string()))?;

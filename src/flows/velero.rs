@@ -18,7 +18,7 @@ use crate::kube::flux::{self as kflux, resource, str_at};
 use kube::core::ApiResource;
 use serde_json::{json, Value};
 
-use crate::engine::{Emitter, StepId};
+use crate::engine::{Emitter, StepId, Wait};
 use endsys_core::Doctor;
 
 /// Annotation on a Kustomization this tool suspended for a restore (value: the Restore).
@@ -410,13 +410,21 @@ pub async fn restore_apps(
         let cond = |o: Option<&DynamicObject>| {
             o.is_some_and(|o| TERMINAL.contains(&str_at(&o.data, "/status/phase")))
         };
-        let waited = tokio::time::timeout(
+        // Followed on a watch of the Restore, bounded by the deadline.
+        let wait = Wait::new(
+            format!("Restore {velero}/{restore}"),
+            "complete",
             opts.deadline,
-            kube::runtime::wait::await_condition(api.clone(), &restore, cond),
-        )
-        .await;
+        );
+        let waited = wait
+            .bounded(kube::runtime::wait::await_condition(
+                api.clone(),
+                &restore,
+                cond,
+            ))
+            .await;
         let obj = match waited {
-            Err(_) => {
+            None => {
                 let phase = api
                     .get_opt(&restore)
                     .await
@@ -431,13 +439,13 @@ pub async fn restore_apps(
                     after: opts.deadline,
                 });
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 return Err(VeleroError::Kube {
                     what: format!("watch Restore {velero}/{restore}"),
                     source: Box::new(e),
                 })
             }
-            Ok(Ok(o)) => o,
+            Some(Ok(o)) => o,
         };
         let data = obj.map(|o| o.data).unwrap_or(Value::Null);
         let phase = str_at(&data, "/status/phase").to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::engine::cluster::wait_machine;
-use crate::engine::{Backoff, FlowError, NodeDef, NodeProbe, StepId, Wait};
+use crate::engine::{Backoff, Doctor, FlowError, NodeDef, NodeProbe, StepId, Wait};
 use crate::flows::guard::owner;
 use crate::talos::client::EtcdMember;
 use crate::talos::resources::MachineStage;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::future::join_all;
 
 use crate::engine::{
-    classify, probe, Backoff, ClusterSource, Emitter, FlowError, NodeDef, NodeFailure, NodeProbe,
-    StepId, Wait,
+    classify, probe, Backoff, ClusterSource, Doctor, Emitter, FlowError, NodeDef, NodeFailure,
+    NodeProbe, StepId, Wait,
 };
 use crate::flows::up::UpOptions;
 use crate::talos::{Credentials, ResetOptions, TalosClient, TlsMode};

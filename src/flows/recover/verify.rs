@@ -192,21 +192,24 @@ pub async fn reboot_check(
         // Recorded once the node took the request: a run killed before that
         // reboots on the re-run instead of skipping the check.
         cx.set(Phase::RebootRequested)?;
-        let gone = tokio::time::timeout(up.node_deadline, async {
-            while let Some(item) = watch.next().await {
-                if item.is_err() {
-                    break;
+        // Followed on the watch: its end is the node going down.
+        let mut w = Wait::new(
+            node.label(),
+            "going down for the requested reboot",
+            up.node_deadline,
+        );
+        w.seen("still answering");
+        let gone = w
+            .bounded(async {
+                while let Some(item) = watch.next().await {
+                    if item.is_err() {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
-        if gone.is_err() {
-            return Err(FlowError::Timeout {
-                node: node.label(),
-                what: "going down for the requested reboot".into(),
-                after: up.node_deadline,
-                last: "still answering".into(),
-            });
+            })
+            .await;
+        if gone.is_none() {
+            return Err(w.timeout());
         }
     }
     em.waiting(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tonic::Code;
 
 use crate::engine::{
-    per_node, Backoff, FlowError, NodeDef, NodeProbe, Outcome, PlanItem, StepId, Wait,
+    per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe, Outcome, PlanItem, StepId, Wait,
 };
 use crate::talos::{TalosClient, TalosError};
 

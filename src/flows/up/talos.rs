@@ -11,8 +11,8 @@ use tonic::Code;
 
 use crate::engine::cluster::wait_machine;
 use crate::engine::{
-    aggregate, kubeconfig, per_node, Backoff, FlowError, NodeDef, NodeProbe, Outcome, PlanItem,
-    StepId, Wait,
+    aggregate, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe, Outcome,
+    PlanItem, StepId, Wait,
 };
 use crate::talos::resources::MachineStage;
 use crate::talos::wait::WaitProgress;

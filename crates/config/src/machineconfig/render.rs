@@ -294,7 +294,7 @@ fn base_documents(
         s(c.domain.as_deref().unwrap_or("cluster.local")),
     );
     let pods = c.pod_nets();
-    let svcs = c.svc_nets();
+    let svcs = c.service_nets();
     set(&mut d, &["cluster", "network", "podSubnets"], seq(&pods));
     set(
         &mut d,

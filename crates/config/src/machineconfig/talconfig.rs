@@ -46,19 +46,23 @@ pub struct TalConfig {
     pub worker: Option<NodeGroup>,
 }
 
-/// Talos's default pod network, when `clusterPodNets` is empty.
+/// The pod network when `clusterPodNets` is empty: Talos' `DefaultIPv4PodNet`
+/// (siderolabs/talos v1.13.9 `pkg/machinery/constants/constants.go`), which
+/// talhelper leaves to Talos' generator.
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
-/// Talos's default service network, when `clusterSvcNets` is empty.
+
+/// The service network when `clusterSvcNets` is empty: Talos'
+/// `DefaultIPv4ServiceNet` (same file).
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 
 impl TalConfig {
-    /// The pod networks: `clusterPodNets`, else Talos's default.
+    /// `clusterPodNets`, or [`DEFAULT_POD_CIDR`].
     pub fn pod_nets(&self) -> Vec<String> {
         or_default(&self.cluster_pod_nets, DEFAULT_POD_CIDR)
     }
 
-    /// The service networks: `clusterSvcNets`, else Talos's default.
-    pub fn svc_nets(&self) -> Vec<String> {
+    /// `clusterSvcNets`, or [`DEFAULT_SERVICE_CIDR`].
+    pub fn service_nets(&self) -> Vec<String> {
         or_default(&self.cluster_svc_nets, DEFAULT_SERVICE_CIDR)
     }
 }

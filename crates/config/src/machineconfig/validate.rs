@@ -404,7 +404,7 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
     let mut nets: Vec<(String, (IpAddr, u8))> = Vec::new();
     let c = &def.config;
     let pods = c.pod_nets();
-    let svcs = c.svc_nets();
+    let svcs = c.service_nets();
     for (what, list) in [("pod", &pods), ("service", &svcs)] {
         for n in list.iter() {
             if let Some(p) = parse_cidr(n) {
