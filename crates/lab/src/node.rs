@@ -87,6 +87,8 @@ impl Fabric {
     }
 }
 
+/// One serving period of the listener: the accept loop, the server task and
+/// the open connections.
 pub(crate) struct Serving {
     accept: JoinHandle<()>,
     server: JoinHandle<()>,

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::gate::{BoxStream, LabApi};
-use crate::etcd::{self as etcd_store, EtcdCluster};
+use crate::etcd::{restore, EtcdCluster};
 use crate::node::data::{Membership, NodeState};
 use crate::node::{delay, NodeInner};
 use crate::tls::ApiMode;
@@ -55,6 +55,8 @@ impl LabApi {
         Ok(f(c))
     }
 
+    /// Bootstrap: a new cluster of this node's secrets bundle, or one restored from
+    /// the snapshot EtcdRecover uploaded; `AlreadyExists` once etcd has data.
     pub(super) async fn bootstrap_etcd(
         &self,
         request: Request<machine::BootstrapRequest>,
@@ -112,7 +114,7 @@ impl LabApi {
             let file = node.data.lock().expect("data lock").recover_file.take();
             match file {
                 None => Err("open /var/lib/etcd.snapshot: no such file or directory".into()),
-                Some(bytes) => etcd_store::restore(&bytes, req.recover_skip_hash_check)
+                Some(bytes) => restore(&bytes, req.recover_skip_hash_check)
                     .map(|restored| node.create_cluster(&cfg.etcd_key, Some(restored))),
             }
         } else {
@@ -158,6 +160,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdMemberList (`query_local` needs the local member running).
     pub(super) async fn member_list(
         &self,
         request: Request<machine::EtcdMemberListRequest>,
@@ -195,6 +198,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdRemoveMemberByID; the removed member's etcd stops.
     pub(super) async fn remove_member(
         &self,
         request: Request<machine::EtcdRemoveMemberByIdRequest>,
@@ -250,6 +254,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdLeaveCluster: this node's member leaves, its data dir emptied.
     pub(super) async fn leave_cluster(
         &self,
         request: Request<machine::EtcdLeaveClusterRequest>,
@@ -264,6 +269,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdForfeitLeadership: leadership handed to another member.
     pub(super) async fn forfeit_leadership(
         &self,
         request: Request<machine::EtcdForfeitLeadershipRequest>,
@@ -293,6 +299,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdRecover: stores the snapshot a later Bootstrap{recover_etcd} restores.
     pub(super) async fn receive_snapshot(
         &self,
         request: Request<Streaming<common::Data>>,
@@ -319,6 +326,7 @@ impl LabApi {
         }))
     }
 
+    /// EtcdSnapshot, streamed in 1 KiB chunks.
     pub(super) async fn stream_snapshot(
         &self,
         request: Request<machine::EtcdSnapshotRequest>,
@@ -339,6 +347,7 @@ impl LabApi {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    /// EtcdStatus, with the member's alarms listed as etcd lists them.
     pub(super) async fn member_status(
         &self,
         request: Request<()>,

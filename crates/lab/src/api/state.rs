@@ -29,7 +29,7 @@ fn to_resource(r: &ResRec) -> cosi::Resource {
             annotations: Default::default(),
         }),
         // proto_spec stays empty: the resource definition protos are not compiled
-        // into this crate (see resources.rs).
+        // into this crate (see `node/resources.rs`).
         spec: Some(cosi::Spec {
             proto_spec: vec![],
             yaml_spec: r.yaml.clone(),

@@ -26,9 +26,12 @@ pub(crate) struct Shared {
     pub faults: Mutex<Faults>,
     /// The lab's Git host: which directory answers which URL.
     pub git: Mutex<GitHost>,
+    /// How often watches with `allowWatchBookmarks` get a BOOKMARK, in ms.
     pub bookmark_ms: AtomicU64,
+    /// How many changes the watch cache keeps.
     pub watch_window: AtomicU64,
 }
+
 impl Shared {
     pub fn bookmark_interval(&self) -> Duration {
         Duration::from_millis(self.bookmark_ms.load(Ordering::Relaxed).max(10))
