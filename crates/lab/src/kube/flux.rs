@@ -11,7 +11,7 @@
 //!   an artifact and every controller is rolled out, with `components`,
 //!   `lastAppliedRevision` (`v<distribution>@sha256:…`) and an inventory.
 //! - source-controller: a GitRepository's `spec.url` is fetched from the lab's
-//!   Git host ([`super::git`], [`super::KubeLab::serve_git`]); `file://` URLs and plain
+//!   Git host ([`super::KubeLab::serve_git`]); `file://` URLs and plain
 //!   paths are directories on disk. The artifact revision is
 //!   `<ref>@sha1:<commit>` (a tree hash when the directory is no Git checkout);
 //!   an unknown URL fails with `GitOperationFailed` as source-controller does.
@@ -38,7 +38,7 @@
 //! `kustomization` (kustomize-controller, building with the lab's own
 //! `kustomize`) and `helm` (helm-controller); `objects` holds what they share
 //! (conditions and status writes as the controllers make them, the fault
-//! annotation). [`pass`] runs them in that order.
+//! annotation). `pass` runs them in that order.
 
 mod helm;
 mod kustomization;
