@@ -2,7 +2,8 @@
 //!
 //! The library is the product; `main.rs` only turns arguments into calls here.
 //! The workspace, from the bottom up:
-//! - `endsys-core` ([`pki`]): CAs and certificates, Talos PEM quirks.
+//! - `endsys-core` ([`pki`], [`Doctor`]): CAs and certificates, Talos PEM quirks; the
+//!   error doctor every error type implements (likely cause, next action).
 //! - `endsys-talos` ([`talos`]): the Talos machine API: generated types, client, talosconfig.
 //! - `endsys-config` ([`machineconfig`], [`sops`]): cluster definition, secrets bundle,
 //!   rendering, patches, validation; SOPS files encrypted with age, in process.
@@ -16,6 +17,7 @@
 //!   - `demo` (feature `lab`): the whole flow against `endsys-lab`'s simulated cluster.
 
 pub use endsys_config::{machineconfig, sops};
+pub use endsys_core::doctor::{self, Doctor};
 pub use endsys_core::pki;
 pub use endsys_talos as talos;
 

@@ -9,6 +9,7 @@ use endsys_bootstrap::cli::{
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
 use endsys_bootstrap::machineconfig::Vars;
+use endsys_bootstrap::Doctor;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -174,7 +175,7 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", e.explain());
         std::process::exit(e.exit_code());
     }
 }

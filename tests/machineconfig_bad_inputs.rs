@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use endsys_bootstrap::cli::gen::{run_validate, DefinitionArgs, SecretsInput, ValidateArgs};
 use endsys_bootstrap::machineconfig::*;
+use endsys_bootstrap::Doctor;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/machineconfig")
@@ -42,14 +43,14 @@ fn every_broken_input_names_file_and_line_with_exit_code_2() {
         let (file, line) = loc.rsplit_once(':').unwrap();
         let line: usize = line.parse().unwrap();
         let err = run_case(dir);
-        let shown = err.to_string();
+        let shown = err.explain();
         let ok = err.exit_code() == 2
             && err
                 .location()
                 .map(|l| l.file.ends_with(file) && l.line == line)
                 .unwrap_or(false)
             && shown.contains(text)
-            && shown.contains("hint:");
+            && shown.contains("\n  next action:  ");
         if !ok {
             failures.push(format!(
                 "{}:\n  want {file}:{line} containing {text:?}\n  got  {:?} / {shown}",

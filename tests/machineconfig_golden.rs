@@ -276,7 +276,7 @@ fn rendered_configs_pass_the_upstream_schema() {
 fn talosconfig_has_admin_cert_and_control_plane_endpoints() {
     let def = load("machineconfigs");
     let s = secrets();
-    let tc = TalosconfigFile::for_cluster(&def, &s).unwrap();
+    let tc = talosconfig::for_cluster(&def, &s).unwrap();
     assert_eq!(tc.context, "kubernetes");
     let ctx = &tc.contexts["kubernetes"];
     assert_eq!(ctx.endpoints, ["10.127.0.41", "10.127.0.42", "10.127.0.43"]);
@@ -295,9 +295,11 @@ fn talosconfig_has_admin_cert_and_control_plane_endpoints() {
     assert!(String::from_utf8(key)
         .unwrap()
         .starts_with("-----BEGIN ED25519 PRIVATE KEY-----"));
-    let text = tc.to_yaml();
+    let text = talosconfig::to_yaml(&tc);
     assert!(text.starts_with("context: kubernetes\ncontexts:\n    kubernetes:\n        endpoints:\n            - 10.127.0.41\n"));
-    let back: TalosconfigFile = serde_yaml_ng::from_str(&text).unwrap();
+    let back =
+        endsys_bootstrap::talos::talosconfig::Talosconfig::parse(&text, Path::new("talosconfig"))
+            .unwrap();
     assert_eq!(back, tc);
 }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use endsys_bootstrap::sops::{decrypt_yaml, AgeIdentities, SopsError};
+use endsys_bootstrap::Doctor;
 use serde_yaml_ng::Value;
 
 fn fixtures() -> PathBuf {
@@ -135,7 +136,7 @@ fn not_recipient_lists_both_sides() {
 #[test]
 fn pq_message_says_what_to_do() {
     let err = AgeIdentities::from_file(&fixtures().join("bad/pq-key.txt")).expect_err("pq");
-    let msg = err.to_string();
+    let msg = err.explain();
     assert!(msg.contains("not supported by this tool"), "{msg}");
     assert!(msg.contains("classic X25519"), "{msg}");
 }

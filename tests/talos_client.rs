@@ -10,6 +10,7 @@ use endsys_bootstrap::talos::client::ResetOptions;
 use endsys_bootstrap::talos::resources::MachineStage;
 use endsys_bootstrap::talos::wait::wait_for_status;
 use endsys_bootstrap::talos::{probe_mode, ApplyMode, Dial, NodeMode, TalosError, TlsFailure};
+use endsys_bootstrap::Doctor;
 use endsys_lab::NodeState;
 use futures::StreamExt;
 use tonic::Code;

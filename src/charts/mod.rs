@@ -13,7 +13,10 @@ pub mod helmfile;
 pub mod lint;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use endsys_core::Doctor;
 use kube::api::DynamicObject;
 use thiserror::Error;
 
@@ -25,9 +28,9 @@ pub const RELEASE_NAME: &str = "meta.helm.sh/release-name";
 pub const RELEASE_NAMESPACE: &str = "meta.helm.sh/release-namespace";
 
 /// What went wrong with charts or their inputs.
-#[derive(Debug, Clone, Error)]
+#[derive(Debug, Error)]
 pub enum ChartsError {
-    #[error("helm not found ({searched}); install helm ≥ 3.13 (4.x recommended) or pass --helm <path>; nothing was changed")]
+    #[error("helm not found ({searched}); nothing was changed")]
     HelmMissing { searched: String },
     #[error("{path}: helm {found} is too old; helm ≥ 3.13 is required (4.x recommended)")]
     HelmTooOld { path: String, found: String },
@@ -44,13 +47,48 @@ pub enum ChartsError {
     Release { release: String, detail: String },
     #[error("{source_name}: {detail}")]
     Source { source_name: String, detail: String },
+    #[error("{}: cannot read: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: {detail}")]
+    Download {
+        url: String,
+        detail: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
-impl ChartsError {
-    pub fn next_action(&self) -> String {
+impl Doctor for ChartsError {
+    fn likely_cause(&self) -> String {
         match self {
             ChartsError::HelmMissing { .. } | ChartsError::HelmTooOld { .. } => {
-                "install helm 4 (scripts/fetch-tools.sh fetches one into .tools/bin) and re-run"
+                "the bootstrap charts are rendered with the operator's helm".into()
+            }
+            ChartsError::Read { .. } => "the manifest file is not where the path says, or not readable".into(),
+            ChartsError::Download { source, .. } if source.is_connect() => {
+                "the host is unreachable from here (no network, DNS, firewall, or a proxy is required)".into()
+            }
+            ChartsError::Download { source, .. } if source.is_timeout() => {
+                "the server is too slow or the network drops the connection".into()
+            }
+            ChartsError::Download { source, .. } if source.status().is_some() => {
+                "the server has no such file (a typo in the URL, or the release moved)".into()
+            }
+            ChartsError::Download { .. } => {
+                "the download failed (TLS, redirects or a cut connection)".into()
+            }
+            _ => "a chart or its inputs could not be used".into(),
+        }
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            ChartsError::HelmMissing { .. } | ChartsError::HelmTooOld { .. } => {
+                "install helm ≥ 3.13, 4.x recommended (scripts/fetch-tools.sh fetches one into .tools/bin), or pass --helm <path>, and re-run"
                     .into()
             }
             ChartsError::HelmFailed { .. } => {
@@ -59,7 +97,7 @@ impl ChartsError {
             ChartsError::Helmfile { .. } | ChartsError::Release { .. } => {
                 "fix bootstrap/helmfile.yaml".into()
             }
-            ChartsError::Source { .. } => {
+            ChartsError::Source { .. } | ChartsError::Read { .. } | ChartsError::Download { .. } => {
                 "check the manifest source (URL reachable, file present)".into()
             }
         }
@@ -113,88 +151,81 @@ impl ManifestSource {
 
     /// The manifest text.
     pub async fn fetch(&self) -> Result<String, ChartsError> {
-        let err = |detail: String| ChartsError::Source {
-            source_name: self.name(),
-            detail,
-        };
-        match self {
+        let text = match self {
             ManifestSource::File(p) => {
-                std::fs::read_to_string(p).map_err(|e| err(format!("cannot read: {e}")))
+                return std::fs::read_to_string(p).map_err(|source| ChartsError::Read {
+                    path: p.clone(),
+                    source,
+                })
             }
-            ManifestSource::Url(u) => fetch_url(u).await.map_err(err),
-        }
+            ManifestSource::Url(u) => download(u).await?,
+        };
+        String::from_utf8(text).map_err(|e| ChartsError::Source {
+            source_name: self.name(),
+            detail: format!("not UTF-8: {e}"),
+        })
     }
 }
 
-/// HTTP(S) GET with rustls (ring) and the webpki roots.
-async fn fetch_url(url: &str) -> Result<String, String> {
-    use http_body_util::BodyExt;
-    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    let host = uri.host().ok_or("URL without host")?.to_string();
-    let https = uri.scheme_str() == Some("https");
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = http::Request::get(path)
-        .header("host", &host)
-        .header("user-agent", "endsys-bootstrap")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = if https {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name =
-            rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        send(hyper_util::rt::TokioIo::new(tls), req).await?
-    } else {
-        send(hyper_util::rt::TokioIo::new(tcp), req).await?
+/// How long a download may take in all, and to connect.
+pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// HTTP(S) GET with reqwest over rustls (ring) and the webpki roots; redirects
+/// followed (reqwest's default, at most 10), no proxy, [`DOWNLOAD_TIMEOUT`].
+async fn download(url: &str) -> Result<Vec<u8>, ChartsError> {
+    let fail = |source: reqwest::Error| ChartsError::Download {
+        url: url.to_string(),
+        detail: download_detail(&source),
+        source,
     };
-    if resp.status().is_redirection() {
-        let to = resp
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .ok_or("redirect without location")?
-            .to_string();
-        return Box::pin(fetch_url(&to)).await;
-    }
-    if !resp.status().is_success() {
-        return Err(format!("HTTP {}", resp.status()));
-    }
-    let body = resp
-        .into_body()
-        .collect()
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ChartsError::Source {
+        source_name: url.to_string(),
+        detail: format!("TLS set-up: {e}"),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .user_agent("endsys-bootstrap")
+        .no_proxy()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(DOWNLOAD_TIMEOUT)
+        .build()
+        .map_err(fail)?;
+    let resp = client
+        .get(url)
+        .send()
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?;
+    Ok(resp.bytes().await.map_err(fail)?.to_vec())
 }
 
-async fn send<IO>(
-    io: IO,
-    req: http::Request<http_body_util::Empty<bytes::Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    sender.send_request(req).await.map_err(|e| e.to_string())
+/// The operator's view of a download failure: the HTTP status, or what the
+/// deepest cause says (connection refused, certificate unknown, …).
+fn download_detail(e: &reqwest::Error) -> String {
+    if let Some(status) = e.status() {
+        return format!("HTTP {status}");
+    }
+    if e.is_timeout() {
+        return format!("no answer within {DOWNLOAD_TIMEOUT:?}");
+    }
+    if e.is_redirect() {
+        return "too many redirects".into();
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let what = if e.is_connect() { "connect" } else { "request" };
+    format!("{what}: {root}")
 }
 
 #[cfg(test)]
@@ -217,5 +248,87 @@ mod tests {
             ManifestSource::parse("https://x/y.yaml"),
             ManifestSource::Url(_)
         ));
+    }
+
+    /// A one-file HTTP/1.1 server on loopback: `/crds.yaml` is served, `/old`
+    /// redirects to it, anything else is 404.
+    async fn serve_loopback() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf);
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let reply = match path.as_str() {
+                    "/crds.yaml" => {
+                        let body = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
+                    "/old" => "HTTP/1.1 302 Found\r\nlocation: /crds.yaml\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+                    _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string(),
+                };
+                let _ = conn.write_all(reply.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn urls_are_downloaded_following_redirects() {
+        let addr = serve_loopback().await;
+        let text = ManifestSource::parse(&format!("http://{addr}/old"))
+            .fetch()
+            .await
+            .expect("downloads");
+        assert!(text.contains("kind: Namespace"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn download_failures_name_the_url_and_explain() {
+        let addr = serve_loopback().await;
+        let url = format!("http://{addr}/nope.yaml");
+        let e = ManifestSource::parse(&url).fetch().await.unwrap_err();
+        assert_eq!(e.to_string(), format!("{url}: HTTP 404 Not Found"));
+        assert!(e.likely_cause().contains("no such file"), "{}", e.explain());
+
+        // A port nothing listens on: refused.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let url = format!("http://{closed}/crds.yaml");
+        let e = ManifestSource::parse(&url).fetch().await.unwrap_err();
+        assert!(matches!(e, ChartsError::Download { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with(&format!("{url}: connect: ")),
+            "{e}"
+        );
+        assert!(e.likely_cause().contains("unreachable"), "{}", e.explain());
+        assert!(std::error::Error::source(&e).is_some());
+
+        let e = ManifestSource::parse("/nonexistent/crds.yaml")
+            .fetch()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/crds.yaml: cannot read: No such file or directory (os error 2)"
+        );
     }
 }

@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::machineconfig::{
     render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, Finding,
-    SecretsBundle, TalosconfigFile, Vars,
+    SecretsBundle, Vars,
 };
 
 /// Where the cluster definition lives.
@@ -121,7 +121,7 @@ pub fn run_gen_config(
     let bundle = secrets.load()?;
     let configs = render_all(&def, &bundle)?;
     let warnings = validate_all(&def, &configs)?;
-    let talosconfig = TalosconfigFile::for_cluster(&def, &bundle)?;
+    let talosconfig = crate::machineconfig::talosconfig::for_cluster(&def, &bundle)?;
     std::fs::create_dir_all(&args.out).map_err(|e| ConfigError::io(&args.out, e))?;
     #[cfg(unix)]
     {
@@ -136,7 +136,10 @@ pub fn run_gen_config(
         files.push(p);
     }
     let p = args.out.join("talosconfig");
-    write_private(&p, &talosconfig.to_yaml())?;
+    write_private(
+        &p,
+        &crate::machineconfig::talosconfig::to_yaml(&talosconfig),
+    )?;
     files.push(p);
     Ok(GenConfigReport { files, warnings })
 }

@@ -9,9 +9,11 @@ use clap::Args;
 
 use super::{CliError, Output};
 use crate::talos::resources::{MachineStage, WatchEventKind};
+use crate::talos::talosconfig::{Talosconfig, ADMIN_ROLE};
 use crate::talos::wait::{wait_for_status, WaitProgress};
 use crate::talos::{probe_mode, ApplyMode, CallPolicy, Dial, NodeMode, TalosClient, TlsMode};
-use endsys_lab::identity::{admin_talosconfig, LabIdentity};
+use endsys_core::Doctor;
+use endsys_lab::identity::LabIdentity;
 use endsys_lab::{Lab, LabOptions, NodeState};
 
 /// Options shared by `lab serve` and `demo`.
@@ -121,7 +123,7 @@ pub async fn serve(args: ServeArgs, out: &Output) -> Result<(), CliError> {
                         .filter(|n| n.is_control_plane())
                         .map(|n| n.ip().to_string())
                         .collect();
-                    let tc = admin_talosconfig("lab", &ca, endpoints).map_err(lab_err)?;
+                    let tc = Talosconfig::admin("lab", &ca, endpoints.clone(), endpoints).map_err(lab_err)?;
                     tc.save(&args.talosconfig_out)
                         .map_err(|e| CliError::Talos(Box::new(e)))?;
                     out.info(
@@ -149,7 +151,7 @@ pub async fn demo(args: LabArgs, out: &Output) -> Result<(), CliError> {
     let identity = LabIdentity::generate("demo").map_err(lab_err)?;
     let ips: Vec<String> = lab.nodes().iter().map(|n| n.ip().to_string()).collect();
     let endpoint = ips[0].clone();
-    let creds = identity.credentials(&["os:admin"]).map_err(lab_err)?;
+    let creds = identity.credentials(&[ADMIN_ROLE]).map_err(lab_err)?;
     let policy = CallPolicy::default();
     let mut phases: Vec<(&str, Duration)> = Vec::new();
     out.info(

@@ -11,6 +11,7 @@ pub mod recover_cmd;
 pub mod talos_cmd;
 pub mod up;
 
+use endsys_core::Doctor;
 use thiserror::Error;
 
 /// How results are printed.
@@ -68,32 +69,64 @@ impl Output {
     }
 }
 
-/// Why a command failed; decides the exit code.
+/// Why a command failed. [`Doctor::explain`] is what the binary prints;
+/// [`CliError::exit_code`] is 2 for bad input, 1 for a failure.
 #[derive(Debug, Error)]
 pub enum CliError {
-    /// Bad arguments or input files: exit 2.
+    /// Bad arguments or input files, already explained: exit 2.
     #[error("{0}")]
     Usage(String),
-    /// A Talos call failed: exit 1, with cause and next action.
-    #[error("{}", .0.explain())]
+    /// A Talos call failed: exit 1.
+    #[error(transparent)]
     Talos(Box<crate::talos::TalosError>),
     /// Cluster definition, patches or secrets bundle problems (exit 2 for bad input).
-    #[error("{0}")]
+    #[error(transparent)]
     Config(Box<crate::machineconfig::ConfigError>),
     /// A SOPS file could not be read or written (keys, recipients, MAC): exit 2.
-    #[error("{0}")]
+    #[error(transparent)]
     Sops(Box<crate::sops::SopsError>),
-    /// Anything else that failed while acting: exit 1.
+    /// Anything else that failed while acting, already explained: exit 1.
     #[error("{0}")]
     Failed(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
+        if self.is_input_error() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Talos, config and SOPS errors keep their own diagnosis; `Usage` and `Failed`
+/// carry text that was explained where it was made.
+impl Doctor for CliError {
+    fn likely_cause(&self) -> String {
         match self {
-            CliError::Usage(_) | CliError::Sops(_) => 2,
-            CliError::Config(e) => e.exit_code(),
-            CliError::Talos(_) | CliError::Failed(_) => 1,
+            CliError::Talos(e) => e.likely_cause(),
+            CliError::Config(e) => e.likely_cause(),
+            CliError::Sops(e) => e.likely_cause(),
+            CliError::Usage(_) | CliError::Failed(_) => String::new(),
+        }
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            CliError::Talos(e) => e.next_action(),
+            CliError::Config(e) => e.next_action(),
+            CliError::Sops(e) => e.next_action(),
+            CliError::Usage(_) | CliError::Failed(_) => String::new(),
+        }
+    }
+
+    fn is_input_error(&self) -> bool {
+        match self {
+            CliError::Usage(_) => true,
+            CliError::Config(e) => e.is_input_error(),
+            CliError::Sops(e) => e.is_input_error(),
+            CliError::Talos(_) | CliError::Failed(_) => false,
         }
     }
 }

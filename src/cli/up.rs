@@ -14,6 +14,7 @@ use crate::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
 use crate::orchestrator::ledger::Ledger;
 use crate::orchestrator::talhelper::TalhelperSource;
 use crate::orchestrator::{journal, kubeconfig, ClusterSource, FlowError};
+use endsys_core::Doctor;
 
 /// Which steps to run: everything (default), or stop after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -144,11 +145,9 @@ pub struct RunArgs {
 pub fn layer_map(file: Option<&std::path::Path>) -> Result<crate::gitops::LayerMap, CliError> {
     let mut layers = crate::gitops::LayerMap::endsys();
     if let Some(f) = file {
-        layers.load_overrides(f).map_err(|e| {
-            CliError::Usage(format!(
-                "{e}\n  next action:  fix the layer file (see `up --help`)"
-            ))
-        })?;
+        layers
+            .load_overrides(f)
+            .map_err(|e| CliError::Usage(e.explain()))?;
     }
     Ok(layers)
 }

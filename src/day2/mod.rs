@@ -26,6 +26,7 @@ pub mod velero;
 pub use reimage::reimage;
 pub use rejoin::rejoin;
 
+use endsys_core::Doctor;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -21,6 +21,7 @@
 //! bootstraps twice (the bootstrap step reads etcd on every control plane first)
 //! and never reboots twice for the check.
 
+use endsys_core::Doctor;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

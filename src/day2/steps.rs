@@ -2,6 +2,7 @@
 //! TLS handshake, wait for maintenance or for running, apply in maintenance, read
 //! members through another control plane and wait for a member to come back.
 
+use endsys_core::Doctor;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
+use endsys_core::Doctor;
+
 pub use layers::{LayerMap, LAYER_NAMES};
 pub use track::{Item, ItemState, Kind, LayerProgress, Progress, TrackError, Tracker};
 pub use walk::{walk, Graph, KsNode, Problem, ProblemKind};
@@ -67,6 +69,25 @@ pub enum GitopsError {
     Yaml { loc: Loc, message: String },
     #[error("{loc}: {message}")]
     Invalid { loc: Loc, message: String },
+}
+
+impl Doctor for GitopsError {
+    fn likely_cause(&self) -> String {
+        match self {
+            GitopsError::Io { .. } => "a file or folder of the repository is missing or unreadable (or --sync-path points elsewhere)".into(),
+            GitopsError::Yaml { .. } => "a YAML syntax error".into(),
+            GitopsError::Invalid { .. } => "the file is not what kustomize-controller (or the layer map) expects there".into(),
+        }
+    }
+
+    fn next_action(&self) -> String {
+        "fix the file named above (or pass --sync-path / --layers), then run `plan` to see the graph".into()
+    }
+
+    /// The repository and the layer file are the operator's input (exit code 2).
+    fn is_input_error(&self) -> bool {
+        true
+    }
 }
 
 /// The graph layer by layer, as `plan` shows it before anything runs: every

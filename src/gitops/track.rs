@@ -1,9 +1,14 @@
 //! Follows the live Flux Kustomizations and HelmReleases (the live graph is the
-//! truth) and reports readiness per layer, as Flux defines it
-//! (`k8s-and-crates.md` §3): `Ready=True`, `observedGeneration == generation`,
-//! and for Kustomizations `lastAppliedRevision` equal to the source's artifact
-//! revision when that is known. `Stalled=True`, or a terminal HelmRelease
-//! reason, fails fast.
+//! truth) and reports readiness per layer the way Flux's own `dependsOn` decides
+//! that a dependency is ready (fluxcd/kustomize-controller v1.9.4
+//! `internal/controller/kustomization_controller.go`, `checkDependencies`; the
+//! HelmRelease check in helm-controller v1.6.3 is the same without the revision):
+//! conditions present, `Ready=True`, `observedGeneration == generation`, and for
+//! Kustomizations `lastAppliedRevision` equal to the source's artifact revision
+//! when that is known. `Stalled=True` (Flux sets it only for terminal problems,
+//! e.g. a HelmRelease's `RetriesExceeded`), or a terminal HelmRelease reason,
+//! fails fast. kstatus (`sigs.k8s.io/cli-utils`) is not used: it ignores `Ready`
+//! on custom kinds.
 //!
 //! Everything comes from watches (dynamic API, no CRD crates): nothing polls,
 //! and nothing is recomputed while nothing changes.
@@ -12,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+use endsys_core::Doctor;
 use futures::{stream, FutureExt, StreamExt};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::watcher::{self, Event};
@@ -189,6 +195,26 @@ impl TrackError {
             }
             TrackError::Kube { .. } => None,
         }
+    }
+}
+
+impl Doctor for TrackError {
+    fn likely_cause(&self) -> String {
+        match self {
+            TrackError::Failed { .. } => "Flux stopped retrying: an object is Stalled or its HelmRelease failed terminally (above, with its message)",
+            TrackError::Deadline { .. } => "the objects above are not Ready yet; everything listed after `blocks` waits on them",
+            TrackError::Kube { .. } => "the Flux objects cannot be listed or watched (Flux CRDs missing, API unreachable)",
+        }
+        .into()
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            TrackError::Failed { .. } => "fix the cause in Git and push (or `flux reconcile` after fixing it in the cluster), then run `up` again: it resumes at this step",
+            TrackError::Deadline { .. } => "read the blocking object's message, fix it in Git and push, then run `up` again (it resumes here); `endsys-bootstrap status` shows the live view meanwhile; a longer --gitops-timeout helps only if it is merely slow",
+            TrackError::Kube { .. } => "check the API server and that Flux is installed, then run `up` again",
+        }
+        .into()
     }
 }
 

@@ -16,8 +16,10 @@ pub mod inventory;
 pub mod nodes;
 pub mod wait;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use endsys_core::Doctor;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::Client;
@@ -31,7 +33,7 @@ pub const FIELD_MANAGER: &str = "endsys-bootstrap";
 #[derive(Debug, Clone, Error)]
 pub enum KubeError {
     #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
+    Kubeconfig(#[source] Arc<dyn std::error::Error + Send + Sync>),
     #[error("{source_name}, document {doc}: {detail}")]
     Manifest {
         source_name: String,
@@ -70,7 +72,9 @@ pub enum KubeError {
 }
 
 impl KubeError {
-    fn from_kube(e: kube::Error, object: &str, verb: &'static str) -> KubeError {
+    /// A kube-rs error as the apply engine reports it, naming the object and the
+    /// verb; a 409 on `apply` is a field-manager [`KubeError::Conflict`].
+    pub fn from_kube(e: kube::Error, object: &str, verb: &'static str) -> KubeError {
         match e {
             kube::Error::Api(s) if s.code == 409 && verb == "apply" => KubeError::Conflict {
                 object: object.to_string(),
@@ -90,9 +94,22 @@ impl KubeError {
             },
         }
     }
+}
 
-    /// What to do about it.
-    pub fn next_action(&self) -> String {
+impl Doctor for KubeError {
+    fn likely_cause(&self) -> String {
+        match self {
+            KubeError::Kubeconfig(_) => "the kubeconfig is damaged, or its current context names no usable cluster or credentials".into(),
+            KubeError::Manifest { .. } => "the manifest is not valid Kubernetes YAML (syntax, or apiVersion/kind/metadata.name missing)".into(),
+            KubeError::Timeout { .. } => "the object did not become ready in time: its pods are not scheduled, pulling, or crashing".into(),
+            KubeError::Conflict { .. } => "another field manager owns fields this tool sets".into(),
+            KubeError::UnknownKind { .. } => "the API server does not serve this kind".into(),
+            KubeError::Failed { .. } => "the object reports that it failed (its status above says why)".into(),
+            KubeError::Api { .. } | KubeError::Transport { .. } => "the Kubernetes API refused or failed the request".into(),
+        }
+    }
+
+    fn next_action(&self) -> String {
         match self {
             KubeError::Kubeconfig(_) => "fetch the kubeconfig again (delete it from the state directory and re-run up)".into(),
             KubeError::Manifest { .. } => "fix the manifest named above".into(),
@@ -106,14 +123,15 @@ impl KubeError {
 
 /// A kube-rs client from kubeconfig bytes (its current context).
 pub async fn client_from_kubeconfig(bytes: &[u8]) -> Result<Client, KubeError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|e| KubeError::Kubeconfig(format!("not UTF-8: {e}")))?;
-    let kc = kube::config::Kubeconfig::from_yaml(text)
-        .map_err(|e| KubeError::Kubeconfig(e.to_string()))?;
+    fn kubeconfig(e: impl std::error::Error + Send + Sync + 'static) -> KubeError {
+        KubeError::Kubeconfig(Arc::new(e))
+    }
+    let text = std::str::from_utf8(bytes).map_err(kubeconfig)?;
+    let kc = kube::config::Kubeconfig::from_yaml(text).map_err(kubeconfig)?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
-        .map_err(|e| KubeError::Kubeconfig(e.to_string()))?;
-    Client::try_from(cfg).map_err(|e| KubeError::Kubeconfig(e.to_string()))
+        .map_err(kubeconfig)?;
+    Client::try_from(cfg).map_err(kubeconfig)
 }
 
 /// `kind ns/name` (or `kind name`) for messages.

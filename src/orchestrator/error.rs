@@ -2,6 +2,7 @@
 //! likely cause and the next action. Talos call failures keep their own
 //! explanation ([`TalosError::explain`]).
 
+use endsys_core::Doctor;
 use std::time::Duration;
 
 use thiserror::Error;

@@ -3,6 +3,7 @@
 //! layer 1 done. Every step is idempotent (server-side apply with one field
 //! manager): a re-run reports each object unchanged and skips.
 
+use endsys_core::Doctor;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use super::error::FlowError;
 use super::source::{ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};
 use crate::machineconfig::{
-    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle,
-    TalosconfigFile, Vars,
+    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle, Vars,
 };
-use crate::talos::talosconfig::Talosconfig;
+use endsys_core::Doctor;
 
 /// talconfig + talenv + secrets bundle on disk.
 pub struct TalhelperSource {
@@ -25,7 +24,7 @@ pub struct TalhelperSource {
 fn config_err(e: ConfigError, file: &Path) -> FlowError {
     FlowError::Definition {
         file: file.display().to_string(),
-        detail: e.to_string(),
+        detail: e.explain(),
     }
 }
 
@@ -60,9 +59,9 @@ impl TalhelperSource {
         })?;
         let text = if crate::sops::is_sops_yaml(&text) {
             let ids = crate::sops::AgeIdentities::load(self.age_key.as_deref())
-                .map_err(|e| FlowError::Source(format!("{}: {e}", path.display())))?;
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?;
             crate::sops::decrypt_yaml(&text, &ids, path)
-                .map_err(|e| FlowError::Source(format!("{}: {e}", path.display())))?
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?
         } else {
             text
         };
@@ -177,11 +176,9 @@ impl ClusterSource for TalhelperSource {
         for w in warnings {
             tracing::warn!("{w}");
         }
-        let tc_yaml = TalosconfigFile::for_cluster(&def, &bundle)
-            .map_err(|e| config_err(e, &self.secrets))?
-            .to_yaml();
+        let talosconfig = crate::machineconfig::talosconfig::for_cluster(&def, &bundle)
+            .map_err(|e| config_err(e, &self.secrets))?;
         let tc_path = Path::new("<generated talosconfig>");
-        let talosconfig = Talosconfig::parse(&tc_yaml, tc_path)?;
         let credentials = talosconfig
             .context(Some(def.cluster_name()), tc_path)?
             .credentials(tc_path)?;

@@ -5,6 +5,7 @@
 //! Per-node work runs concurrently; one node's failure fails the step with its
 //! name once the other nodes have finished theirs.
 
+use endsys_core::Doctor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

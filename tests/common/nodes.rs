@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use endsys_bootstrap::pki::{
-    CertAndKey, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage, CA_VALIDITY, CLIENT_VALIDITY,
-};
+use endsys_bootstrap::pki::{CertAndKey, CertificateAuthority, KeyAlgorithm, CA_VALIDITY};
 use endsys_bootstrap::talos::api::{
     cosi::resource::{self as cosi, state_client::StateClient},
     machine::{self, machine_service_client::MachineServiceClient},
 };
+use endsys_bootstrap::talos::talosconfig::client_certificate;
 use endsys_lab::{LabNode, LabOptions, NodeState};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -52,16 +51,7 @@ impl Secrets {
     }
 
     pub fn client(&self, roles: &[&str]) -> CertAndKey {
-        self.os_ca
-            .issue(&LeafSpec {
-                common_name: String::new(),
-                organizations: roles.iter().map(|r| r.to_string()).collect(),
-                ip_sans: vec![],
-                dns_sans: vec![],
-                usage: Usage::Client,
-                validity: CLIENT_VALIDITY,
-            })
-            .unwrap()
+        client_certificate(&self.os_ca, roles).unwrap()
     }
 
     pub fn config(&self, machine_type: &str, hostname: &str, endpoint_ip: IpAddr) -> Vec<u8> {

@@ -113,7 +113,8 @@ impl PrivateKey {
             label: "PRIVATE KEY".into(),
             reason: reason.into(),
         };
-        if contains(&der, OID_ED25519) {
+        let algorithm = pkcs8_algorithm(&der).ok_or_else(|| bad("not a PKCS#8 private key"))?;
+        if algorithm == OID_ED25519 {
             // Normalise to PKCS#8 v1 (seed only), the form Go writes and reads.
             let seed = ed25519_seed(&der).ok_or_else(|| bad("malformed Ed25519 PKCS#8"))?;
             let mut v1 = ED25519_PKCS8_V1_PREFIX.to_vec();
@@ -123,7 +124,7 @@ impl PrivateKey {
                 pkcs8_der: v1,
             });
         }
-        if contains(&der, OID_EC_PUBLIC_KEY) {
+        if algorithm == OID_EC_PUBLIC_KEY {
             return Ok(Self {
                 algorithm: KeyAlgorithm::EcdsaP256,
                 pkcs8_der: der,
@@ -201,8 +202,34 @@ fn pem_lf(block: &pem::Pem) -> String {
     )
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// The algorithm OID of a PKCS#8 document (RFC 5958 `OneAsymmetricKey`:
+/// SEQUENCE { INTEGER version, SEQUENCE { OID algorithm, … }, … }). Read at its
+/// place, not searched for: key bytes can contain any OID's bytes.
+fn pkcs8_algorithm(der: &[u8]) -> Option<&[u8]> {
+    /// Tag and length of the DER element at `at`: (content start, content length).
+    fn element(der: &[u8], at: usize, tag: u8) -> Option<(usize, usize)> {
+        if *der.get(at)? != tag {
+            return None;
+        }
+        let first = *der.get(at + 1)? as usize;
+        if first < 0x80 {
+            return Some((at + 2, first));
+        }
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = der
+            .get(at + 2..at + 2 + n)?
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        Some((at + 2 + n, len))
+    }
+    let (body, _) = element(der, 0, 0x30)?;
+    let (version, version_len) = element(der, body, 0x02)?;
+    let (alg, _) = element(der, version + version_len, 0x30)?;
+    let (oid, oid_len) = element(der, alg, 0x06)?;
+    der.get(oid..oid + oid_len)
 }
 
 /// Finds the 32-byte seed in an Ed25519 PKCS#8 v1 or v2 document: the OCTET STRING
@@ -525,6 +552,19 @@ mod tests {
         assert_eq!(back.pkcs8_der(), key.pkcs8_der());
         // Go's MarshalPKCS8PrivateKey output is 48 bytes (v1, seed only).
         assert_eq!(key.pkcs8_der().len(), 48);
+    }
+
+    #[test]
+    fn the_algorithm_is_read_from_its_place_not_found_in_key_bytes() {
+        // An ECDSA key whose bytes happen to hold Ed25519's OID (2b 65 70) was
+        // once taken for a malformed Ed25519 key, about once in 10^5 keys.
+        let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+        let mut der = key.pkcs8_der().to_vec();
+        let n = der.len();
+        der[n - 3..].copy_from_slice(OID_ED25519);
+        let back = PrivateKey::from_pkcs8_der(der, "test").unwrap();
+        assert_eq!(back.algorithm(), KeyAlgorithm::EcdsaP256);
+        assert!(PrivateKey::from_pkcs8_der(vec![0x30, 0x03, 0x02, 0x01], "test").is_err());
     }
 
     #[test]

@@ -6,11 +6,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use endsys_core::pki::{
-    CertAndKey, CertificateAuthority, KeyAlgorithm, LeafSpec, PkiError, Usage, CA_VALIDITY,
-    CLIENT_VALIDITY,
-};
-use endsys_talos::talosconfig::{Context, Talosconfig};
+use endsys_core::pki::{CertificateAuthority, KeyAlgorithm, PkiError, CA_VALIDITY};
+use endsys_talos::talosconfig::Talosconfig;
 use endsys_talos::Credentials;
 
 /// The CAs of one lab cluster.
@@ -40,30 +37,14 @@ impl LabIdentity {
         })
     }
 
-    /// A client certificate from the OS CA carrying `roles`.
-    pub fn client_cert(&self, roles: &[&str]) -> Result<CertAndKey, PkiError> {
-        self.os_ca.issue(&LeafSpec {
-            common_name: String::new(),
-            organizations: roles.iter().map(|r| r.to_string()).collect(),
-            ip_sans: vec![],
-            dns_sans: vec![],
-            usage: Usage::Client,
-            validity: CLIENT_VALIDITY,
-        })
-    }
-
+    /// Talos API credentials from the OS CA carrying `roles`.
     pub fn credentials(&self, roles: &[&str]) -> Result<Arc<Credentials>, PkiError> {
-        let c = self.client_cert(roles)?;
-        Ok(Arc::new(Credentials {
-            ca_pem: self.os_ca.pair.cert_pem.clone().into_bytes(),
-            cert_pem: c.cert_pem.into_bytes(),
-            key: c.key,
-        }))
+        Credentials::issue(&self.os_ca, roles)
     }
 
     /// An admin talosconfig for `endpoints`.
     pub fn talosconfig(&self, endpoints: Vec<String>) -> Result<Talosconfig, PkiError> {
-        admin_talosconfig(&self.name, &self.os_ca, endpoints)
+        Talosconfig::admin(&self.name, &self.os_ca, endpoints.clone(), endpoints)
     }
 
     /// A minimal but complete machine config (v1alpha1 + HostnameConfig).
@@ -88,32 +69,4 @@ impl LabIdentity {
             name = self.name,
         ))
     }
-}
-
-/// An os:admin talosconfig minted from an OS CA, context named after the cluster.
-pub fn admin_talosconfig(
-    cluster: &str,
-    os_ca: &CertificateAuthority,
-    endpoints: Vec<String>,
-) -> Result<Talosconfig, PkiError> {
-    let cert = os_ca.issue(&LeafSpec {
-        common_name: String::new(),
-        organizations: vec!["os:admin".into()],
-        ip_sans: vec![],
-        dns_sans: vec![],
-        usage: Usage::Client,
-        validity: CLIENT_VALIDITY,
-    })?;
-    let mut tc = Talosconfig::default();
-    tc.upsert(
-        cluster,
-        Context::from_pem(
-            endpoints.clone(),
-            endpoints,
-            &os_ca.pair.cert_pem,
-            &cert.cert_pem,
-            &cert.key_pem()?,
-        ),
-    );
-    Ok(tc)
 }

@@ -6,7 +6,12 @@
 //! rebooting (connection refused) → booting → running with mutual TLS from the
 //! config's OS CA and roles from the client certificate; bootstrap once; etcd join,
 //! snapshot and recovery; reset; faults. All nodes share one fabric holding the
-//! simulated etcd cluster(s). The behaviour follows `reference/talos-api.md`.
+//! simulated etcd cluster(s). The behaviour follows siderolabs/talos v1.13.9 and
+//! v1.12.11: apid and its role checks (`internal/app/apid`,
+//! `pkg/grpc/middleware/authz`, roles in `pkg/machinery/role/role.go`), machined's
+//! API (`internal/app/machined/internal/server/v1alpha1`) and, for 1.12, the separate
+//! maintenance server (`internal/app/maintenance/server.go`, removed in 1.13, where
+//! apid serves maintenance mode with the reader role).
 //!
 //! One knob, [`LabOptions::time_scale`], multiplies every delay (0 = none). Nothing
 //! polls: transitions are tasks, and observers follow watch channels

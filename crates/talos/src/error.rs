@@ -1,8 +1,9 @@
 //! Typed errors for Talos API calls, each able to say what probably happened and
-//! what the operator should do next.
+//! what the operator should do next (through [`Doctor`]).
 
 use std::time::Duration;
 
+use endsys_core::Doctor;
 use thiserror::Error;
 use tonic::Code;
 
@@ -127,9 +128,12 @@ impl TalosError {
             _ => false,
         }
     }
+}
 
-    /// What most likely happened, in the operator's terms.
-    pub fn likely_cause(&self) -> String {
+/// What most likely happened and what to do, in the operator's terms; a retry
+/// chain is diagnosed by its last error.
+impl Doctor for TalosError {
+    fn likely_cause(&self) -> String {
         match self.root() {
             TalosError::Connect { refused: true, .. } => {
                 "the node is not listening on 50000: it is rebooting, installing, powered off, or the address is wrong".into()
@@ -154,8 +158,7 @@ impl TalosError {
         }
     }
 
-    /// The next thing to try.
-    pub fn next_action(&self) -> String {
+    fn next_action(&self) -> String {
         match self.root() {
             TalosError::Connect { .. } => "check the node's console; wait for it to finish rebooting, or power it on; verify the IP".into(),
             TalosError::Tls { kind, .. } => match kind {
@@ -242,16 +245,5 @@ fn rpc_action(rpc: &str, code: Code) -> String {
             "target a control-plane node, or check the node's Talos version and mode".into()
         }
         _ => "check the node's logs (`talosctl logs machined`)".into(),
-    }
-}
-
-impl TalosError {
-    /// Multi-line explanation for humans: what, likely cause, next action.
-    pub fn explain(&self) -> String {
-        format!(
-            "{self}\n  likely cause: {}\n  next action:  {}",
-            self.likely_cause(),
-            self.next_action()
-        )
     }
 }

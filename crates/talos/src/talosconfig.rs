@@ -1,7 +1,11 @@
 //! talosconfig files, read and written the way talosctl does: a current `context`
 //! and named `contexts`, each with endpoints, nodes and base64-encoded PEM
-//! `ca`/`crt`/`key`. The path comes from `--talosconfig`, then `TALOSCONFIG`, then
-//! `~/.talos/config`.
+//! `ca`/`crt`/`key` (siderolabs/talos `pkg/machinery/client/config/config.go`). The
+//! path comes from `--talosconfig`, then `TALOSCONFIG`, then `~/.talos/config`.
+//!
+//! This is the one talosconfig model of the workspace: the cluster config crate
+//! builds it for `gen config`, the flows and the lab mint admin access with
+//! [`Talosconfig::admin`] / [`client_certificate`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +16,34 @@ use serde::{Deserialize, Serialize};
 
 use super::connect::Credentials;
 use super::error::TalosError;
-use endsys_core::pki::PrivateKey;
+use endsys_core::pki::{
+    CertAndKey, CertificateAuthority, LeafSpec, PkiError, PrivateKey, Usage, CLIENT_VALIDITY,
+};
+
+/// The role of an admin talosconfig: Talos reads roles from the client
+/// certificate's Organization, prefixed `os:` (`os:admin`, `os:operator`,
+/// `os:reader`, `os:etcd:backup`; siderolabs/talos `pkg/machinery/role/role.go`).
+pub const ADMIN_ROLE: &str = "os:admin";
+
+/// A Talos API client certificate carrying `roles`, issued by the cluster's OS CA
+/// as `talosctl gen config` and talhelper issue the admin one (siderolabs/talos
+/// v1.13.9 `pkg/machinery/config/generate/secrets/ca.go`, `NewAdminCertificateAndKey`):
+/// a fresh key of the CA's family (Ed25519 for the OS CA), Subject `O=<roles>` and
+/// no CN or SANs, KeyUsage DigitalSignature, ExtKeyUsage ClientAuth only (apid checks
+/// it since 1.12), valid one year (`TalosAPIDefaultCertificateValidityDuration`).
+pub fn client_certificate(
+    os_ca: &CertificateAuthority,
+    roles: &[&str],
+) -> Result<CertAndKey, PkiError> {
+    os_ca.issue(&LeafSpec {
+        common_name: String::new(),
+        organizations: roles.iter().map(|r| r.to_string()).collect(),
+        ip_sans: vec![],
+        dns_sans: vec![],
+        usage: Usage::Client,
+        validity: CLIENT_VALIDITY,
+    })
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Talosconfig {
@@ -107,6 +138,19 @@ impl Talosconfig {
         })
     }
 
+    /// A talosconfig whose one context, `cluster`, holds a fresh [`ADMIN_ROLE`]
+    /// certificate from `os_ca` (see [`client_certificate`]), current.
+    pub fn admin(
+        cluster: &str,
+        os_ca: &CertificateAuthority,
+        endpoints: Vec<String>,
+        nodes: Vec<String>,
+    ) -> Result<Self, PkiError> {
+        let mut tc = Talosconfig::default();
+        tc.upsert(cluster, Context::admin(os_ca, endpoints, nodes)?);
+        Ok(tc)
+    }
+
     /// Adds or replaces a context and makes it current (`talosctl config merge`
     /// semantics without the renaming).
     pub fn upsert(&mut self, name: &str, ctx: Context) {
@@ -133,6 +177,22 @@ impl Context {
             key: b.encode(key_pem),
             cluster: None,
         }
+    }
+
+    /// A context with a fresh [`ADMIN_ROLE`] certificate from `os_ca`.
+    pub fn admin(
+        os_ca: &CertificateAuthority,
+        endpoints: Vec<String>,
+        nodes: Vec<String>,
+    ) -> Result<Self, PkiError> {
+        let leaf = client_certificate(os_ca, &[ADMIN_ROLE])?;
+        Ok(Self::from_pem(
+            endpoints,
+            nodes,
+            &os_ca.pair.cert_pem,
+            &leaf.cert_pem,
+            &leaf.key_pem()?,
+        ))
     }
 
     /// Decodes the credentials (keys may carry Talos's `ED25519 PRIVATE KEY` label).

@@ -1,9 +1,10 @@
 //! Typed errors for the machine-config room. Every input error carries the file and,
-//! where it can be found, the line, plus a hint with the likely cause and next action.
+//! where it can be found, the line; [`Doctor`] adds the likely cause and next action.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use endsys_core::Doctor;
 use thiserror::Error;
 
 /// Where in the operator's files a problem sits.
@@ -61,8 +62,9 @@ impl fmt::Display for Finding {
 /// Errors from loading, rendering, patching and validating machine configs.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The operator's input is wrong: a definition, env file, patch or secrets bundle.
-    #[error("{location}: {message}\n  hint: {hint}")]
+    /// The operator's input is wrong: a definition, env file, patch or secrets
+    /// bundle. `hint` is the next action.
+    #[error("{location}: {message}")]
     Input {
         location: Location,
         message: String,
@@ -72,15 +74,18 @@ pub enum ConfigError {
     #[error("validation failed with {} error(s):\n{}", count_errors(.findings), list(.findings))]
     Validation { findings: Vec<Finding> },
     /// A file could not be read or written.
-    #[error("{path}: {source}\n  hint: {hint}")]
+    #[error("{path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
-        hint: String,
     },
     /// Key or certificate handling failed (not the operator's fault as a rule).
     #[error("crypto: {0}")]
     Crypto(String),
+    /// A key or certificate of the bundle could not be read or issued.
+    #[error("crypto: {0}")]
+    Pki(#[from] endsys_core::pki::PkiError),
 }
 
 fn count_errors(f: &[Finding]) -> usize {
@@ -109,27 +114,19 @@ impl ConfigError {
     }
 
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        let hint = match source.kind() {
-            std::io::ErrorKind::NotFound => {
-                "check the path, or pass it explicitly (--config/--env/--secrets)"
-            }
-            std::io::ErrorKind::PermissionDenied => "check the file's permissions",
-            _ => "check that the path is a readable file",
-        };
         ConfigError::Io {
             path: path.to_path_buf(),
             source,
-            hint: hint.into(),
         }
     }
 
-    /// Process exit code: 2 for anything the operator must fix in the input,
-    /// 1 for everything else.
+    /// Process exit code: 2 for anything the operator must fix in the input
+    /// ([`Doctor::is_input_error`]), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            ConfigError::Input { .. } | ConfigError::Validation { .. } => 2,
-            ConfigError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
-            ConfigError::Io { .. } | ConfigError::Crypto(_) => 1,
+        if self.is_input_error() {
+            2
+        } else {
+            1
         }
     }
 
@@ -142,9 +139,52 @@ impl ConfigError {
     }
 }
 
-impl From<endsys_core::pki::PkiError> for ConfigError {
-    fn from(e: endsys_core::pki::PkiError) -> Self {
-        ConfigError::Crypto(e.to_string())
+impl Doctor for ConfigError {
+    fn likely_cause(&self) -> String {
+        match self {
+            // The message itself names the mistake.
+            ConfigError::Input { .. } => String::new(),
+            ConfigError::Validation { .. } => {
+                "the rendered machine configs break rules Talos enforces (each error names its node or file)".into()
+            }
+            ConfigError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => "the file is not where the path says".into(),
+                std::io::ErrorKind::PermissionDenied => {
+                    "this user may not read or write the file".into()
+                }
+                _ => "the path is not a readable file (a folder, a broken link, a full disk)".into(),
+            },
+            ConfigError::Crypto(_) | ConfigError::Pki(_) => {
+                "a key or certificate in the secrets bundle is damaged, or could not be made".into()
+            }
+        }
+    }
+
+    fn next_action(&self) -> String {
+        match self {
+            ConfigError::Input { hint, .. } => hint.clone(),
+            ConfigError::Validation { .. } => {
+                "fix the definition or its patches for each error, then run `validate` again".into()
+            }
+            ConfigError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "check the path, or pass it explicitly (--config/--env/--secrets)".into()
+                }
+                std::io::ErrorKind::PermissionDenied => "check the file's permissions".into(),
+                _ => "check that the path is a readable file".into(),
+            },
+            ConfigError::Crypto(_) | ConfigError::Pki(_) => {
+                "restore the secrets bundle from its SOPS file or backup; for a new cluster, `gen secrets` makes a fresh one".into()
+            }
+        }
+    }
+
+    fn is_input_error(&self) -> bool {
+        match self {
+            ConfigError::Input { .. } | ConfigError::Validation { .. } => true,
+            ConfigError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            ConfigError::Crypto(_) | ConfigError::Pki(_) => false,
+        }
     }
 }
 

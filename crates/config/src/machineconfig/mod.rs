@@ -11,7 +11,7 @@
 //! let secrets = SecretsBundle::from_yaml(&text, std::path::Path::new("talos/talsecret.yaml"))?;
 //! let configs = render_all(&def, &secrets)?;
 //! let warnings = validate_all(&def, &configs)?;
-//! let talosconfig = TalosconfigFile::for_cluster(&def, &secrets)?;
+//! let talosconfig = talosconfig::for_cluster(&def, &secrets)?;
 //! # let _ = (warnings, talosconfig); Ok(()) }
 //! ```
 //!
@@ -42,5 +42,4 @@ pub use talconfig::{
     ClusterDefinition, DefinitionPaths, FsPatchReader, MemPatchReader, PatchReader, PatchSource,
     ResolvedNode, TalConfig,
 };
-pub use talosconfig::{TalosconfigContext, TalosconfigFile};
 pub use validate::{validate_all, validate_cluster, validate_config};

@@ -293,16 +293,8 @@ fn base_documents(
         &["cluster", "network", "dnsDomain"],
         s(c.domain.as_deref().unwrap_or("cluster.local")),
     );
-    let pods = if c.cluster_pod_nets.is_empty() {
-        vec!["10.244.0.0/16".to_string()]
-    } else {
-        c.cluster_pod_nets.clone()
-    };
-    let svcs = if c.cluster_svc_nets.is_empty() {
-        vec!["10.96.0.0/12".to_string()]
-    } else {
-        c.cluster_svc_nets.clone()
-    };
+    let pods = c.pod_nets();
+    let svcs = c.service_nets();
     set(&mut d, &["cluster", "network", "podSubnets"], seq(&pods));
     set(
         &mut d,

@@ -46,6 +46,35 @@ pub struct TalConfig {
     pub worker: Option<NodeGroup>,
 }
 
+/// The pod network when `clusterPodNets` is empty: Talos' `DefaultIPv4PodNet`
+/// (siderolabs/talos v1.13.9 `pkg/machinery/constants/constants.go`), which
+/// talhelper leaves to Talos' generator.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+
+/// The service network when `clusterSvcNets` is empty: Talos'
+/// `DefaultIPv4ServiceNet` (same file).
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+impl TalConfig {
+    /// `clusterPodNets`, or [`DEFAULT_POD_CIDR`].
+    pub fn pod_nets(&self) -> Vec<String> {
+        or_default(&self.cluster_pod_nets, DEFAULT_POD_CIDR)
+    }
+
+    /// `clusterSvcNets`, or [`DEFAULT_SERVICE_CIDR`].
+    pub fn service_nets(&self) -> Vec<String> {
+        or_default(&self.cluster_svc_nets, DEFAULT_SERVICE_CIDR)
+    }
+}
+
+fn or_default(nets: &[String], default: &str) -> Vec<String> {
+    if nets.is_empty() {
+        vec![default.to_string()]
+    } else {
+        nets.to_vec()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CniConfig {

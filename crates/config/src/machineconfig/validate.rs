@@ -403,16 +403,8 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
     // Networks: pod, service and every node subnet must not overlap.
     let mut nets: Vec<(String, (IpAddr, u8))> = Vec::new();
     let c = &def.config;
-    let pods = if c.cluster_pod_nets.is_empty() {
-        vec!["10.244.0.0/16".to_string()]
-    } else {
-        c.cluster_pod_nets.clone()
-    };
-    let svcs = if c.cluster_svc_nets.is_empty() {
-        vec!["10.96.0.0/12".to_string()]
-    } else {
-        c.cluster_svc_nets.clone()
-    };
+    let pods = c.pod_nets();
+    let svcs = c.service_nets();
     for (what, list) in [("pod", &pods), ("service", &svcs)] {
         for n in list.iter() {
             if let Some(p) = parse_cidr(n) {

@@ -1,6 +1,7 @@
 //! SOPS files encrypted with age, decrypted and encrypted in process (no `sops` binary).
 //!
-//! Format facts (see `reference/k8s-and-crates.md` §5): each leaf value is AES-256-GCM
+//! Format facts, as getsops/sops v3.13.2 writes and checks them (`aes/cipher.go`,
+//! `sops.go`, `stores/yaml/store.go`, `age/keysource.go`): each leaf value is AES-256-GCM
 //! encrypted with a per-file data key, 32-byte IV, AAD = mapping keys from the document root
 //! joined by `:` plus a trailing `:` (sequence items add nothing). The data key is stored
 //! age-encrypted per recipient in the `sops:` block of the first document. The MAC is SHA-512

@@ -85,7 +85,7 @@ impl EncryptionRules {
                 file: file.to_path_buf(),
                 field: field.to_string(),
                 pattern,
-                reason: e.to_string(),
+                source: e,
             })
         };
         let mut found = Vec::new();
@@ -170,9 +170,9 @@ pub struct SopsConfig {
 
 impl SopsConfig {
     pub fn load(path: &Path) -> Result<Self, SopsError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SopsError::Yaml {
+        let text = std::fs::read_to_string(path).map_err(|source| SopsError::Read {
             file: path.to_path_buf(),
-            reason: format!("cannot read: {e}"),
+            source,
         })?;
         Self::parse(&text, path)
     }
@@ -232,7 +232,7 @@ fn parse_rule(
                 file: path.to_path_buf(),
                 field: format!("creation_rules[{i}].path_regex"),
                 pattern: s.clone(),
-                reason: e.to_string(),
+                source: e,
             })?)
         }
         _ => None,
