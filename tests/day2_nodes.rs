@@ -322,7 +322,7 @@ async fn reimage_each_control_plane_keeps_quorum() {
     let (lost, samples) = sampler.await.unwrap();
     assert!(lost.is_empty(), "quorum lost during reimage: {lost:?}");
     assert!(samples > 20, "only {samples} samples");
-    // Lab critical path of one CP reimage (src/lab/node.rs delays): reset 1 +
+    // Lab critical path of one CP reimage (crates/lab/src/node.rs delays): reset 1 +
     // reboot 3 + boot 2 + etcd join 2, × time scale.
     let critical = Duration::from_secs_f64((1.0 + 3.0 + 2.0 + 2.0) * scale);
     let mut sorted = walls.clone();

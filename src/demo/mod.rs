@@ -23,17 +23,17 @@ mod half;
 pub use half::kube_half;
 
 /// Lab delays along `up`'s critical path, in seconds at time scale 1
-/// (src/lab/node.rs `delay`): install 4 + reboot 3 + boot 2, then etcd start 1
+/// (crates/lab/src/node.rs `delay`): install 4 + reboot 3 + boot 2, then etcd start 1
 /// after Bootstrap, then etcd join 2 for the other control planes.
 pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
 
-/// Lab delays along the Kubernetes half's critical path (src/lab/kube: API start
+/// Lab delays along the Kubernetes half's critical path (crates/lab/src/kube: API start
 /// 3, CRD Established 0.5, CNI rollout 8 (nodes Ready with it), then coredns,
 /// spegel and cert-manager rollouts 4 each, cert-manager's CRD 0.5).
 pub const LAB_KUBE_CRITICAL_PATH_SECS: f64 = 3.0 + 0.5 + 8.0 + 4.0 + 4.0 + 0.5 + 4.0;
 
 /// Lab delays along the GitOps path, in seconds at time scale 1
-/// (src/lab/kube/sim.rs, src/lab/kube/flux.rs): flux-operator's CRD 0.5 and
+/// (crates/lab/src/kube/sim.rs, crates/lab/src/kube/flux/): flux-operator's CRD 0.5 and
 /// rollout 4; the FluxInstance's controllers roll out 4, then it turns Ready
 /// after 1.0 (the source fetch and the flux-system, cluster-meta and
 /// cluster-apps applies overlap that rollout in the lab); then the longest app

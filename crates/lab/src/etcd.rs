@@ -6,7 +6,6 @@
 //! to detect.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -167,103 +166,6 @@ impl EtcdStore {
 pub enum EtcdError {
     #[error("no etcd cluster is running in the lab (bootstrap one first)")]
     NoCluster,
-}
-
-/// Handle on the simulated etcd key-value store (the cluster the Kubernetes API of
-/// the lab will use): the first cluster that still has a member with data.
-#[derive(Clone)]
-pub struct EtcdHandle {
-    pub(crate) fabric: Arc<super::node::Fabric>,
-}
-
-impl EtcdHandle {
-    fn with<R>(&self, f: impl FnOnce(&mut EtcdCluster) -> R) -> Result<R, EtcdError> {
-        let alive = self.fabric.alive_cluster_uids();
-        let mut store = self.fabric.etcd.lock().expect("etcd lock");
-        let uid = *alive.first().ok_or(EtcdError::NoCluster)?;
-        let c = store.get_mut(uid).ok_or(EtcdError::NoCluster)?;
-        Ok(f(c))
-    }
-
-    /// Stores a value; returns the new revision.
-    pub fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64, EtcdError> {
-        let value = value.into();
-        self.with(|c| {
-            c.kv.insert(key.to_string(), value);
-            c.revision += 1;
-            c.raft_index += 1;
-            c.revision
-        })
-    }
-
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
-        self.with(|c| c.kv.get(key).cloned())
-    }
-
-    /// Deletes a key; returns whether it existed.
-    pub fn delete(&self, key: &str) -> Result<bool, EtcdError> {
-        self.with(|c| {
-            let existed = c.kv.remove(key).is_some();
-            if existed {
-                c.revision += 1;
-                c.raft_index += 1;
-            }
-            existed
-        })
-    }
-
-    /// Every key/value under `prefix`, in key order.
-    pub fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, EtcdError> {
-        self.with(|c| {
-            c.kv.range(prefix.to_string()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-    }
-
-    pub fn revision(&self) -> Result<i64, EtcdError> {
-        self.with(|c| c.revision)
-    }
-
-    /// The members of the running cluster.
-    pub fn members(&self) -> Result<Vec<EtcdMemberInfo>, EtcdError> {
-        self.with(|c| c.members.clone())
-    }
-
-    /// Quorum of the running cluster right now: `(members with etcd running,
-    /// members, has quorum)`. Tests sample it on every lab change.
-    pub fn quorum(&self) -> Result<(usize, usize, bool), EtcdError> {
-        let alive = self.fabric.alive_cluster_uids();
-        let uid = *alive.first().ok_or(EtcdError::NoCluster)?;
-        let members: Vec<u64> = {
-            let store = self.fabric.etcd.lock().expect("etcd lock");
-            store
-                .get(uid)
-                .ok_or(EtcdError::NoCluster)?
-                .members
-                .iter()
-                .map(|m| m.id)
-                .collect()
-        };
-        let healthy = self
-            .fabric
-            .nodes()
-            .iter()
-            .filter(|n| {
-                let d = n.data.lock().expect("data lock");
-                d.etcd
-                    .is_some_and(|m| m.cluster_uid == uid && members.contains(&m.member_id))
-                    && d.services.get("etcd").is_some_and(|s| s.state == "Running")
-            })
-            .count();
-        Ok((healthy, members.len(), self.fabric.has_quorum(uid)))
-    }
-
-    /// How many distinct etcd clusters have live members (more than one = split brain).
-    pub fn cluster_count(&self) -> usize {
-        self.fabric.alive_cluster_uids().len()
-    }
 }
 
 #[cfg(test)]

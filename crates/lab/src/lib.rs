@@ -25,8 +25,6 @@ pub mod identity;
 pub mod kube;
 mod node;
 pub mod repository;
-mod resources;
-mod routing;
 mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,30 +32,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use etcd::{EtcdError, EtcdHandle, EtcdMemberInfo};
+pub use etcd::{EtcdError, EtcdMemberInfo};
 pub use hardware::{DiskInfo, Hardware, LinkInfo};
+pub use node::data::NodeState;
+pub use node::membership::EtcdHandle;
 pub use tls::{LabConnInfo, MAINTENANCE_CN};
 
 use node::{Fabric, NodeInner};
-
-/// Lifecycle state of a simulated node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NodeState {
-    /// No config: maintenance API (TLS without client certificates).
-    Maintenance,
-    /// Config accepted, writing Talos to disk (apid already in mTLS mode).
-    Installing,
-    /// Down: listener closed, connection refused.
-    Rebooting,
-    /// Configured, services starting.
-    Booting,
-    /// Configured and up.
-    Running,
-    /// Off: connection refused until [`LabNode::power_on`].
-    PoweredOff,
-    /// Reset in progress.
-    Resetting,
-}
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -153,6 +134,7 @@ impl Lab {
                 hw,
                 opts.talos_version.clone(),
                 fabric.clone(),
+                api::serve,
             );
             fabric
                 .nodes

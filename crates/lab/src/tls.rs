@@ -1,6 +1,7 @@
 //! TLS for simulated apid: the maintenance certificate, the configured mTLS setup,
-//! client-certificate checks as apid does them, and the connection type that
-//! carries the caller's roles into the gRPC handlers.
+//! client-certificate checks as apid does them, which API a connection talks to
+//! ([`ApiMode`]), and the connection type that carries the caller's roles into the
+//! gRPC handlers.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
-use super::config::NodeConfig;
+use crate::config::NodeConfig;
 use endsys_core::pki::{CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage};
 
 /// Server certificate validity, as apid (24 h).
@@ -30,6 +31,17 @@ const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// CN of the maintenance-mode server certificate.
 pub const MAINTENANCE_CN: &str = "maintenance-service.talos.dev";
+
+/// Which API a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ApiMode {
+    /// Talos 1.13 maintenance: apid with the reader role for everyone.
+    Maintenance113,
+    /// Talos 1.12 maintenance: the separate small maintenance server.
+    Maintenance112,
+    /// Configured: mutual TLS, roles from the client certificate.
+    Configured,
+}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -198,7 +210,7 @@ pub struct LabConnInfo {
     /// Roles from the client certificate's Organization (maintenance: `os:reader`).
     pub roles: Vec<String>,
     pub remote: SocketAddr,
-    pub(crate) mode: super::node::ApiMode,
+    pub(crate) mode: ApiMode,
 }
 
 impl LabConnInfo {

@@ -21,38 +21,12 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+pub use super::credentials::Credentials;
 use super::error::{TalosError, TlsFailure};
-use endsys_core::pki::{certs_from_pem, CertificateAuthority, PkiError, PrivateKey};
+use endsys_core::pki::certs_from_pem;
 
 /// Default Talos API port (apid).
 pub const TALOS_API_PORT: u16 = 50000;
-
-/// Client credentials from a talosconfig context (decoded PEM).
-#[derive(Clone)]
-pub struct Credentials {
-    pub ca_pem: Vec<u8>,
-    pub cert_pem: Vec<u8>,
-    pub key: PrivateKey,
-}
-
-impl Credentials {
-    /// Credentials for `roles`, minted from the cluster's OS CA
-    /// ([`client_certificate`](crate::talosconfig::client_certificate)).
-    pub fn issue(os_ca: &CertificateAuthority, roles: &[&str]) -> Result<Arc<Self>, PkiError> {
-        let leaf = crate::talosconfig::client_certificate(os_ca, roles)?;
-        Ok(Arc::new(Credentials {
-            ca_pem: os_ca.pair.cert_pem.clone().into_bytes(),
-            cert_pem: leaf.cert_pem.into_bytes(),
-            key: leaf.key,
-        }))
-    }
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").finish_non_exhaustive()
-    }
-}
 
 /// How to secure the connection.
 #[derive(Clone, Debug)]

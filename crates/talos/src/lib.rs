@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod connect;
+pub mod credentials;
 pub mod error;
 pub mod resources;
 pub mod talosconfig;

@@ -14,36 +14,10 @@ use std::sync::Arc;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::connect::Credentials;
+use super::credentials::Credentials;
+pub use super::credentials::{client_certificate, ADMIN_ROLE};
 use super::error::TalosError;
-use endsys_core::pki::{
-    CertAndKey, CertificateAuthority, LeafSpec, PkiError, PrivateKey, Usage, CLIENT_VALIDITY,
-};
-
-/// The role of an admin talosconfig: Talos reads roles from the client
-/// certificate's Organization, prefixed `os:` (`os:admin`, `os:operator`,
-/// `os:reader`, `os:etcd:backup`; siderolabs/talos `pkg/machinery/role/role.go`).
-pub const ADMIN_ROLE: &str = "os:admin";
-
-/// A Talos API client certificate carrying `roles`, issued by the cluster's OS CA
-/// as `talosctl gen config` and talhelper issue the admin one (siderolabs/talos
-/// v1.13.9 `pkg/machinery/config/generate/secrets/ca.go`, `NewAdminCertificateAndKey`):
-/// a fresh key of the CA's family (Ed25519 for the OS CA), Subject `O=<roles>` and
-/// no CN or SANs, KeyUsage DigitalSignature, ExtKeyUsage ClientAuth only (apid checks
-/// it since 1.12), valid one year (`TalosAPIDefaultCertificateValidityDuration`).
-pub fn client_certificate(
-    os_ca: &CertificateAuthority,
-    roles: &[&str],
-) -> Result<CertAndKey, PkiError> {
-    os_ca.issue(&LeafSpec {
-        common_name: String::new(),
-        organizations: roles.iter().map(|r| r.to_string()).collect(),
-        ip_sans: vec![],
-        dns_sans: vec![],
-        usage: Usage::Client,
-        validity: CLIENT_VALIDITY,
-    })
-}
+use endsys_core::pki::{CertificateAuthority, PkiError, PrivateKey};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Talosconfig {

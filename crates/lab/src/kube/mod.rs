@@ -16,17 +16,17 @@
 //! no `/openapi/v2`, no protobuf, no Table watches, no admission or RBAC beyond
 //! "system:masters may do anything, other users only discovery".
 
-mod discovery;
 mod fields;
 pub mod flux;
+mod git;
 mod select;
 mod server;
+mod shared;
 mod sim;
 mod store;
 mod types;
 pub mod velero;
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,72 +36,34 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::node::Fabric;
-use super::{EtcdHandle, NodeState};
+use crate::node::data::NodeState;
+use crate::node::membership::EtcdHandle;
+use crate::node::Fabric;
 use endsys_core::pki::{CertificateAuthority, LeafSpec, Usage};
+use server::listen::{self, Running};
 use server::Api;
+use shared::{Faults, Shared};
 
 /// The Kubernetes version the simulated API reports.
-pub use discovery::KUBE_VERSION;
+pub use server::discovery::KUBE_VERSION;
 
 /// Seconds (× time scale) from etcd up to the API server listening.
 const API_START: f64 = 3.0;
 
-/// Faults injected into the simulation.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Faults {
-    /// Substrings of images (or workload names) whose pull never finishes.
-    pub stuck: BTreeSet<String>,
-    /// Substrings of images (or workload names) whose containers crash.
-    pub crash: BTreeSet<String>,
-}
-
-/// State shared by the supervisor, every API server instance and [`KubeLab`].
-pub(crate) struct Shared {
-    pub requests: AtomicU64,
-    pub faults: Mutex<Faults>,
-    /// The lab's Git host: which directory answers which URL.
-    pub git: Mutex<flux::git::GitHost>,
-    bookmark_ms: AtomicU64,
-    watch_window: AtomicU64,
+/// The supervisor's side of [`KubeLab`]: the shared state, which instance
+/// serves now and where, and how to stop.
+struct Supervisor {
+    shared: Arc<Shared>,
     current: Mutex<Option<Arc<Api>>>,
     addr: watch::Sender<Option<SocketAddr>>,
-    supervisor: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
-}
-
-impl Shared {
-    pub fn bookmark_interval(&self) -> Duration {
-        Duration::from_millis(self.bookmark_ms.load(Ordering::Relaxed).max(10))
-    }
-    /// Fetches a Git source from the lab's Git host.
-    pub(crate) fn git_fetch(
-        &self,
-        url: &str,
-        spec_ref: Option<&Value>,
-    ) -> Result<flux::git::Fetched, flux::git::FetchError> {
-        let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
-        flux::git::fetch(&host, url, spec_ref)
-    }
-
-    /// The directory behind a Git URL, if the lab's Git host answers it.
-    pub(crate) fn git_dir(&self, url: &str) -> Option<std::path::PathBuf> {
-        let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
-        host.resolve(url)
-    }
-
-    pub fn faults(&self) -> Faults {
-        self.faults
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
 }
 
 /// Handle on the lab's Kubernetes API (cheap to clone).
 #[derive(Clone)]
 pub struct KubeLab {
-    shared: Arc<Shared>,
+    sup: Arc<Supervisor>,
 }
 
 impl std::fmt::Debug for KubeLab {
@@ -123,25 +85,28 @@ impl KubeLab {
                 stuck: ["never-pull".to_string()].into(),
                 crash: ["crash-loop".to_string()].into(),
             }),
-            git: Mutex::new(flux::git::GitHost::default()),
+            git: Mutex::new(git::GitHost::default()),
             bookmark_ms: AtomicU64::new(5000),
             watch_window: AtomicU64::new(1000),
+        });
+        let sup = Arc::new(Supervisor {
+            shared,
             current: Mutex::new(None),
             addr,
-            supervisor: Mutex::new(None),
+            task: Mutex::new(None),
             stop,
         });
-        let task = tokio::spawn(supervise(fabric, shared.clone()));
-        *shared.supervisor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
-        KubeLab { shared }
+        let task = tokio::spawn(supervise(fabric, sup.clone()));
+        *sup.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        KubeLab { sup }
     }
 
     /// Stops serving (the lab is going away).
     pub(crate) fn halt(&self) {
-        let _ = self.shared.stop.send_replace(true);
+        let _ = self.sup.stop.send_replace(true);
         if let Some(t) = self
-            .shared
-            .supervisor
+            .sup
+            .task
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
@@ -152,12 +117,12 @@ impl KubeLab {
 
     /// Where the API listens, while it is up.
     pub fn addr(&self) -> Option<SocketAddr> {
-        *self.shared.addr.borrow()
+        *self.sup.addr.borrow()
     }
 
     /// Waits until the API is up and returns its address.
     pub async fn wait_up(&self) -> SocketAddr {
-        let mut rx = self.shared.addr.subscribe();
+        let mut rx = self.sup.addr.subscribe();
         loop {
             if let Some(a) = *rx.borrow_and_update() {
                 return a;
@@ -170,11 +135,11 @@ impl KubeLab {
 
     /// Requests answered so far (all instances).
     pub fn requests_served(&self) -> u64 {
-        self.shared.requests.load(Ordering::Relaxed)
+        self.sup.shared.requests.load(Ordering::Relaxed)
     }
 
     fn api(&self) -> Option<Arc<Api>> {
-        self.shared
+        self.sup
             .current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -205,7 +170,8 @@ impl KubeLab {
     /// Image pulls matching `pattern` (a substring of an image or workload name)
     /// never finish: the workload stays unavailable with ImagePullBackOff.
     pub fn inject_stuck_image(&self, pattern: &str) {
-        self.shared
+        self.sup
+            .shared
             .faults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -216,7 +182,8 @@ impl KubeLab {
 
     /// Containers matching `pattern` crash (CrashLoopBackOff; Jobs fail).
     pub fn inject_crash(&self, pattern: &str) {
-        self.shared
+        self.sup
+            .shared
             .faults
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -228,7 +195,12 @@ impl KubeLab {
     /// Removes injected faults (the built-in `never-pull` / `crash-loop` stay).
     pub fn clear_faults(&self) {
         {
-            let mut f = self.shared.faults.lock().unwrap_or_else(|p| p.into_inner());
+            let mut f = self
+                .sup
+                .shared
+                .faults
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             f.stuck.retain(|p| p == "never-pull");
             f.crash.retain(|p| p == "crash-loop");
         }
@@ -243,7 +215,8 @@ impl KubeLab {
     /// with source-controller's "repository not found". Registrations outlive
     /// API restarts; registering wakes the lab's Flux.
     pub fn serve_git(&self, url: &str, dir: std::path::PathBuf) {
-        self.shared
+        self.sup
+            .shared
             .git
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -261,7 +234,10 @@ impl KubeLab {
 
     /// How many changes the watch window keeps (default 1000).
     pub fn set_watch_window(&self, n: usize) {
-        self.shared.watch_window.store(n as u64, Ordering::Relaxed);
+        self.sup
+            .shared
+            .watch_window
+            .store(n as u64, Ordering::Relaxed);
         if let Some(api) = self.api() {
             api.store.set_capacity(n);
         }
@@ -269,7 +245,8 @@ impl KubeLab {
 
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK (default 5 s).
     pub fn set_bookmark_interval(&self, d: Duration) {
-        self.shared
+        self.sup
+            .shared
             .bookmark_ms
             .store(d.as_millis() as u64, Ordering::Relaxed);
     }
@@ -339,9 +316,9 @@ fn desired(fabric: &Fabric) -> Option<Want> {
 }
 
 /// Follows the fabric and (re)starts or stops the API server.
-async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
+async fn supervise(fabric: Arc<Fabric>, sup: Arc<Supervisor>) {
     let mut changed = fabric.changed.subscribe();
-    let mut running: Option<(SocketAddr, String, server::Running)> = None;
+    let mut running: Option<(SocketAddr, String, Running)> = None;
     loop {
         let want = desired(&fabric);
         let same = match (&running, &want) {
@@ -351,8 +328,8 @@ async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
         };
         if !same {
             if let Some((_, _, r)) = running.take() {
-                *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let _ = shared.addr.send_replace(None);
+                *sup.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let _ = sup.addr.send_replace(None);
                 r.stop().await;
             }
             if let Some(w) = want {
@@ -362,10 +339,10 @@ async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
                 let Some(w) = desired(&fabric).filter(|x| x.addr == w.addr) else {
                     continue;
                 };
-                match start(&fabric, &shared, &w).await {
+                match start(&fabric, &sup, &w).await {
                     Ok(r) => {
                         running = Some((w.addr, w.ca.pair.cert_pem.clone(), r));
-                        let _ = shared.addr.send_replace(Some(w.addr));
+                        let _ = sup.addr.send_replace(Some(w.addr));
                     }
                     Err(e) => tracing::warn!("lab kube-apiserver on {}: {e}", w.addr),
                 }
@@ -377,11 +354,7 @@ async fn supervise(fabric: Arc<Fabric>, shared: Arc<Shared>) {
     }
 }
 
-async fn start(
-    fabric: &Arc<Fabric>,
-    shared: &Arc<Shared>,
-    w: &Want,
-) -> Result<server::Running, String> {
+async fn start(fabric: &Arc<Fabric>, sup: &Arc<Supervisor>, w: &Want) -> Result<Running, String> {
     let mut dns: Vec<String> = [
         "kubernetes",
         "kubernetes.default",
@@ -413,11 +386,11 @@ async fn start(
     let api = Arc::new(Api {
         store: store::Store::new(etcd),
         addr: w.addr,
-        shared: shared.clone(),
+        shared: sup.shared.clone(),
         sim_wake: Arc::new(tokio::sync::Notify::new()),
     });
     api.store
-        .set_capacity(shared.watch_window.load(Ordering::Relaxed) as usize);
+        .set_capacity(sup.shared.watch_window.load(Ordering::Relaxed) as usize);
     // The namespaces every cluster starts with.
     if let Some(ns) = api.type_by_kind("Namespace") {
         for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -428,9 +401,9 @@ async fn start(
             .map_err(|e| e.message)?;
         }
     }
-    let running = server::serve(api.clone(), &w.ca, &leaf, shared.stop.subscribe()).await?;
+    let running = listen::serve(api.clone(), &w.ca, &leaf, sup.stop.subscribe()).await?;
     let sim = tokio::spawn(sim::run(api.clone(), fabric.clone(), running.stop_rx()));
     running.add_task(sim);
-    *shared.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(api);
+    *sup.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(api);
     Ok(running)
 }

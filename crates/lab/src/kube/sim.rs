@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::discovery::KUBE_VERSION;
+use super::server::discovery::KUBE_VERSION;
 use super::server::{now, Api};
+use super::shared::Faults;
 use super::store::Signal;
 use super::types::ResType;
-use super::Faults;
+use crate::node::data::NodeState;
 use crate::node::Fabric;
-use crate::NodeState;
 
 /// Base delays in seconds, multiplied by the lab's time scale.
 const KUBELET_START: f64 = 2.0;

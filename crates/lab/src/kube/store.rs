@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::{EtcdError, EtcdHandle};
+use crate::etcd::EtcdError;
+use crate::node::membership::EtcdHandle;
 
 /// A Kubernetes API error, sent as a `Status` object.
 #[derive(Debug, Clone)]

@@ -18,10 +18,12 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{fail, gen, get, is_ready, list, s, set_status, stalled, Types, FAULT, HR_INSTALL};
+use super::objects::{fail, gen, get, is_ready, list, s, set_status, stalled, Types, FAULT};
 use crate::kube::server::{now, Api};
 use crate::kube::store::ApiError;
 use crate::kube::types::ResType;
+
+const HR_INSTALL: f64 = 1.5;
 
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 const RELEASE_NAME: &str = "meta.helm.sh/release-name";

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use http::Response;
 use serde_json::{json, Value};
 
-use super::server::{json_response, Api, Body};
-use super::types::{version_priority, ResType};
+use super::http::{json_response, Body};
+use super::Api;
+use crate::kube::types::{version_priority, ResType};
 
 pub const KUBE_VERSION: &str = "v1.35.2";
 
@@ -294,7 +295,7 @@ fn age(created: Option<&str>) -> String {
         return "<unknown>".into();
     };
     let secs = parse_time(c)
-        .map(|t| (super::server::unix_now() - t).max(0))
+        .map(|t| (super::unix_now() - t).max(0))
         .unwrap_or(0);
     match secs {
         s if s < 120 => format!("{s}s"),

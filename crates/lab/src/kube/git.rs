@@ -1,5 +1,5 @@
 //! The lab's Git host, as source-controller sees it: a URL answers with a
-//! directory registered by whoever started the lab ([`super::super::KubeLab::serve_git`]),
+//! directory registered by whoever started the lab ([`super::KubeLab::serve_git`]),
 //! `file://` URLs and plain paths answer with themselves. The revision is the
 //! commit a ref points at when the directory is a Git checkout (HEAD, loose refs,
 //! `packed-refs`, read like git does), otherwise a hash of the tree.

@@ -15,10 +15,68 @@ use tonic::body::Body;
 use tonic::service::Routes;
 use tonic::Status;
 
-use super::api::LabApi;
-use super::node::{ApiMode, NodeInner, ReplySent};
-use super::tls::LabConnInfo;
-use super::NodeState;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+
+use super::gate::LabApi;
+use crate::node::data::NodeState;
+use crate::node::lifecycle::ReplySent;
+use crate::node::NodeInner;
+use crate::tls::{ApiMode, LabConn, LabConnInfo};
+use endsys_talos::api::cluster::cluster_service_server::ClusterServiceServer;
+use endsys_talos::api::cosi::resource::state_server::StateServer;
+use endsys_talos::api::machine::machine_service_server::MachineServiceServer;
+use endsys_talos::api::storage::storage_service_server::StorageServiceServer;
+
+/// apid's receive limit.
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+
+impl LabApi {
+    /// The services of this node, without routing.
+    pub(crate) fn routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(
+            MachineServiceServer::new(self.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(ClusterServiceServer::new(self.clone()))
+        .add_service(StorageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(
+            StateServer::new(self.clone())
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The node's server: its services behind apid's `node` routing.
+    pub(crate) fn router(
+        &self,
+    ) -> tonic::transport::server::Router<
+        tower::layer::util::Stack<
+            tower::layer::LayerFn<impl Fn(tonic::service::Routes) -> Routing + Clone>,
+            tower::layer::util::Identity,
+        >,
+    > {
+        let node = self.node.clone();
+        Server::builder()
+            .layer(tower::layer::layer_fn(move |inner| Routing {
+                inner,
+                node: node.clone(),
+            }))
+            .add_routes(self.routes())
+    }
+}
+
+/// The node's apid ([`crate::node::Apid`]): its services behind the routing
+/// layer, on the connections the node's listener accepted.
+pub(crate) fn serve(
+    node: Arc<NodeInner>,
+    incoming: ReceiverStream<Result<LabConn, std::io::Error>>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = LabApi { node }.router().serve_with_incoming(incoming).await;
+    })
+}
 
 #[derive(Clone)]
 pub(crate) struct Routing {

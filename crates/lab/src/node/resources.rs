@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use super::node::{stage_yaml, NodeData, NodeInner};
-use super::NodeState;
+use super::data::{stage_yaml, NodeData, NodeState};
+use super::NodeInner;
 
 /// Resource types the lab knows: (type, namespace, sensitive).
 pub(crate) const TYPES: &[(&str, &str, bool)] = &[
