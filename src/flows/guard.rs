@@ -139,17 +139,21 @@ fn healthy_ids(view: &EtcdView) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The member table: every member with its node, health and leadership, then
-/// control planes that hold no member.
-pub fn member_table(cluster: &Cluster, view: &EtcdView) -> String {
-    let healthy = healthy_ids(view);
-    let leaders: BTreeSet<u64> = view
-        .cps
+/// The leaders the control planes name (more than one: they disagree).
+fn leaders(view: &EtcdView) -> BTreeSet<u64> {
+    view.cps
         .iter()
         .filter_map(CpProbe::ok)
         .map(|s| s.leader)
         .filter(|l| *l != 0)
-        .collect();
+        .collect()
+}
+
+/// The member table: every member with its node, health and leadership, then
+/// control planes that hold no member.
+pub fn member_table(cluster: &Cluster, view: &EtcdView) -> String {
+    let healthy = healthy_ids(view);
+    let leaders = leaders(view);
     let mut rows = vec![[
         "MEMBER ID".to_string(),
         "NAME".into(),
@@ -252,13 +256,7 @@ pub fn evaluate(cluster: &Cluster, view: &EtcdView, target: &NodeDef, op: GuardO
         }
     }
     // 2. One leader.
-    let leaders: BTreeSet<u64> = view
-        .cps
-        .iter()
-        .filter_map(CpProbe::ok)
-        .map(|s| s.leader)
-        .filter(|l| *l != 0)
-        .collect();
+    let leaders = leaders(view);
     if leaders.len() > 1 {
         reasons.push(format!(
             "control planes disagree on the etcd leader ({})",
