@@ -7,12 +7,14 @@
 //! - `endsys-talos` ([`talos`]): the Talos machine API: generated types, client, talosconfig.
 //! - `endsys-config` ([`machineconfig`], [`sops`]): cluster definition, secrets bundle,
 //!   rendering, patches, validation; SOPS files encrypted with age, in process.
-//! - this crate, the tool:
+//! - this crate, the tool (floors only go down: cli → flows → engine → the rooms):
 //!   - [`charts`]: helmfile model, helm template, Helm ownership, Cilium lint.
 //!   - [`kube`]: server-side apply engine and readiness waits (kube-rs).
-//!   - [`gitops`]: the Flux tree walker, layer map, readiness tracker.
-//!   - [`day2`]: etcd backup/status, quorum guard, node reimage and rejoin, recover.
-//!   - [`orchestrator`]: flows (`up`, `plan`): steps, events, journal, timing.
+//!   - [`gitops`]: the Flux tree walker, layer map, readiness tracker, git HEAD.
+//!   - [`snapshot`]: the etcd snapshot file and its metadata sidecar.
+//!   - [`engine`]: the one flow engine: steps and their dispatcher, events,
+//!     journal, waits, the cluster handle, the flow error.
+//!   - [`flows`]: `up`, `node reimage|rejoin`, `recover`, backups, the quorum guard.
 //!   - [`cli`]: argument types and output for the binary.
 //!   - `demo` (feature `lab`): the whole flow against `endsys-lab`'s simulated cluster.
 
@@ -23,9 +25,10 @@ pub use endsys_talos as talos;
 
 pub mod charts;
 pub mod cli;
-pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo;
+pub mod engine;
+pub mod flows;
 pub mod gitops;
 pub mod kube;
-pub mod orchestrator;
+pub mod snapshot;

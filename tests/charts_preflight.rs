@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::orchestrator::layer1::Renderer;
-use endsys_bootstrap::orchestrator::{up, Emitter, FlowError, MemorySource, StepId, UpOptions};
+use endsys_bootstrap::engine::{Doctor, Emitter, FlowError, MemorySource, StepId};
+use endsys_bootstrap::flows::up::{up, Renderer, UpOptions};
 use endsys_lab::repository as lab;
 use endsys_lab::{Lab, LabOptions, NodeState};
 
@@ -32,7 +32,7 @@ async fn missing_helm_stops_up_in_preflight_with_every_node_untouched() {
     let src = MemorySource::new(lab_definition(&lab, 3, "nohelm"), None);
     let em = Emitter::new();
     match up(&src, &opts, &em).await {
-        Err(e @ FlowError::Kube { .. }) => {
+        Err(e @ FlowError::Charts { .. }) => {
             let text = e.to_string();
             assert!(text.starts_with("preflight:"), "{text}");
             assert!(text.contains("/nonexistent/bin/helm"), "{text}");

@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use endsys_bootstrap::day2::backup::{etcd_status, sidecar_path, take_backup, verify_backup};
-use endsys_bootstrap::day2::{
-    reimage, rejoin, Cluster, Day2Error, Day2Event, Day2Options, EventKind, Reporter,
-};
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::orchestrator::{up, ClusterSource, Emitter, MemorySource, StepId, UpOptions};
+use endsys_bootstrap::engine::{
+    Cluster, Doctor, Emitter, Event, EventKind, EventSink, FlowError, Outcome, StepId,
+};
+use endsys_bootstrap::engine::{ClusterSource, MemorySource};
+use endsys_bootstrap::flows::backup::{etcd_status, take_backup, verify_backup};
+use endsys_bootstrap::flows::nodes::{self, reimage, rejoin, NodeOpOptions};
+use endsys_bootstrap::flows::up::{up, UpOptions};
+use endsys_bootstrap::snapshot::sidecar_path;
 use endsys_bootstrap::talos::CallPolicy;
 use endsys_lab::{Lab, LabOptions, NodeState};
 
@@ -71,36 +74,66 @@ async fn cluster(subnet: u8, time_scale: f64) -> Env {
     Env { lab, dir, cluster }
 }
 
-fn options(env: &Env, reporter: Arc<dyn Reporter>) -> Day2Options {
-    let mut o = Day2Options::new(env.dir.path().to_path_buf());
+fn options(env: &Env) -> NodeOpOptions {
+    let mut o = NodeOpOptions::new(env.dir.path().to_path_buf());
     o.policy = policy();
     o.node_deadline = Duration::from_secs(60);
     o.etcd_deadline = Duration::from_secs(60);
     o.kube_deadline = Duration::from_secs(60);
     o.probe_timeout = Duration::from_secs(2);
-    o.reporter = reporter;
     o
 }
 
-#[derive(Default)]
-struct Collect(Mutex<Vec<Day2Event>>);
+/// The text a node operation's event carries (its `day2` line's message).
+fn message(e: &Event) -> Option<String> {
+    Some(match &e.kind {
+        EventKind::StepStarted { description } => description.clone(),
+        EventKind::StepFinished {
+            outcome: Outcome::Done { detail },
+            ..
+        } => detail.clone(),
+        EventKind::StepFinished {
+            outcome: Outcome::Skipped { reason },
+            ..
+        } => reason.clone(),
+        EventKind::Waiting { what } => what.clone(),
+        EventKind::Progress { message } | EventKind::Warning { message } => message.clone(),
+        _ => return None,
+    })
+}
 
-impl Reporter for Collect {
-    fn report(&self, ev: &Day2Event) {
+/// Every event of an operation, as the sink saw it (synchronously).
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Event>>>);
+
+impl EventSink for Collect {
+    fn record(&mut self, ev: &Event) {
         self.0.lock().unwrap().push(ev.clone());
     }
 }
 
 impl Collect {
-    fn messages(&self, step: &str) -> Vec<String> {
+    fn messages(&self, step: StepId) -> Vec<String> {
         self.0
             .lock()
             .unwrap()
             .iter()
             .filter(|e| e.step == step)
-            .map(|e| e.message.clone())
+            .filter_map(message)
             .collect()
     }
+
+    /// An emitter feeding this collector.
+    fn emitter(&self) -> Emitter {
+        let em = Emitter::new();
+        em.add_sink(Box::new(self.clone()));
+        em
+    }
+}
+
+/// An emitter nobody listens to.
+fn quiet() -> Emitter {
+    Emitter::new()
 }
 
 /// Samples etcd quorum on every lab change until stopped; returns the samples
@@ -143,7 +176,7 @@ fn sample_quorum(
 }
 
 async fn member_names(env: &Env) -> Vec<String> {
-    let view = endsys_bootstrap::day2::guard::survey(&env.cluster, policy()).await;
+    let view = endsys_bootstrap::flows::guard::survey(&env.cluster, policy()).await;
     let mut names: Vec<String> = view.members.iter().map(|m| m.hostname.clone()).collect();
     names.sort();
     names
@@ -175,7 +208,7 @@ async fn backup_is_private_with_sidecar_and_corruption_is_refused() {
     bad[40] ^= 0xff;
     std::fs::write(&out, &bad).unwrap();
     let e = verify_backup(&out).unwrap_err();
-    assert!(matches!(e, Day2Error::Backup { .. }), "{e}");
+    assert!(matches!(e, FlowError::Snapshot { .. }), "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
     use sha2::Digest;
     let n = bad.len() - 32;
@@ -217,8 +250,7 @@ async fn backup_is_private_with_sidecar_and_corruption_is_refused() {
     );
     assert!(st.table.contains("NOSPACE"), "{}", st.table);
     // The guard refuses while an alarm is raised.
-    let c = Arc::new(Collect::default());
-    let e = reimage(&env.cluster, "cp1", &options(&env, c))
+    let e = reimage(&env.cluster, "cp1", &options(&env), &quiet())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("NOSPACE"), "{e}");
@@ -249,9 +281,9 @@ async fn reimage_each_control_plane_keeps_quorum() {
     let (stop, sampler) = sample_quorum(&env.lab);
     let mut walls = Vec::new();
     for name in ["cp1", "cp2", "cp3"] {
-        let c = Arc::new(Collect::default());
+        let c = Collect::default();
         let t0 = Instant::now();
-        let r = reimage(&env.cluster, name, &options(&env, c.clone()))
+        let r = reimage(&env.cluster, name, &options(&env), &c.emitter())
             .await
             .unwrap_or_else(|e| panic!("{name}: {}", e.explain()));
         walls.push(t0.elapsed());
@@ -260,7 +292,7 @@ async fn reimage_each_control_plane_keeps_quorum() {
         assert!(r.forced.is_empty());
         assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
         if name == "cp1" {
-            let drain = c.messages("drain").join("\n");
+            let drain = c.messages(StepId::Drain).join("\n");
             assert!(
                 drain.contains("1 pod(s) evicted, 1 DaemonSet/mirror"),
                 "{drain}"
@@ -269,7 +301,7 @@ async fn reimage_each_control_plane_keeps_quorum() {
             assert!(pods.get_opt("agent").await.unwrap().is_some());
         }
         // The leave was confirmed through another control plane.
-        let leave = c.messages("leave_etcd").join("\n");
+        let leave = c.messages(StepId::LeaveEtcd).join("\n");
         assert!(leave.contains("confirmed by EtcdMemberList"), "{leave}");
         assert!(!leave.contains(&format!("→ {name}\n")));
         let node = env.lab.node(name).unwrap();
@@ -317,29 +349,24 @@ async fn rejoin_after_disk_replacement_removes_the_stale_member() {
     // The dead member is still listed (it never left).
     assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
     // Reimaging another control plane now would leave 1 of 2: refused.
-    let e = reimage(
-        &env.cluster,
-        "cp1",
-        &options(&env, Arc::new(Collect::default())),
-    )
-    .await
-    .unwrap_err();
+    let e = reimage(&env.cluster, "cp1", &options(&env), &quiet())
+        .await
+        .unwrap_err();
     let text = e.to_string();
-    assert!(matches!(e, Day2Error::Guard { .. }), "{text}");
+    assert!(matches!(e, FlowError::Guard { .. }), "{text}");
     assert!(text.contains("quorum needs 2"), "{text}");
     // Reimage is not the verb for a wiped node either... but rejoin is. First
     // with a fault: its etcd never joins; the rejoin times out naming etcd.
     cp2.block_etcd_join(true);
-    let mut o = options(&env, Arc::new(Collect::default()));
+    let mut o = options(&env);
     o.node_deadline = Duration::from_secs(3);
     o.etcd_deadline = Duration::from_secs(3);
-    let e = rejoin(&env.cluster, "cp2", &o).await.unwrap_err();
-    assert!(matches!(e, Day2Error::Timeout { .. }), "{}", e.explain());
+    let e = rejoin(&env.cluster, "cp2", &o, &quiet()).await.unwrap_err();
+    assert!(matches!(e, FlowError::Timeout { .. }), "{}", e.explain());
     assert!(e.explain().contains("etcd"), "{}", e.explain());
     // Fault gone: the re-run resumes and converges.
     cp2.block_etcd_join(false);
-    let c = Arc::new(Collect::default());
-    let r = rejoin(&env.cluster, "cp2", &options(&env, c.clone()))
+    let r = rejoin(&env.cluster, "cp2", &options(&env), &quiet())
         .await
         .unwrap_or_else(|e| panic!("{}", e.explain()));
     assert!(r.resumed);
@@ -350,27 +377,21 @@ async fn rejoin_after_disk_replacement_removes_the_stale_member() {
     assert_ne!(new_id, old_id);
     assert_eq!(cp2.state(), NodeState::Running);
     // A live, configured node is not rejoined.
-    let e = rejoin(
-        &env.cluster,
-        "cp3",
-        &options(&env, Arc::new(Collect::default())),
-    )
-    .await
-    .unwrap_err();
+    let e = rejoin(&env.cluster, "cp3", &options(&env), &quiet())
+        .await
+        .unwrap_err();
     assert!(e.explain().contains("node reimage cp3"), "{}", e.explain());
 }
 
 /// Powers a node on when a step starts (the operator bringing it back).
 struct PowerOnAt {
-    step: &'static str,
+    step: StepId,
     node: endsys_lab::LabNode,
     fired: AtomicBool,
-    inner: Collect,
 }
 
-impl Reporter for PowerOnAt {
-    fn report(&self, ev: &Day2Event) {
-        self.inner.report(ev);
+impl EventSink for PowerOnAt {
+    fn record(&mut self, ev: &Event) {
         if ev.step == self.step && !self.fired.swap(true, Ordering::SeqCst) {
             let n = self.node.clone();
             tokio::spawn(async move { n.power_on().await });
@@ -383,15 +404,11 @@ async fn reimage_refused_when_another_control_plane_is_down_allowed_with_force()
     let env = cluster(214, 0.0).await;
     let cp3 = env.lab.node("cp3").unwrap().clone();
     cp3.power_off().await;
-    let e = reimage(
-        &env.cluster,
-        "cp1",
-        &options(&env, Arc::new(Collect::default())),
-    )
-    .await
-    .unwrap_err();
+    let e = reimage(&env.cluster, "cp1", &options(&env), &quiet())
+        .await
+        .unwrap_err();
     let text = e.explain();
-    assert!(matches!(e, Day2Error::Guard { .. }), "{text}");
+    assert!(matches!(e, FlowError::Guard { .. }), "{text}");
     assert!(text.contains("cp3"), "{text}");
     assert!(text.contains("keeps 1 healthy of 2"), "{text}");
     assert!(text.contains("MEMBER ID"), "{text}");
@@ -402,27 +419,28 @@ async fn reimage_refused_when_another_control_plane_is_down_allowed_with_force()
 
     // Forced: proceeds with the reasons printed; the operator powers cp3 back on
     // while cp1 leaves, so quorum returns and the reimage completes.
-    let rep = Arc::new(PowerOnAt {
-        step: "leave_etcd",
+    let c = Collect::default();
+    let em = c.emitter();
+    em.add_sink(Box::new(PowerOnAt {
+        step: StepId::LeaveEtcd,
         node: cp3.clone(),
         fired: AtomicBool::new(false),
-        inner: Collect::default(),
-    });
-    let mut o = options(&env, rep.clone());
+    }));
+    let mut o = options(&env);
     o.force = true;
-    let r = reimage(&env.cluster, "cp1", &o)
+    let r = reimage(&env.cluster, "cp1", &o, &em)
         .await
         .unwrap_or_else(|e| panic!("{}", e.explain()));
     assert!(!r.forced.is_empty());
-    let warn: Vec<String> = rep
-        .inner
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.kind == EventKind::Warning && e.step == "guard")
-        .map(|e| e.message.clone())
-        .collect();
+    let warn: Vec<String> =
+        c.0.lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Warning { message } if e.step == StepId::Guard => Some(message.clone()),
+                _ => None,
+            })
+            .collect();
     assert!(
         warn.iter()
             .any(|w| w.contains("--force") && w.contains("cp3")),
@@ -433,16 +451,23 @@ async fn reimage_refused_when_another_control_plane_is_down_allowed_with_force()
 
 /// Aborts the task running the operation at the first `Done`/`Skipped` event of
 /// `step` (the journal is written before the event, like a process dying there).
+#[derive(Clone)]
 struct KillAt {
-    step: &'static str,
-    handle: Mutex<Option<tokio::task::AbortHandle>>,
-    fired: AtomicBool,
+    step: StepId,
+    handle: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+    fired: Arc<AtomicBool>,
 }
 
-impl Reporter for KillAt {
-    fn report(&self, ev: &Day2Event) {
+impl EventSink for KillAt {
+    fn record(&mut self, ev: &Event) {
         if ev.step == self.step
-            && matches!(ev.kind, EventKind::Done | EventKind::Skipped)
+            && matches!(
+                ev.kind,
+                EventKind::StepFinished {
+                    outcome: Outcome::Done { .. } | Outcome::Skipped { .. },
+                    ..
+                }
+            )
             && !self.fired.swap(true, Ordering::SeqCst)
         {
             if let Some(h) = self.handle.lock().unwrap().as_ref() {
@@ -459,23 +484,20 @@ async fn reimage_killed_at_every_step_boundary_then_rerun_converges() {
     let (stop, sampler) = sample_quorum(&env.lab);
     let targets = ["cp2", "cp3", "cp1"];
     let mut killed = 0;
-    for (i, step) in endsys_bootstrap::day2::reimage::STEPS.iter().enumerate() {
+    let steps = nodes::reimage::steps().ids();
+    for (i, step) in steps.iter().copied().enumerate() {
         let name = targets[i % targets.len()];
-        if killed_at(&env, step, move |env, o| async move {
-            reimage(&env.cluster, name, &o).await
+        if killed_at(&env, step, move |env, o, em| async move {
+            reimage(&env.cluster, name, &o, &em).await
         })
         .await
         .is_none()
         {
             killed += 1;
         }
-        let r = reimage(
-            &env.cluster,
-            name,
-            &options(&env, Arc::new(Collect::default())),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{step}: re-run: {}", e.explain()));
+        let r = reimage(&env.cluster, name, &options(&env), &quiet())
+            .await
+            .unwrap_or_else(|e| panic!("{step}: re-run: {}", e.explain()));
         let _ = r;
         assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"], "{step}");
         for n in env.lab.nodes() {
@@ -485,32 +507,31 @@ async fn reimage_killed_at_every_step_boundary_then_rerun_converges() {
     stop.store(true, Ordering::SeqCst);
     let (lost, _) = sampler.await.unwrap();
     assert!(lost.is_empty(), "quorum lost: {lost:?}");
-    assert!(
-        killed + 1 >= endsys_bootstrap::day2::reimage::STEPS.len(),
-        "only {killed} killed"
-    );
+    assert!(killed + 1 >= steps.len(), "only {killed} killed");
 }
 
 /// Runs `op` in a task killed at the first `Done`/`Skipped` of `step` (as if the
 /// process died there); `None` if the kill landed, else what the run returned.
-async fn killed_at<T, F, Fut>(env: &Arc<Env>, step: &'static str, op: F) -> Option<T>
+async fn killed_at<T, F, Fut>(env: &Arc<Env>, step: StepId, op: F) -> Option<T>
 where
     T: Send + 'static,
-    F: FnOnce(Arc<Env>, Day2Options) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, Day2Error>> + Send + 'static,
+    F: FnOnce(Arc<Env>, NodeOpOptions, Emitter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, FlowError>> + Send + 'static,
 {
-    let kill = Arc::new(KillAt {
+    let kill = KillAt {
         step,
-        handle: Mutex::new(None),
-        fired: AtomicBool::new(false),
-    });
+        handle: Arc::new(Mutex::new(None)),
+        fired: Arc::new(AtomicBool::new(false)),
+    };
+    let em = Emitter::new();
+    em.add_sink(Box::new(kill.clone()));
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
     let task = {
         let env = env.clone();
-        let o = options(env.as_ref(), kill.clone());
+        let o = options(env.as_ref());
         tokio::spawn(async move {
             let _ = go_rx.await;
-            op(env, o).await
+            op(env, o, em).await
         })
     };
     *kill.handle.lock().unwrap() = Some(task.abort_handle());
@@ -535,18 +556,15 @@ async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
     let env = Arc::new(cluster(217, 0.02).await);
     let (stop, sampler) = sample_quorum(&env.lab);
     let targets = ["cp2", "cp3", "cp1"];
-    let plan = endsys_bootstrap::day2::rejoin::plan(
-        &env.cluster,
-        "cp1",
-        &options(&env, Arc::new(Collect::default())),
-    )
-    .await
-    .unwrap();
-    let planned: Vec<&str> = plan.iter().map(|s| s.step).collect();
-    assert_eq!(planned, endsys_bootstrap::day2::rejoin::STEPS);
+    let plan = nodes::rejoin::plan(&env.cluster, "cp1", &options(&env))
+        .await
+        .unwrap();
+    let planned: Vec<StepId> = plan.iter().map(|s| s.step).collect();
+    let steps = nodes::rejoin::steps().ids();
+    assert_eq!(planned, steps);
     let mut killed = 0;
     let mut table = Vec::new();
-    for (i, step) in endsys_bootstrap::day2::rejoin::STEPS.iter().enumerate() {
+    for (i, step) in steps.iter().copied().enumerate() {
         let name = targets[i % targets.len()];
         // The disk is replaced: the node boots into maintenance with a fresh
         // identity, its etcd member still listed.
@@ -558,8 +576,8 @@ async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
         assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"], "{step}");
         let removals = env.lab.member_removals();
         let t0 = Instant::now();
-        let first = killed_at(&env, step, move |env, o| async move {
-            rejoin(&env.cluster, name, &o).await
+        let first = killed_at(&env, step, move |env, o, em| async move {
+            rejoin(&env.cluster, name, &o, &em).await
         })
         .await;
         // Killed: the same command again. (Not killed, the node is rejoined and
@@ -568,13 +586,9 @@ async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
             Some(r) => r,
             None => {
                 killed += 1;
-                rejoin(
-                    &env.cluster,
-                    name,
-                    &options(&env, Arc::new(Collect::default())),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{step}: re-run: {}", e.explain()))
+                rejoin(&env.cluster, name, &options(&env), &quiet())
+                    .await
+                    .unwrap_or_else(|e| panic!("{step}: re-run: {}", e.explain()))
             }
         };
         assert_eq!(
@@ -604,19 +618,14 @@ async fn rejoin_killed_at_every_step_boundary_then_rerun_converges() {
     // One member of three is down from the disk replacement until the rejoin:
     // 2 of 3 keep quorum throughout.
     assert!(lost.is_empty(), "quorum lost: {lost:?}");
-    assert!(
-        killed + 1 >= endsys_bootstrap::day2::rejoin::STEPS.len(),
-        "only {killed} killed"
-    );
+    assert!(killed + 1 >= steps.len(), "only {killed} killed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_names_the_node_receiving_each_call() {
     let env = cluster(216, 0.0).await;
-    let o = options(&env, Arc::new(Collect::default()));
-    let steps = endsys_bootstrap::day2::reimage::plan(&env.cluster, "cp2", &o)
-        .await
-        .unwrap();
+    let o = options(&env);
+    let steps = nodes::reimage::plan(&env.cluster, "cp2", &o).await.unwrap();
     let text: Vec<String> = steps
         .iter()
         .map(|s| format!("{}: {}", s.step, s.action))
@@ -635,9 +644,7 @@ async fn plan_names_the_node_receiving_each_call() {
         "{text}"
     );
     assert!(text.contains("DELETE Node cp2 → Kubernetes API"), "{text}");
-    let steps = endsys_bootstrap::day2::rejoin::plan(&env.cluster, "cp1", &o)
-        .await
-        .unwrap();
+    let steps = nodes::rejoin::plan(&env.cluster, "cp1", &o).await.unwrap();
     let text: Vec<String> = steps
         .iter()
         .map(|s| format!("{}: {}", s.step, s.action))
@@ -660,12 +667,12 @@ async fn plan_names_the_node_receiving_each_call() {
             .into_bytes(),
     );
     let applies = env.lab.apply_calls();
-    let err = match endsys_bootstrap::day2::reimage(&on_cp1, "cp1", &o).await {
+    let err = match reimage(&on_cp1, "cp1", &o, &quiet()).await {
         Err(e) => e,
         Ok(_) => panic!("reimage through the node's own API server was not refused"),
     };
     assert!(
-        matches!(err, Day2Error::ApiOnNode { ref server, .. } if server == "127.0.216.11"),
+        matches!(err, FlowError::ApiOnNode { ref server, .. } if server == "127.0.216.11"),
         "{err}"
     );
     assert!(

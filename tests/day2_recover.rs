@@ -9,20 +9,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use endsys_bootstrap::day2::backup::{
-    check_snapshot, sidecar_path, take_backup, BackupMeta, KubeRecord,
-};
-use endsys_bootstrap::day2::recover::{
-    recover, Phase, RecoverError, RecoverJournal, RecoverOptions, RecoverReport,
-};
-use endsys_bootstrap::day2::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
-use endsys_bootstrap::day2::Cluster;
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::orchestrator::events::EventSink;
-use endsys_bootstrap::orchestrator::source::MemorySecrets;
-use endsys_bootstrap::orchestrator::{
-    up, ClusterSource, Emitter, Event, EventKind, MemorySource, Outcome, StepId, UpOptions,
+use endsys_bootstrap::engine::{
+    Cluster, ClusterSource, Doctor, Emitter, Event, EventKind, EventSink, FlowError, MemorySecrets,
+    MemorySource, Outcome, StepId,
 };
+use endsys_bootstrap::flows::backup::take_backup;
+use endsys_bootstrap::flows::recover::{self, recover, Phase, RecoverOptions, RecoverReport};
+use endsys_bootstrap::flows::up::{up, UpOptions};
+use endsys_bootstrap::flows::velero::{restore_apps, VeleroError, VeleroOptions, SUSPENDED_BY};
+use endsys_bootstrap::snapshot::{check_snapshot, sidecar_path, BackupMeta, KubeRecord};
 use endsys_bootstrap::talos::CallPolicy;
 use endsys_lab::{Lab, LabOptions, NodeState};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -330,15 +326,15 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
     .await
     .unwrap_err();
     match &e {
-        RecoverError::NodesConfigured { nodes } => assert_eq!(nodes.len(), 3, "{e}"),
+        FlowError::NodesConfigured { nodes } => assert_eq!(nodes.len(), 3, "{e}"),
         other => panic!("{other}"),
     }
     assert!(e.explain().contains("--reset-nodes"), "{}", e.explain());
     assert_eq!(lab.apply_calls(), applies, "no node touched");
     assert!(lab.nodes().iter().all(|n| n.state() == NodeState::Running));
-    assert!(RecoverJournal::load(f.dir.path())
+    assert!(recover::journal(f.dir.path())
         .unwrap()
-        .is_some_and(|j| j.phase == Phase::Checked));
+        .is_some_and(|j| j.facts.phase == Phase::Checked));
 
     // The disaster, then the recovery.
     disaster(lab).await;
@@ -468,7 +464,7 @@ async fn backup_wipe_everything_recover_brings_the_objects_back() {
     assert!(hr_after.iter().all(|(_, n)| *n == 1), "{hr_after:?}");
     assert_eq!(lab.kube().list("FluxInstance", None).len(), 1);
     assert_eq!(
-        RecoverJournal::load(f.dir.path()).unwrap().unwrap().phase,
+        recover::journal(f.dir.path()).unwrap().unwrap().facts.phase,
         Phase::Done
     );
     assert!(!f.dir.path().join("recover-pending").exists());
@@ -623,8 +619,8 @@ async fn recover_killed_at_every_step_boundary_converges() {
         .await
         .unwrap_or_else(|e| panic!("{at:?}: re-run: {}", e.explain()));
         let rerun = t0.elapsed();
-        let journal = RecoverJournal::load(f.dir.path()).unwrap().unwrap();
-        assert_eq!(journal.phase, Phase::Done, "{at:?}");
+        let journal = recover::journal(f.dir.path()).unwrap().unwrap();
+        assert_eq!(journal.facts.phase, Phase::Done, "{at:?}");
         // (A kill point after the last await lets the run finish: the re-run then
         // finds the recovery done and must converge without wiping anything.)
         if !reset_nodes {
@@ -661,7 +657,7 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     let e = recover(&src as &dyn ClusterSource, &o, &Emitter::new())
         .await
         .unwrap_err();
-    assert!(matches!(e, RecoverError::NoSecrets { .. }), "{e}");
+    assert!(matches!(e, FlowError::NoSecrets { .. }), "{e}");
     assert_eq!(lab.apply_calls(), 0);
     // A snapshot of an empty cluster (no sidecar): the restore "succeeds" in etcd
     // but the cluster is empty, which recover must not call a recovery.
@@ -701,7 +697,7 @@ async fn recover_refuses_new_secrets_and_a_restore_that_did_not_happen() {
     });
     assert!(warned, "recover warns that it can only check \"not empty\"");
     assert!(
-        matches!(e, RecoverError::NotRestored { .. }),
+        matches!(e, FlowError::NotRestored { .. }),
         "{}",
         e.explain()
     );

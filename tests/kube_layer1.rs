@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use endsys_bootstrap::demo::{run_demo, DemoOptions};
-use endsys_bootstrap::orchestrator::events::{Emitter, EventKind, Outcome, StepId};
+use endsys_bootstrap::engine::{Emitter, EventKind, Outcome, StepId};
 
 fn helm() -> Option<PathBuf> {
     let p = PathBuf::from(".tools/bin/helm");

@@ -8,9 +8,9 @@ mod kubelab;
 
 use std::path::Path;
 
+use endsys_bootstrap::engine::FlowError;
+use endsys_bootstrap::flows::up::kube::secret_objects;
 use endsys_bootstrap::kube::{client_from_kubeconfig, Applier, Change};
-use endsys_bootstrap::orchestrator::layer1::secret_objects;
-use endsys_bootstrap::orchestrator::FlowError;
 use endsys_bootstrap::sops::AgeIdentities;
 
 fn key() -> AgeIdentities {
@@ -73,10 +73,13 @@ async fn sops_fixtures_seed_flux_system_and_bad_files_are_named() {
         "bad/mac-tampered.sops.yaml",
     ] {
         match secret_objects(repo, Path::new(bad), Some(&ids)) {
-            Err(FlowError::Kube { step, detail, .. }) => {
-                assert_eq!(step, "secrets");
+            Err(e @ FlowError::Sops { .. }) => {
+                let detail = e.to_string();
+                assert!(detail.starts_with("secrets: "), "{detail}");
                 assert!(detail.contains(bad), "{detail}");
                 assert!(detail.contains("does not decrypt"), "{detail}");
+                // The SOPS error stays the source, not a string.
+                assert!(std::error::Error::source(&e).is_some(), "{detail}");
             }
             other => panic!("{bad}: expected an error, got {other:?}"),
         }

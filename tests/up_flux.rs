@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endsys_bootstrap::demo::{run_demo, DemoOptions, DemoReport, Inspect};
-use endsys_bootstrap::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
-use endsys_bootstrap::orchestrator::FlowError;
+use endsys_bootstrap::engine::{Doctor, Emitter, Event, EventKind, FlowError, Outcome, StepId};
+use endsys_bootstrap::flows::up::UpReport;
 use endsys_lab::repository as lab;
 use serde_json::Value;
 
@@ -96,7 +96,7 @@ async fn run(
     (r, events, seen)
 }
 
-fn steps_of(r: &endsys_bootstrap::orchestrator::UpReport) -> BTreeMap<StepId, Outcome> {
+fn steps_of(r: &UpReport) -> BTreeMap<StepId, Outcome> {
     r.steps.iter().cloned().collect()
 }
 
@@ -464,7 +464,7 @@ async fn a_kustomization_that_never_becomes_ready_is_reported_with_its_message_a
     let e = r.expect_err("a stuck Kustomization must fail up");
     let text = e.explain();
     assert!(
-        matches!(e, FlowError::Gitops { ref step, .. } if step == "gitops"),
+        matches!(e, FlowError::Track { ref step, .. } if step == "gitops"),
         "{text}"
     );
     assert!(text.contains("not Ready after 6s"), "{text}");
@@ -510,7 +510,7 @@ async fn a_helmrelease_that_fails_terminally_fails_fast() {
     let e = r.expect_err("a failed HelmRelease must fail up");
     let text = e.explain();
     assert!(
-        matches!(e, FlowError::Gitops { ref step, .. } if step == "gitops"),
+        matches!(e, FlowError::Track { ref step, .. } if step == "gitops"),
         "{text}"
     );
     assert!(text.contains("Flux failed"), "{text}");

@@ -5,13 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::orchestrator::events::EventSink;
-use endsys_bootstrap::orchestrator::journal::Journal;
-use endsys_bootstrap::orchestrator::source::MemorySecrets;
-use endsys_bootstrap::orchestrator::{
-    plan, up, ClusterSource, DiskTarget, Emitter, Event, EventKind, FlowError, MemorySource,
-    Outcome, StepId, UpOptions,
+use endsys_bootstrap::engine::{
+    ClusterSource, DiskTarget, Doctor, Emitter, Event, EventKind, EventSink, FlowError, Journal,
+    MemorySecrets, MemorySource, Outcome, StepId, UpFacts,
 };
+use endsys_bootstrap::flows::up::{plan, up, UpOptions, UpReport};
 use endsys_bootstrap::talos::{ApplyMode, CallPolicy, TalosClient, TlsMode};
 use endsys_lab::{Lab, LabOptions, NodeState};
 
@@ -61,13 +59,7 @@ impl Collect {
     }
 }
 
-async fn run(
-    src: &MemorySource,
-    opts: &UpOptions,
-) -> (
-    Result<endsys_bootstrap::orchestrator::UpReport, FlowError>,
-    Vec<Event>,
-) {
+async fn run(src: &MemorySource, opts: &UpOptions) -> (Result<UpReport, FlowError>, Vec<Event>) {
     let em = Emitter::new();
     let c = Collect::default();
     em.add_sink(Box::new(c.clone()));
@@ -126,8 +118,10 @@ async fn fresh_three_control_planes_then_rerun_changes_nothing() {
             0o600
         );
     }
-    let j = Journal::load(dir.path(), "lab").unwrap();
-    assert_eq!(j.bootstrap_node.as_deref(), Some("cp1"));
+    let j = Journal::<UpFacts>::read_of(&Journal::<UpFacts>::up_path(dir.path()), "lab")
+        .unwrap()
+        .expect("journal written");
+    assert_eq!(j.facts.bootstrap_node.as_deref(), Some("cp1"));
     assert_ne!(j.steps["etcd_quorum"].outcome, "failed");
 
     // Re-run on the finished cluster: nothing applied, no Bootstrap call, every

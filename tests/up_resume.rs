@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::orchestrator::events::EventSink;
-use endsys_bootstrap::orchestrator::journal::Journal;
-use endsys_bootstrap::orchestrator::{
-    up, ClusterSource, Emitter, Event, EventKind, MemorySource, StepId, UpOptions,
+use endsys_bootstrap::engine::{
+    ClusterSource, Doctor, Emitter, Event, EventKind, EventSink, Journal, MemorySource, StepId,
+    UpFacts,
 };
+use endsys_bootstrap::flows::up::{up, UpOptions};
 use endsys_bootstrap::talos::{CallPolicy, TalosClient, TlsMode};
 use endsys_lab::{Lab, LabOptions, NodeState};
 
@@ -159,7 +159,9 @@ async fn kill_then_resume(subnet: u8, at: KillAt) -> bool {
     )
     .unwrap();
     assert_eq!(c.etcd_members(false).await.unwrap().len(), 3, "{at:?}");
-    let j = Journal::load(dir.path(), "resume").unwrap();
+    let j = Journal::<UpFacts>::read_of(&Journal::<UpFacts>::up_path(dir.path()), "resume")
+        .unwrap()
+        .expect("journal written");
     assert_eq!(j.runs.len(), 2, "{at:?}");
     assert_eq!(j.runs[1].ok, Some(true), "{at:?}");
     if killed {

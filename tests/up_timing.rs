@@ -4,7 +4,7 @@
 //! against 3 (work must not grow with the node count).
 
 use endsys_bootstrap::demo::{run_demo, DemoOptions};
-use endsys_bootstrap::orchestrator::{Emitter, StepId};
+use endsys_bootstrap::engine::{Emitter, StepId};
 
 fn opts(subnet: u8, nodes: usize, scale: f64) -> DemoOptions {
     DemoOptions {

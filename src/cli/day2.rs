@@ -1,17 +1,18 @@
 //! `etcd backup|status`, `node reimage|rejoin` and `plan node …`: arguments and
-//! output. The flows live in [`crate::day2`].
+//! output. The flows live in [`crate::flows::nodes`] and [`crate::flows::backup`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
-
+use super::up::{flow_error, next};
 use super::{CliError, Output, OutputFormat};
-use crate::day2::{self, backup, Cluster, Day2Error, Day2Event, Day2Options, EventKind, Reporter};
-use crate::orchestrator::journal;
-use crate::orchestrator::talhelper::TalhelperSource;
-use crate::orchestrator::ClusterSource;
+use crate::engine::journal::state_dir;
+use crate::engine::talhelper::TalhelperSource;
+use crate::engine::{Cluster, ClusterSource, Emitter, Event, EventKind, Outcome};
+use crate::flows::backup;
+use crate::flows::nodes::{self, NodeOpOptions, NodeOpReport};
+use crate::snapshot::{sidecar_path, KubeRecord};
+use clap::{Args, Subcommand};
 
 /// Where the cluster comes from: the same definition and secrets `up` used.
 #[derive(Debug, Clone, Args)]
@@ -32,9 +33,9 @@ impl ClusterArgs {
         let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets);
         s.paths = self.definition.paths();
         s.age_key = self.age_key.clone();
-        let def = s.definition().map_err(super::up::flow_error)?;
-        let dir = journal::state_dir(self.state_dir.as_deref(), &def.cluster);
-        let cluster = Cluster::load(&s, &dir).map_err(day2_error)?;
+        let def = s.definition().map_err(flow_error)?;
+        let dir = state_dir(self.state_dir.as_deref(), &def.cluster);
+        let cluster = Cluster::load(&s, &dir).map_err(flow_error)?;
         Ok((cluster, dir))
     }
 }
@@ -158,56 +159,84 @@ pub enum PlanWhat {
     Node(NodeCommand),
 }
 
-fn day2_error(e: Day2Error) -> CliError {
-    if e.is_input_error() {
-        CliError::Usage(e.explain())
-    } else {
-        CliError::Failed(e.explain())
-    }
+/// A node operation's event as its `day2` line: the kind, and the message.
+fn day2_kind(e: &Event) -> Option<(&'static str, &str)> {
+    Some(match &e.kind {
+        EventKind::StepStarted { description } => ("started", description.as_str()),
+        EventKind::StepFinished {
+            outcome: Outcome::Done { detail },
+            ..
+        } => ("done", detail.as_str()),
+        EventKind::StepFinished {
+            outcome: Outcome::Skipped { reason },
+            ..
+        } => ("skipped", reason.as_str()),
+        EventKind::Waiting { what } => ("waiting", what.as_str()),
+        EventKind::Progress { message } => ("info", message.as_str()),
+        EventKind::Warning { message } => ("warning", message.as_str()),
+        _ => return None,
+    })
 }
 
-/// Prints day-2 events as they come: lines on stderr, or NDJSON on stdout.
-struct Printer {
-    format: OutputFormat,
-}
-
-impl Reporter for Printer {
-    fn report(&self, ev: &Day2Event) {
-        match self.format {
-            OutputFormat::Json => {
-                let mut v = serde_json::to_value(ev).unwrap_or_default();
-                v["event"] = serde_json::json!("day2");
-                println!("{v}");
-            }
-            OutputFormat::Text => {
-                let tag = match ev.kind {
-                    EventKind::Started => "…",
-                    EventKind::Done => "done",
-                    EventKind::Skipped => "skipped",
-                    EventKind::Waiting => "waiting for",
-                    EventKind::Info => "",
-                    EventKind::Warning => "WARNING",
-                };
-                if tag.is_empty() {
-                    eprintln!("{} {}: {}", ev.node, ev.step, ev.message);
-                } else {
-                    eprintln!("{} {}: {tag} {}", ev.node, ev.step, ev.message);
+/// Prints a node operation's events as they come: lines on stderr, or NDJSON
+/// `day2` lines on stdout. Ends when the emitter is dropped.
+fn spawn_printer(em: &Emitter, op: &'static str, out: &Output) -> tokio::task::JoinHandle<()> {
+    let mut rx = em.subscribe();
+    let format = out.format;
+    tokio::spawn(async move {
+        while let Some(e) = next(&mut rx).await {
+            let Some((kind, message)) = day2_kind(&e) else {
+                continue;
+            };
+            let node = e.node.as_deref().unwrap_or_default();
+            match format {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"event": "day2", "op": op, "node": node, "step": e.step,
+                        "kind": kind, "message": message, "ts_ms": e.ts_ms})
+                ),
+                OutputFormat::Text => {
+                    let tag = match kind {
+                        "started" => "…",
+                        "waiting" => "waiting for",
+                        "info" => "",
+                        "warning" => "WARNING",
+                        other => other,
+                    };
+                    if tag.is_empty() {
+                        eprintln!("{node} {}: {message}", e.step);
+                    } else {
+                        eprintln!("{node} {}: {tag} {message}", e.step);
+                    }
                 }
             }
         }
-    }
+    })
 }
 
-fn options(dir: PathBuf, op: &OpArgs, out: &Output) -> Day2Options {
-    let mut o = Day2Options::new(dir);
+fn options(dir: PathBuf, op: &OpArgs) -> NodeOpOptions {
+    let mut o = NodeOpOptions::new(dir);
     o.force = op.force;
     o.skip_kubernetes = op.skip_kubernetes;
     o.auto_snapshot = !op.no_snapshot;
     o.node_deadline = Duration::from_secs(op.node_timeout);
     o.etcd_deadline = Duration::from_secs(op.etcd_timeout);
     o.kube_deadline = Duration::from_secs(op.etcd_timeout);
-    o.reporter = Arc::new(Printer { format: out.format });
     o
+}
+
+fn report_json(r: &NodeOpReport, rejoin: bool) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = r
+        .steps
+        .iter()
+        .map(|(s, o)| serde_json::json!({"step": s, "outcome": o}))
+        .collect();
+    let mut v = serde_json::json!({"node": r.node, "steps": steps, "backup": r.backup,
+        "forced": r.forced, "resumed": r.resumed, "elapsed_ms": r.elapsed.as_millis() as u64});
+    if rejoin {
+        v["removed"] = serde_json::json!(r.removed);
+    }
+    v
 }
 
 pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
@@ -217,7 +246,7 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
             if let Some(kc) = &args.kubeconfig {
                 cluster.kubeconfig = Some(std::fs::read(kc).map_err(|e| {
                     CliError::Usage(format!(
-                        "{}: cannot read the kubeconfig: {e}\n  next: check the path given to --kubeconfig, or leave it out to use <state-dir>/kubeconfig",
+                        "{}: cannot read the kubeconfig: {e}\n  next action:  check the path given to --kubeconfig, or leave it out to use <state-dir>/kubeconfig",
                         kc.display()
                     ))
                 })?);
@@ -228,7 +257,7 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
                 .unwrap_or_else(|| backup::default_backup_path(&dir, &cluster.def.cluster));
             let meta = backup::take_backup(&cluster, Default::default(), &path)
                 .await
-                .map_err(day2_error)?;
+                .map_err(flow_error)?;
             out.result(
                 &meta.node,
                 "etcd-backup",
@@ -237,14 +266,14 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
                     path.display(),
                     meta.size,
                     meta.sha256,
-                    backup::sidecar_path(&path).display(),
+                    sidecar_path(&path).display(),
                     meta.members.len(),
                     meta.raft_index,
                     meta.kubernetes.describe()
                 ),
-                serde_json::json!({"path": path, "sidecar": backup::sidecar_path(&path), "meta": meta}),
+                serde_json::json!({"path": path, "sidecar": sidecar_path(&path), "meta": meta}),
             );
-            if let backup::KubeRecord::None { reason } = &meta.kubernetes {
+            if let KubeRecord::None { reason } = &meta.kubernetes {
                 out.info(
                     &meta.node,
                     &format!("warning: no Kubernetes inventory recorded ({reason}); `recover` from this backup can only check the cluster is not empty (pass --kubeconfig, or run `up` to save one in the state directory)"),
@@ -265,7 +294,7 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
             Ok(())
         }
         EtcdCommand::Verify { file } => {
-            let meta = backup::verify_backup(&file).map_err(day2_error)?;
+            let meta = backup::verify_backup(&file).map_err(flow_error)?;
             out.result(
                 &meta.node,
                 "etcd-verify",
@@ -285,50 +314,55 @@ pub async fn etcd(cmd: EtcdCommand, out: &Output) -> Result<(), CliError> {
 }
 
 pub async fn node(cmd: NodeCommand, out: &Output) -> Result<(), CliError> {
-    match cmd {
-        NodeCommand::Reimage(a) => {
-            let (cluster, dir) = a.cluster.load()?;
-            let mut o = options(dir, &a.op, out);
-            o.wipe_all = a.wipe_all;
-            let r = day2::reimage::reimage(&cluster, &a.name, &o)
-                .await
-                .map_err(day2_error)?;
-            out.result(
-                &r.node,
-                "reimage",
-                &format!(
-                    "reimaged in {:.1}s{}{}",
-                    r.elapsed.as_secs_f64(),
-                    r.backup.as_deref().map(|b| format!("; snapshot {b}")).unwrap_or_default(),
-                    if r.forced.is_empty() { String::new() } else { format!("; FORCED past: {}", r.forced.join("; ")) }
-                ),
-                serde_json::json!({"node": r.node, "steps": r.steps.iter().map(|(s, o)| serde_json::json!({"step": s, "outcome": o})).collect::<Vec<_>>(), "backup": r.backup, "forced": r.forced, "resumed": r.resumed, "elapsed_ms": r.elapsed.as_millis() as u64}),
-            );
-            Ok(())
-        }
-        NodeCommand::Rejoin(a) => {
-            let (cluster, dir) = a.cluster.load()?;
-            let o = options(dir, &a.op, out);
-            let r = day2::rejoin::rejoin(&cluster, &a.name, &o)
-                .await
-                .map_err(day2_error)?;
-            out.result(
-                &r.node,
-                "rejoin",
-                &format!(
-                    "rejoined in {:.1}s; stale members removed: {}",
-                    r.elapsed.as_secs_f64(),
-                    if r.removed.is_empty() {
-                        "none".to_string()
-                    } else {
-                        r.removed.iter().map(|(i, p)| format!("{i} ({p})")).collect::<Vec<_>>().join(", ")
-                    }
-                ),
-                serde_json::json!({"node": r.node, "removed": r.removed, "steps": r.steps.iter().map(|(s, o)| serde_json::json!({"step": s, "outcome": o})).collect::<Vec<_>>(), "backup": r.backup, "forced": r.forced, "resumed": r.resumed, "elapsed_ms": r.elapsed.as_millis() as u64}),
-            );
-            Ok(())
-        }
-    }
+    let (op, a, wipe_all) = match &cmd {
+        NodeCommand::Reimage(a) => ("reimage", (&a.name, &a.op, &a.cluster), a.wipe_all),
+        NodeCommand::Rejoin(a) => ("rejoin", (&a.name, &a.op, &a.cluster), false),
+    };
+    let (name, op_args, cluster_args) = a;
+    let (cluster, dir) = cluster_args.load()?;
+    let mut o = options(dir, op_args);
+    o.wipe_all = wipe_all;
+    let em = Emitter::new();
+    let printer = spawn_printer(&em, op, out);
+    let r = if op == "reimage" {
+        nodes::reimage(&cluster, name, &o, &em).await
+    } else {
+        nodes::rejoin(&cluster, name, &o, &em).await
+    };
+    drop(em);
+    let _ = printer.await;
+    let r = r.map_err(flow_error)?;
+    let text = if op == "reimage" {
+        format!(
+            "reimaged in {:.1}s{}{}",
+            r.elapsed.as_secs_f64(),
+            r.backup
+                .as_deref()
+                .map(|b| format!("; snapshot {b}"))
+                .unwrap_or_default(),
+            if r.forced.is_empty() {
+                String::new()
+            } else {
+                format!("; FORCED past: {}", r.forced.join("; "))
+            }
+        )
+    } else {
+        format!(
+            "rejoined in {:.1}s; stale members removed: {}",
+            r.elapsed.as_secs_f64(),
+            if r.removed.is_empty() {
+                "none".to_string()
+            } else {
+                r.removed
+                    .iter()
+                    .map(|(i, p)| format!("{i} ({p})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )
+    };
+    out.result(&r.node, op, &text, report_json(&r, op == "rejoin"));
+    Ok(())
 }
 
 pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
@@ -338,14 +372,14 @@ pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
         NodeCommand::Rejoin(a) => ("rejoin", &a.name, &a.cluster, &a.op, false),
     };
     let (cluster, dir) = cluster_args.load()?;
-    let mut o = options(dir, op, out);
+    let mut o = options(dir, op);
     o.wipe_all = wipe_all;
     let steps = if op_name == "reimage" {
-        day2::reimage::plan(&cluster, name, &o).await
+        nodes::reimage::plan(&cluster, name, &o).await
     } else {
-        day2::rejoin::plan(&cluster, name, &o).await
+        nodes::rejoin::plan(&cluster, name, &o).await
     }
-    .map_err(day2_error)?;
+    .map_err(flow_error)?;
     let text = steps
         .iter()
         .enumerate()
@@ -353,18 +387,22 @@ pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
             format!(
                 "{:2}. {:<12} {}{}",
                 i + 1,
-                s.step,
+                s.step.name(),
                 s.action,
                 if s.done { "  [done]" } else { "" }
             )
         })
         .collect::<Vec<_>>()
         .join("\n");
+    let json: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| serde_json::json!({"step": s.step, "action": s.action, "done": s.done}))
+        .collect();
     out.result(
         name,
         &format!("plan-{op_name}"),
         &format!("node {op_name} {name} would:\n{text}"),
-        serde_json::to_value(&steps).unwrap_or_default(),
+        serde_json::Value::Array(json),
     );
     Ok(())
 }

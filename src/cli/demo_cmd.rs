@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use super::up::{flow_error, spawn_display};
 use super::{CliError, Output, OutputFormat};
 use crate::demo::{run_demo, DemoOptions};
-use crate::orchestrator::events::Emitter;
-use crate::orchestrator::ledger::Ledger;
+use crate::engine::{Emitter, Ledger};
 
 /// `demo`: the whole flow against simulated nodes on this machine.
 #[derive(Debug, clap::Args)]

@@ -1,17 +1,15 @@
-//! `recover`: arguments and output. The flow lives in [`crate::day2::recover`]
-//! and [`crate::day2::velero`].
+//! `recover`: arguments and output. The flow lives in [`crate::flows::recover`]
+//! and [`crate::flows::velero`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::up::{flow_error, spawn_display, RunArgs};
 use super::{CliError, Output, OutputFormat};
-use crate::day2::recover::{recover, RecoverError, RecoverOptions};
-use crate::day2::velero::{self, VeleroOptions};
-use crate::orchestrator::events::Emitter;
-use crate::orchestrator::ledger::Ledger;
-use crate::orchestrator::talhelper::TalhelperSource;
-use crate::orchestrator::ClusterSource;
+use crate::engine::talhelper::TalhelperSource;
+use crate::engine::{ClusterSource, Doctor, Emitter, Journal, Ledger};
+use crate::flows::recover::{recover, RecoverFacts, RecoverOptions};
+use crate::flows::velero::{self, VeleroOptions};
 
 /// Rebuild the cluster after a disaster: from an etcd snapshot, or (without
 /// --snapshot) as a full `up` with the existing secrets bundle.
@@ -72,14 +70,6 @@ pub struct RecoverArgs {
     pub run: RunArgs,
 }
 
-fn recover_error(e: RecoverError) -> CliError {
-    match e {
-        RecoverError::Flow(f) => flow_error(f),
-        e if e.is_input_error() => CliError::Usage(e.explain()),
-        e => CliError::Failed(e.explain()),
-    }
-}
-
 pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
     if args.run.new_cluster {
         return Err(CliError::Usage(
@@ -106,7 +96,7 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
         Err(e) => {
             drop(em);
             let _ = display.await;
-            return Err(recover_error(e));
+            return Err(flow_error(e));
         }
     };
     let kubeconfig = opts.up.state_dir.join("kubeconfig");
@@ -134,7 +124,7 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
     let _ = display.await;
     let snapshot = report.snapshot.as_ref().map(|s| {
         serde_json::json!({"path": s.path, "sha256": s.sha256, "size": s.size,
-            "sidecar": s.sidecar.as_ref().map(|_| crate::day2::backup::sidecar_path(&s.path)),
+            "sidecar": s.sidecar.as_ref().map(|_| crate::snapshot::sidecar_path(&s.path)),
             "kubernetes": s.sidecar.as_ref().map(|m| &m.kubernetes)})
     });
     out.result(
@@ -201,7 +191,7 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
         println!("kubeconfig:  {}", kubeconfig.display());
         println!(
             "journal:     {}",
-            crate::day2::recover::RecoverJournal::path(&opts.up.state_dir).display()
+            Journal::<RecoverFacts>::recover_path(&opts.up.state_dir).display()
         );
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! `up`, `plan`, `status`, `kubeconfig` and `demo`: arguments, the progress
-//! display and the NDJSON stream. Everything else lives in [`crate::orchestrator`].
+//! display and the NDJSON stream. The flows live in [`crate::flows`].
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -10,11 +10,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::broadcast;
 
 use super::{CliError, Output, OutputFormat};
-use crate::orchestrator::events::{Emitter, Event, EventKind, Outcome, StepId};
-use crate::orchestrator::ledger::Ledger;
-use crate::orchestrator::talhelper::TalhelperSource;
-use crate::orchestrator::{journal, kubeconfig, ClusterSource, FlowError};
-use endsys_core::Doctor;
+use crate::engine::journal::state_dir;
+use crate::engine::talhelper::TalhelperSource;
+use crate::engine::{
+    kubeconfig, ClusterSource, Doctor, Emitter, Event, EventKind, FlowError, Journal, Ledger,
+    Outcome, StepId, UpFacts,
+};
+use crate::flows::up::kube::{repo_sync_path, walk_graph};
+use crate::flows::up::{KubeHalf, Renderer, UpOptions};
 
 /// Which steps to run: everything (default), or stop after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,9 +156,9 @@ pub fn layer_map(file: Option<&std::path::Path>) -> Result<crate::gitops::LayerM
 }
 
 impl RunArgs {
-    pub fn options(&self, cluster: &str) -> crate::orchestrator::UpOptions {
-        let dir = journal::state_dir(self.state_dir.as_deref(), cluster);
-        let mut o = crate::orchestrator::UpOptions::new(dir);
+    pub fn options(&self, cluster: &str) -> UpOptions {
+        let dir = state_dir(self.state_dir.as_deref(), cluster);
+        let mut o = UpOptions::new(dir);
         o.new_cluster = self.new_cluster;
         o.until = self.until.last_step();
         o.node_deadline = Duration::from_secs(self.node_timeout);
@@ -166,8 +169,7 @@ impl RunArgs {
     pub fn kube_half(
         &self,
         age_key: Option<&std::path::Path>,
-    ) -> Result<Option<crate::orchestrator::layer1::KubeHalf>, CliError> {
-        use crate::orchestrator::layer1::{KubeHalf, Renderer};
+    ) -> Result<Option<KubeHalf>, CliError> {
         let Some(repo) = &self.repo else {
             return Ok(None);
         };
@@ -218,7 +220,8 @@ pub fn spawn_display(em: &Emitter, out: &Output) -> tokio::task::JoinHandle<()> 
     })
 }
 
-async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
+/// The next event, skipping over a lag; `None` once the emitter is gone.
+pub(crate) async fn next(rx: &mut broadcast::Receiver<Event>) -> Option<Event> {
     loop {
         match rx.recv().await {
             Ok(e) => return Some(e),
@@ -289,6 +292,10 @@ async fn plain(mut rx: broadcast::Receiver<Event>) {
             EventKind::LayerProgress { .. } => {
                 Some(format!("[{t:7.2}s] {}", layer_line(&e).unwrap_or_default()))
             }
+            EventKind::Warning { message } => Some(format!(
+                "[{t:7.2}s] {}{who}: WARNING {message}",
+                e.step.name()
+            )),
             _ => None,
         };
         if let Some(l) = line {
@@ -407,7 +414,7 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
     let display = spawn_display(&em, out);
-    let result = crate::orchestrator::up(&source as &dyn ClusterSource, &opts, &em).await;
+    let result = crate::flows::up::up(&source as &dyn ClusterSource, &opts, &em).await;
     drop(em);
     let _ = display.await;
     let report = result.map_err(flow_error)?;
@@ -424,7 +431,7 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
         }
         println!(
             "journal:     {}",
-            journal::Journal::path(&opts.state_dir).display()
+            Journal::<UpFacts>::up_path(&opts.state_dir).display()
         );
     }
     Ok(())
@@ -435,7 +442,7 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
-    let items = crate::orchestrator::plan(&source as &dyn ClusterSource, &opts)
+    let items = crate::flows::up::plan(&source as &dyn ClusterSource, &opts)
         .await
         .map_err(flow_error)?;
     // The GitOps graph as the repository describes it (the plan of layers 2–5).
@@ -444,12 +451,8 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
             let path = half
                 .sync_path
                 .clone()
-                .unwrap_or_else(|| crate::orchestrator::flux::repo_sync_path(half));
-            Some(crate::orchestrator::flux::walk_graph(
-                &half.repo,
-                &path,
-                half.layers.clone(),
-            ))
+                .unwrap_or_else(|| repo_sync_path(half));
+            Some(walk_graph(&half.repo, &path, half.layers.clone()))
         }
         None => None,
     };
@@ -560,7 +563,7 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
     let path = match (&args.kubeconfig, &args.state_dir, &args.cluster) {
         (Some(k), _, _) => k.clone(),
         (None, dir, cluster) => {
-            journal::state_dir(dir.as_deref(), cluster.as_deref().unwrap_or("")).join("kubeconfig")
+            state_dir(dir.as_deref(), cluster.as_deref().unwrap_or("")).join("kubeconfig")
         }
     };
     let bytes = std::fs::read(&path).map_err(|e| {
@@ -572,19 +575,16 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
     let layers = layer_map(args.layers.as_deref())?;
     let graph = match &args.repo {
         Some(repo) => {
-            let half = crate::orchestrator::layer1::KubeHalf::endsys(repo.clone());
+            let half = KubeHalf::endsys(repo.clone());
             let sync = args
                 .sync_path
                 .clone()
-                .unwrap_or_else(|| crate::orchestrator::flux::repo_sync_path(&half));
-            Some(
-                crate::orchestrator::flux::walk_graph(repo, &sync, layers.clone())
-                    .map_err(flow_error)?,
-            )
+                .unwrap_or_else(|| repo_sync_path(&half));
+            Some(walk_graph(repo, &sync, layers.clone()).map_err(flow_error)?)
         }
         None => None,
     };
-    let p = crate::orchestrator::flux::status(&bytes, layers, graph.as_ref())
+    let p = crate::flows::up::gitops::status(&bytes, layers, graph.as_ref())
         .await
         .map_err(flow_error)?;
     match out.format {
@@ -633,7 +633,7 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
 }
 
 pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliError> {
-    let dir = journal::state_dir(args.state_dir.as_deref(), &args.cluster);
+    let dir = state_dir(args.state_dir.as_deref(), &args.cluster);
     let file = dir.join("kubeconfig");
     if !file.exists() {
         return Err(CliError::Failed(format!(

@@ -6,8 +6,8 @@ use endsys_lab::repository::{prerendered, AGE_KEY, CRDS, SECRETS};
 pub fn kube_half(
     repo: std::path::PathBuf,
     helm: Option<crate::charts::helm::Helm>,
-) -> Result<crate::orchestrator::layer1::KubeHalf, crate::sops::SopsError> {
-    use crate::orchestrator::layer1::{KubeHalf, Renderer};
+) -> Result<crate::flows::up::KubeHalf, crate::sops::SopsError> {
+    use crate::flows::up::{KubeHalf, Renderer};
     let mut half = KubeHalf::endsys(repo);
     half.secrets = SECRETS.iter().map(Into::into).collect();
     half.crds = CRDS

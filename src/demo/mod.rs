@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 
 use endsys_lab::{Lab, LabOptions, NodeState};
 
-use crate::orchestrator::error::FlowError;
-use crate::orchestrator::events::{Emitter, StepId};
-use crate::orchestrator::ledger::{percentile, Ledger};
-use crate::orchestrator::source::{ClusterSource, Definition, DiskTarget, MemorySource, NodeDef};
-use crate::orchestrator::talhelper::TalhelperSource;
-use crate::orchestrator::up::{up, UpOptions, UpReport};
+use crate::engine::ledger::{percentile, Ledger};
+use crate::engine::talhelper::TalhelperSource;
+use crate::engine::{
+    ClusterSource, Definition, DiskTarget, Emitter, Event, EventKind, EventSink, FlowError,
+    MemorySource, NodeDef, StepId,
+};
+use crate::flows::up::{up, UpOptions, UpReport};
 
 mod half;
 pub use half::kube_half;
@@ -329,10 +330,7 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         None => tempfile::Builder::new()
             .prefix("endsys-demo-")
             .tempdir()
-            .map_err(|e| FlowError::Local {
-                path: std::env::temp_dir().display().to_string(),
-                detail: e.to_string(),
-            })?
+            .map_err(|e| FlowError::local(&std::env::temp_dir(), e.to_string()))?
             // Kept: the operator may want to look at the journal and kubeconfig.
             .keep(),
     };
@@ -592,10 +590,9 @@ impl LayerTimes {
     }
 }
 
-impl crate::orchestrator::events::EventSink for LayerTimes {
-    fn record(&mut self, ev: &crate::orchestrator::events::Event) {
-        if let crate::orchestrator::events::EventKind::LayerProgress { ready, total, .. } = &ev.kind
-        {
+impl EventSink for LayerTimes {
+    fn record(&mut self, ev: &Event) {
+        if let EventKind::LayerProgress { ready, total, .. } = &ev.kind {
             let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
             if ready == total && *total > 0 && !v.iter().any(|(l, _)| *l == ev.layer) {
                 v.push((ev.layer, Duration::from_millis(ev.elapsed_ms)));

@@ -6,6 +6,7 @@
 //! The repository graph is the plan (`plan` renders it with [`render_plan`]); the
 //! live objects are the truth (the tracker reads only the cluster).
 
+pub mod git;
 pub mod layers;
 pub mod track;
 pub mod walk;

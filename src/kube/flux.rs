@@ -69,3 +69,20 @@ pub fn condition(v: &Value, t: &str) -> Option<(String, String, String)> {
             )
         })
 }
+
+/// Ready=True for the current generation (the check Flux's own dependsOn does).
+pub fn ready_now(v: &Value) -> bool {
+    let generation = v.pointer("/metadata/generation").and_then(Value::as_i64);
+    let observed = v
+        .pointer("/status/observedGeneration")
+        .and_then(Value::as_i64);
+    condition(v, "Ready").is_some_and(|c| c.0 == "True")
+        && (generation.is_none() || generation == observed)
+}
+
+pub fn ready_text(v: &Value) -> String {
+    match condition(v, "Ready") {
+        Some((st, reason, msg)) => format!("Ready={st} {reason}: {msg}"),
+        None => "no Ready condition yet (waiting to be reconciled)".into(),
+    }
+}

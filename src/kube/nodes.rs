@@ -13,6 +13,8 @@ use kube::Client;
 use serde_json::json;
 use tokio::time::Instant;
 
+use endsys_core::backoff::Backoff;
+
 use super::KubeError;
 
 /// Longest pause between eviction retries while a PodDisruptionBudget says no
@@ -147,13 +149,13 @@ pub async fn drain(
         };
         let label = format!("Pod {ns}/{name}");
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let mut pause = Duration::from_millis(50);
+        let mut pause = Backoff::new(Duration::from_millis(50), EVICT_RETRY_MAX);
         loop {
             match api.evict(&name, &EvictParams::default()).await {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 404 => break,
                 Err(kube::Error::Api(s)) if s.code == 429 => {
-                    if Instant::now() + pause > end {
+                    if Instant::now() + pause.peek() > end {
                         return Err(KubeError::Timeout {
                             object: label,
                             what: format!("evicted from {node}"),
@@ -161,8 +163,7 @@ pub async fn drain(
                             status: format!("eviction refused: {}", s.message),
                         });
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(EVICT_RETRY_MAX);
+                    tokio::time::sleep(pause.next_pause()).await;
                 }
                 Err(e) => return Err(KubeError::from_kube(e, &label, "evict")),
             }
@@ -266,4 +267,17 @@ fn ready_summary(n: &Node) -> String {
             )
         })
         .unwrap_or_else(|| "registered, no Ready condition yet".into())
+}
+
+/// Whether any Node of the cluster is Ready (false when they cannot be listed).
+pub async fn any_ready(client: &Client) -> bool {
+    let api: Api<Node> = Api::all(client.clone());
+    api.list(&ListParams::default()).await.is_ok_and(|l| {
+        l.items.iter().any(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    })
 }

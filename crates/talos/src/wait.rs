@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use endsys_core::backoff::Backoff;
 use futures::StreamExt;
 
 use super::client::TalosClient;
@@ -55,7 +56,7 @@ where
     let started = Instant::now();
     let once = client.with_policy(client.policy().once());
     let mut last = String::from("nothing yet");
-    let mut pause = Duration::from_millis(25);
+    let mut pause = Backoff::new(Duration::from_millis(25), POLL_FALLBACK);
     loop {
         let remaining = deadline.saturating_sub(started.elapsed());
         if remaining.is_zero() {
@@ -87,7 +88,7 @@ where
         match attempt {
             Err(_) => continue, // deadline reached; the top of the loop reports it
             Ok(Ok(Some(status))) => return Ok(status),
-            Ok(Ok(None)) => pause = Duration::from_millis(25),
+            Ok(Ok(None)) => pause.reset(),
             Ok(Err(e)) => {
                 if !is_waitable(&e) {
                     return Err(WaitError::Fatal(Box::new(e)));
@@ -97,8 +98,7 @@ where
             }
         }
         let remaining = deadline.saturating_sub(started.elapsed());
-        tokio::time::sleep(pause.min(remaining)).await;
-        pause = (pause * 2).min(POLL_FALLBACK);
+        tokio::time::sleep(pause.next_pause().min(remaining)).await;
     }
 }
 

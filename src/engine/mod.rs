@@ -1,0 +1,44 @@
+//! The one flow engine under `up`, `recover`, `node reimage` and `node rejoin`.
+//!
+//! - [`step`]: [`StepId`], the typed name of every step of every flow, and the layers.
+//! - [`flow`]: [`Step`] (plan and run side by side), [`Flow`] (a step table and
+//!   the one dispatcher), [`PlanItem`], [`per_node`].
+//! - [`events`]: the one [`Event`] type and [`Emitter`]; sinks are fed synchronously.
+//! - [`journal`]: the one journal format ([`Journal`], [`JournalHandle`]) every flow keeps.
+//! - [`ledger`]: the timing sink and the per-phase table.
+//! - [`wait`]: [`Wait`], the one wait/backoff helper (deadline, what, last seen).
+//! - [`cluster`]: the one cluster handle ([`Cluster`]) and node probe ([`NodeProbe`]).
+//! - [`source`]: the seam to the machine-config room ([`ClusterSource`]) and the
+//!   definition model; [`talhelper`]: the source for operators' files.
+//! - [`kubeconfig`]: the admin kubeconfig: read, merge.
+//! - [`error`]: [`FlowError`], with the likely cause and next action of each.
+//!
+//! Floors: the CLI calls the flows (src/flows), the flows run on this engine, the
+//! engine uses kube/charts/gitops and the Talos client and config rooms below it.
+//! Nothing here imports a flow.
+
+pub mod cluster;
+pub mod error;
+pub mod events;
+pub mod flow;
+pub mod journal;
+pub mod kubeconfig;
+pub mod ledger;
+pub mod source;
+pub mod step;
+pub mod talhelper;
+pub mod wait;
+
+pub use cluster::{classify, probe, Cluster, NodeProbe};
+pub use endsys_core::Doctor;
+pub use error::{FlowError, NodeFailure};
+pub use events::{now_ms, Emitter, Event, EventKind, EventSink, Outcome};
+pub use flow::{aggregate, per_node, Announce, Flow, PlanItem, Scope, Step};
+pub use journal::{Facts, Journal, JournalHandle, UpFacts};
+pub use ledger::Ledger;
+pub use source::{
+    host_of, ClusterSource, Definition, DiskTarget, LinkSelector, MemorySecrets, MemorySource,
+    NodeDef, Rendered,
+};
+pub use step::{Layer, StepId};
+pub use wait::{Backoff, Wait};

@@ -1,0 +1,195 @@
+//! The cluster source for operators' files: a talhelper `talconfig.yaml` (+ talenv)
+//! and a secrets bundle (plain or SOPS-encrypted with age), rendered by
+//! [`crate::machineconfig`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::error::FlowError;
+use super::source::{ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};
+use crate::machineconfig::{
+    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle, Vars,
+};
+use endsys_core::Doctor;
+
+/// talconfig + talenv + secrets bundle on disk.
+pub struct TalhelperSource {
+    pub paths: DefinitionPaths,
+    pub secrets: PathBuf,
+    /// age identity for SOPS bundles (default: `$SOPS_AGE_KEY_FILE`, then sops' default).
+    pub age_key: Option<PathBuf>,
+    pub vars: Vars,
+}
+
+fn config_err(e: ConfigError, file: &Path) -> FlowError {
+    FlowError::Definition {
+        file: file.display().to_string(),
+        detail: e.explain(),
+    }
+}
+
+impl TalhelperSource {
+    pub fn new(talconfig: &Path, secrets: &Path) -> Self {
+        Self {
+            paths: DefinitionPaths::beside(talconfig),
+            secrets: secrets.to_path_buf(),
+            age_key: None,
+            vars: Vars::from_process_env(),
+        }
+    }
+
+    fn load(&self) -> Result<ClusterDefinition, FlowError> {
+        if !self.paths.talconfig.is_file() {
+            return Err(FlowError::Definition {
+                file: self.paths.talconfig.display().to_string(),
+                detail:
+                    "cluster definition not found (run from the repository root, or pass --config)"
+                        .into(),
+            });
+        }
+        ClusterDefinition::load(&self.paths, self.vars.clone())
+            .map_err(|e| config_err(e, &self.paths.talconfig))
+    }
+
+    fn bundle(&self) -> Result<SecretsBundle, FlowError> {
+        let path = &self.secrets;
+        let text = std::fs::read_to_string(path).map_err(|e| FlowError::Local {
+            path: path.display().to_string(),
+            detail: format!("cannot read the secrets bundle: {e}"),
+        })?;
+        let text = if crate::sops::is_sops_yaml(&text) {
+            let ids = crate::sops::AgeIdentities::load(self.age_key.as_deref())
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?;
+            crate::sops::decrypt_yaml(&text, &ids, path)
+                .map_err(|e| FlowError::Source(format!("{}: {}", path.display(), e.explain())))?
+        } else {
+            text
+        };
+        SecretsBundle::from_yaml(&text, path).map_err(|e| config_err(e, path))
+    }
+}
+
+/// The flows' view of a loaded talhelper definition.
+pub fn definition_of(def: &ClusterDefinition) -> Definition {
+    let nodes = def
+        .nodes
+        .iter()
+        .map(|n| {
+            let install_disk = match (&n.node.install_disk, &n.node.install_disk_selector) {
+                (_, Some(sel)) => Some(DiskTarget::Selector(
+                    sel.fields()
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )),
+                (Some(p), None) => Some(DiskTarget::Path(p.clone())),
+                (None, None) => None,
+            };
+            let links = n
+                .node
+                .network_interfaces
+                .iter()
+                .filter(|i| !i.ignore)
+                .filter_map(|i| i.device_selector.as_ref())
+                .map(|s| {
+                    let mut fields = Vec::new();
+                    let mut push = |k: &str, v: &Option<String>| {
+                        if let Some(v) = v {
+                            fields.push((k.to_string(), v.clone()));
+                        }
+                    };
+                    push("hardwareAddr", &s.hardware_addr);
+                    push("permanentAddr", &s.permanent_addr);
+                    push("busPath", &s.bus_path);
+                    push("driver", &s.driver);
+                    if let Some(p) = s.physical {
+                        fields.push(("physical".into(), p.to_string()));
+                    }
+                    LinkSelector { fields }
+                })
+                .filter(|l| !l.fields.is_empty())
+                .collect();
+            NodeDef {
+                hostname: n.hostname().to_string(),
+                address: n.addresses().first().cloned().unwrap_or_default(),
+                control_plane: n.is_control_plane(),
+                install_disk,
+                links,
+            }
+        })
+        .collect();
+    Definition {
+        cluster: def.cluster_name().to_string(),
+        endpoint: def.config.endpoint.clone(),
+        nodes,
+    }
+}
+
+impl ClusterSource for TalhelperSource {
+    fn definition(&self) -> Result<Definition, FlowError> {
+        let def = self.load()?;
+        let d = definition_of(&def);
+        d.check(&self.paths.talconfig.display().to_string())?;
+        Ok(d)
+    }
+
+    fn secrets_location(&self) -> String {
+        self.secrets.display().to_string()
+    }
+
+    fn has_secrets(&self) -> Result<bool, FlowError> {
+        Ok(self.secrets.is_file())
+    }
+
+    fn create_secrets(&self) -> Result<(), FlowError> {
+        let name = self
+            .secrets
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with(".sops.yaml") {
+            return Err(FlowError::Source(format!(
+                "{}: no secrets bundle; create the encrypted one with `gen secrets --out {}` (it applies your .sops.yaml rules), then run `up` again",
+                self.secrets.display(),
+                self.secrets.display()
+            )));
+        }
+        if self.secrets.exists() {
+            return Err(FlowError::Local {
+                path: self.secrets.display().to_string(),
+                detail: "a secrets bundle already exists; refusing to overwrite it".into(),
+            });
+        }
+        let bundle = SecretsBundle::generate().map_err(|e| config_err(e, &self.secrets))?;
+        crate::talos::talosconfig::write_private(&self.secrets, bundle.to_yaml().as_bytes())
+            .map_err(|e| FlowError::Local {
+                path: self.secrets.display().to_string(),
+                detail: format!("cannot write: {e}"),
+            })
+    }
+
+    fn render(&self) -> Result<Rendered, FlowError> {
+        let def = self.load()?;
+        let bundle = self.bundle()?;
+        let configs = render_all(&def, &bundle).map_err(|e| config_err(e, &def.source))?;
+        let warnings = validate_all(&def, &configs).map_err(|e| config_err(e, &def.source))?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        let talosconfig = crate::machineconfig::talosconfig::for_cluster(&def, &bundle)
+            .map_err(|e| config_err(e, &self.secrets))?;
+        let tc_path = Path::new("<generated talosconfig>");
+        let credentials = talosconfig
+            .context(Some(def.cluster_name()), tc_path)?
+            .credentials(tc_path)?;
+        let configs: BTreeMap<String, Vec<u8>> = configs
+            .into_iter()
+            .map(|c| (c.hostname, c.yaml.into_bytes()))
+            .collect();
+        Ok(Rendered {
+            configs,
+            credentials,
+            talosconfig,
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! The flows: each a table of steps on the engine ([`crate::engine`]) that
+//! reads like the runbook it automates.
+//!
+//! - [`up`]: maintenance-mode nodes to all five layers Ready (and `plan`, `status`).
+//! - [`nodes`]: `node reimage` and `node rejoin`, quorum kept.
+//! - [`recover`]: a cluster rebuilt from an etcd snapshot; [`velero`]: per-app restores.
+//! - [`backup`]: verified etcd snapshots and `etcd status`; [`guard`]: the quorum
+//!   guard every destructive node operation runs first.
+//!
+//! Flows call the engine and the rooms below it; only the CLI calls flows.
+
+pub mod backup;
+pub mod guard;
+pub mod nodes;
+pub mod recover;
+pub mod up;
+pub mod velero;

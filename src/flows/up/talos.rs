@@ -1,0 +1,355 @@
+//! The Talos steps of layer 1 around etcd: `apply` (insecure to maintenance
+//! nodes, mTLS auto to configured ones, skipped when a dry run shows no
+//! change), `wait_configured` (every node running its config, followed on its
+//! MachineStatus watch), `kubeconfig` (fetched once, 0600) and `apiserver`
+//! (kube-apiserver serving TLS with the cluster CA).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::engine::cluster::wait_machine;
+use crate::engine::{
+    aggregate, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe, Outcome,
+    PlanItem, StepId, Wait,
+};
+use crate::talos::resources::MachineStage;
+use crate::talos::wait::WaitProgress;
+use crate::talos::{ApplyMode, Dial, TalosError};
+
+use super::state::{Up, POLL};
+
+/// Real Talos puts a config diff into the dry-run details; the lab says "No changes".
+pub fn dry_run_unchanged(details: &str) -> bool {
+    let lower = details.to_ascii_lowercase();
+    if lower.contains("no changes") {
+        return true;
+    }
+    match lower.split_once("config diff:") {
+        Some((_, diff)) => diff.trim().is_empty(),
+        None => false,
+    }
+}
+
+// ---- apply -------------------------------------------------------------------------
+
+async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
+    let config = cx.cluster.config_of(n)?;
+    match cx.class(n) {
+        NodeProbe::Maintenance => {
+            let c = cx.insecure(n)?;
+            c.apply_configuration(config, ApplyMode::Auto, false)
+                .await?;
+            Ok(Outcome::Done {
+                detail: "applied in maintenance mode (insecure); the node installs and reboots"
+                    .into(),
+            })
+        }
+        NodeProbe::Ours => {
+            let c = cx.mtls(n)?;
+            // The node may be between install and reboot: wait that out.
+            let mut w = Wait::new(
+                n.label(),
+                "answering to a dry-run apply",
+                cx.opts.reach_deadline,
+            )
+            .backoff(Backoff::every(POLL));
+            let dry = loop {
+                match c.apply_configuration(config, ApplyMode::Auto, true).await {
+                    Ok(d) => break d,
+                    Err(e)
+                        if e.code() == Some(Code::FailedPrecondition)
+                            && e.to_string().contains("already applied") =>
+                    {
+                        return Ok(Outcome::Skipped {
+                            reason: "config already applied; the node is rebooting into it".into(),
+                        })
+                    }
+                    Err(e) if e.is_transient() && !w.expired() => {
+                        cx.em.waiting(
+                            StepId::Apply,
+                            Some(&n.hostname),
+                            format!("{} to answer ({})", n.label(), e.likely_cause()),
+                        );
+                        w.seen(e.to_string());
+                        w.pause().await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            if dry_run_unchanged(&dry.mode_details) {
+                return Ok(Outcome::Skipped {
+                    reason: "config unchanged".into(),
+                });
+            }
+            let out = c
+                .apply_configuration(config, ApplyMode::Auto, false)
+                .await?;
+            Ok(Outcome::Done {
+                detail: format!(
+                    "applied over mTLS (auto: {})",
+                    out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
+                ),
+            })
+        }
+        other => Err(FlowError::Source(format!(
+            "{} cannot be configured: {}",
+            n.label(),
+            other.describe()
+        ))),
+    }
+}
+
+pub async fn apply(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
+    let cx = &*cx;
+    let results = per_node(cx.em, StepId::Apply, cx.nodes(), |n| apply_node(cx, n)).await?;
+    Ok(aggregate(&results))
+}
+
+/// Per node: insecure in maintenance, a dry run over mTLS when configured.
+pub async fn plan_apply(cx: &mut Up<'_>) -> Vec<PlanItem> {
+    let mut items = Vec::new();
+    for n in cx.nodes() {
+        let (acts, action) = match cx.class(n) {
+            NodeProbe::Maintenance => (
+                true,
+                format!(
+                    "apply config insecurely (maintenance), install and reboot{}",
+                    cx.hardware.get(&n.hostname).cloned().unwrap_or_default()
+                ),
+            ),
+            NodeProbe::Ours if cx.cluster.rendered.is_some() => {
+                match (cx.mtls(n), cx.cluster.config_of(n)) {
+                    (Ok(c), Ok(cfg)) => {
+                        match c.apply_configuration(cfg, ApplyMode::Auto, true).await {
+                            Ok(d) if dry_run_unchanged(&d.mode_details) => {
+                                (false, "config unchanged: skip".to_string())
+                            }
+                            Ok(d) => (
+                                true,
+                                format!(
+                                    "apply over mTLS (auto: {})",
+                                    d.mode.unwrap_or_default().to_lowercase()
+                                ),
+                            ),
+                            Err(e) => (true, format!("dry run failed: {e}")),
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => (true, e.to_string()),
+                }
+            }
+            NodeProbe::Foreign | NodeProbe::ConfiguredUnknown => {
+                (false, "REFUSE: configured by another cluster".to_string())
+            }
+            NodeProbe::Unreachable(why) => (false, format!("REFUSE: unreachable ({why})")),
+            NodeProbe::Ours => (false, "no credentials".to_string()),
+        };
+        items.push(PlanItem::on(StepId::Apply, n, acts, action));
+    }
+    items
+}
+
+// ---- wait for configured + running -------------------------------------------------
+
+/// The doctor's cause, or the error itself when the doctor has nothing specific.
+fn short_cause(e: &TalosError) -> String {
+    let cause = e.likely_cause();
+    if cause == "the node returned an error" {
+        e.root().to_string()
+    } else {
+        cause
+    }
+}
+
+async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
+    let step = StepId::WaitConfigured;
+    let em = cx.em;
+    let c = cx.mtls(n)?;
+    let t0 = Instant::now();
+    let mut last = String::new();
+    let mut first_seen: Option<String> = None;
+    em.waiting(
+        step,
+        Some(&n.hostname),
+        format!("{} to run its config", n.label()),
+    );
+    let status = wait_machine(
+        &c,
+        n,
+        "running",
+        cx.opts.node_deadline,
+        |s| s.stage == MachineStage::Running,
+        |p| {
+            let now = match &p {
+                WaitProgress::Status(s) => s.summary(),
+                WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
+            };
+            if first_seen.is_none() {
+                first_seen = Some(now.clone());
+            }
+            if now != last {
+                match &p {
+                    WaitProgress::Status(_) => em.node_state(step, &n.hostname, now.clone()),
+                    WaitProgress::Away(_) => em.waiting(
+                        step,
+                        Some(&n.hostname),
+                        format!("{} to come back ({now})", n.label()),
+                    ),
+                }
+                last = now;
+            }
+        },
+    )
+    .await?;
+    em.timing(step, Some(&n.hostname), "node_running", t0.elapsed());
+    if first_seen.as_deref() == Some("running") {
+        Ok(Outcome::Skipped {
+            reason: "already running".into(),
+        })
+    } else {
+        Ok(Outcome::Done {
+            detail: status.summary(),
+        })
+    }
+}
+
+pub async fn wait_configured(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
+    let cx = &*cx;
+    let results = per_node(cx.em, StepId::WaitConfigured, cx.nodes(), |n| {
+        wait_node_running(cx, n)
+    })
+    .await?;
+    Ok(aggregate(&results))
+}
+
+// ---- kubeconfig ----------------------------------------------------------------------
+
+pub async fn kubeconfig(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
+    let path = cx.opts.state_dir.join("kubeconfig");
+    cx.kubeconfig_path = Some(path.clone());
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if kubeconfig::server_and_ca(&text, &path).is_ok() {
+            cx.cluster.kubeconfig = Some(text.into_bytes());
+            return Ok(Outcome::Skipped {
+                reason: format!("present at {}", path.display()),
+            });
+        }
+    }
+    let node = cx.bootstrap_node();
+    let c = cx.mtls(node)?;
+    let bytes = c.kubeconfig().await?;
+    crate::talos::talosconfig::write_private(&path, &bytes)
+        .map_err(|e| FlowError::local(&path, format!("cannot write: {e}")))?;
+    cx.cluster.kubeconfig = Some(bytes);
+    Ok(Outcome::Done {
+        detail: format!("written to {} (0600)", path.display()),
+    })
+}
+
+pub async fn plan_kubeconfig(cx: &mut Up<'_>) -> Vec<PlanItem> {
+    let kc = cx.opts.state_dir.join("kubeconfig");
+    let present = kc.exists();
+    vec![PlanItem::new(
+        StepId::Kubeconfig,
+        !present,
+        if present {
+            format!("present at {}", kc.display())
+        } else {
+            format!("fetch to {}", kc.display())
+        },
+    )]
+}
+
+// ---- kube-apiserver serving ----------------------------------------------------------
+
+/// One TCP + TLS handshake with `server` (https://host:port), verified against `ca_pem`.
+pub async fn probe_apiserver(server: &str, ca_pem: &[u8], timeout: Duration) -> Result<(), String> {
+    let rest = server.trim_start_matches("https://").trim_end_matches('/');
+    let dial = Dial::parse(rest).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in crate::pki::certs_from_pem(ca_pem, "kubeconfig CA").map_err(|e| e.to_string())? {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der))
+            .map_err(|e| format!("kubeconfig CA: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(dial.server_name.clone())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(dial.addr))
+        .await
+        .map_err(|_| format!("no answer from {} within {timeout:?}", dial.addr))?
+        .map_err(|e| format!("{}: {e}", dial.addr))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(())
+}
+
+pub async fn apiserver(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
+    let step = StepId::Apiserver;
+    let path = cx.opts.state_dir.join("kubeconfig");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| FlowError::local(&path, format!("cannot read: {e}")))?;
+    let (server, ca) = kubeconfig::server_and_ca(&text, &path)?;
+    let mut w = Wait::new(
+        server.clone(),
+        "kube-apiserver serving",
+        cx.opts.apiserver_deadline,
+    )
+    .backoff(Backoff::every(Duration::from_secs(1)));
+    loop {
+        match probe_apiserver(&server, &ca, cx.opts.probe_timeout).await {
+            Ok(()) => {
+                return Ok(Outcome::Done {
+                    detail: format!("{server} serves TLS with the cluster CA"),
+                })
+            }
+            Err(e) => {
+                let msg = format!("kube-apiserver at {server} ({e})");
+                w.seen(e);
+                w.check()?;
+                if w.news(&msg) {
+                    cx.em.waiting(step, None, msg);
+                }
+                w.pause().await?;
+            }
+        }
+    }
+}
+
+pub async fn plan_apiserver(cx: &mut Up<'_>) -> Vec<PlanItem> {
+    vec![PlanItem::new(
+        StepId::Apiserver,
+        false,
+        if cx.opts.until < StepId::Apiserver {
+            cx.until_note()
+        } else {
+            "wait for kube-apiserver to serve TLS with the cluster CA".into()
+        },
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_run_details_are_read() {
+        assert!(dry_run_unchanged("Dry run summary:\nNo changes."));
+        assert!(dry_run_unchanged(
+            "Dry run summary:\nApplied configuration without a reboot\n\nConfig diff:\n\n"
+        ));
+        assert!(!dry_run_unchanged(
+            "Dry run summary:\nConfig diff:\n- a\n+ b"
+        ));
+    }
+}
