@@ -11,10 +11,8 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 
 use super::error::FlowError;
-use crate::pki::{
-    CertificateAuthority, KeyAlgorithm, LeafSpec, Usage, CA_VALIDITY, CLIENT_VALIDITY,
-};
-use crate::talos::talosconfig::{Context, Talosconfig};
+use crate::pki::{CertificateAuthority, KeyAlgorithm, CA_VALIDITY};
+use crate::talos::talosconfig::Talosconfig;
 use crate::talos::Credentials;
 
 /// How a node's install disk is chosen.
@@ -272,42 +270,22 @@ pub fn minimal_config(
     ))
 }
 
-/// Admin credentials and talosconfig from an OS CA.
+/// Admin credentials and talosconfig from an OS CA (one admin certificate,
+/// minted by [`Talosconfig::admin`]).
 pub fn admin_access(
     def: &Definition,
     os_ca: &CertificateAuthority,
 ) -> Result<(Arc<Credentials>, Talosconfig), FlowError> {
-    let leaf = os_ca
-        .issue(&LeafSpec {
-            common_name: String::new(),
-            organizations: vec!["os:admin".into()],
-            ip_sans: vec![],
-            dns_sans: vec![],
-            usage: Usage::Client,
-            validity: CLIENT_VALIDITY,
-        })
-        .map_err(|e| FlowError::Source(format!("admin certificate: {e}")))?;
-    let key_pem = leaf
-        .key_pem()
-        .map_err(|e| FlowError::Source(format!("admin key: {e}")))?;
     let endpoints: Vec<String> = def.control_planes().map(|n| n.address.clone()).collect();
     let nodes: Vec<String> = def.nodes.iter().map(|n| n.address.clone()).collect();
-    let mut tc = Talosconfig::default();
-    tc.upsert(
-        &def.cluster,
-        Context::from_pem(
-            endpoints,
-            nodes,
-            &os_ca.pair.cert_pem,
-            &leaf.cert_pem,
-            &key_pem,
-        ),
-    );
-    let creds = Arc::new(Credentials {
-        ca_pem: os_ca.pair.cert_pem.clone().into_bytes(),
-        cert_pem: leaf.cert_pem.into_bytes(),
-        key: leaf.key,
-    });
+    let tc = Talosconfig::admin(&def.cluster, os_ca, endpoints, nodes)
+        .map_err(|e| FlowError::Source(format!("admin certificate: {e}")))?;
+    let creds = tc
+        .contexts
+        .get(&def.cluster)
+        .ok_or_else(|| FlowError::Source("admin talosconfig has no context".into()))?
+        .credentials(std::path::Path::new("<admin talosconfig>"))
+        .map_err(|e| FlowError::Source(format!("admin credentials: {e}")))?;
     Ok((creds, tc))
 }
 
