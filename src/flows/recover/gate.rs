@@ -132,7 +132,10 @@ pub async fn gate_nodes(cx: &Recovery<'_>) -> Result<Vec<String>, FlowError> {
 
 /// Reset{graceful: false, reboot, wipe STATE + EPHEMERAL}, then wait until the
 /// node answers in maintenance mode. Not graceful: every control plane goes, so
-/// none could leave etcd with quorum (talos-api.md §6.5, gotcha 7).
+/// none could leave etcd with quorum: a graceful reset asks etcd to remove the
+/// member first, which a cluster without quorum cannot do (siderolabs/talos
+/// v1.13.9 `internal/app/machined/pkg/runtime/v1alpha1/v1alpha1_sequencer_tasks.go`,
+/// `LeaveEtcd`).
 async fn reset_to_maintenance(
     n: &NodeDef,
     creds: &Arc<Credentials>,

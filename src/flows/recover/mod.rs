@@ -1,8 +1,9 @@
 //! `recover`: rebuild a cluster after a disaster, from an etcd snapshot
 //! (`--snapshot FILE`), or without one as a full `up` with the existing secrets.
 //!
-//! With a snapshot, the runbook (the step table below; talos-api.md §6.5,
-//! anchors.md #27):
+//! With a snapshot, the runbook (the step table below; the recovery sequence of
+//! siderolabs/talos v1.13.9: EtcdRecover to one control plane, then
+//! Bootstrap{recover_etcd} to the same node, the others join):
 //! 1. `check_snapshot`: the file is checked (size 512·n + 32, SHA-256 trailer,
 //!    sidecar checksum) before any node is touched;
 //! 2. `gate_nodes`: every node must be in maintenance mode; configured nodes

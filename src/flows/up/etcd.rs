@@ -263,8 +263,10 @@ async fn verify_already(c: &TalosClient, target: &NodeDef) -> Result<Outcome, Fl
     }
 }
 
-/// After Bootstrap{recover_etcd}: etcd restores the snapshot as it starts; a
-/// failed restore shows only as a failed etcd service (talos-api.md §6.5).
+/// After Bootstrap{recover_etcd}: etcd restores the snapshot as it starts
+/// (`etcdutl` snapshot status + restore into `/var/lib/etcd`), so a failed
+/// restore shows only as a failed etcd service, never as a Bootstrap error
+/// (siderolabs/talos v1.13.9 `internal/app/machined/pkg/system/services/etcd.go`).
 async fn wait_restored(cx: &Up<'_>, c: &TalosClient, target: &NodeDef) -> Result<(), FlowError> {
     let mut w = Wait::new(
         target.label(),

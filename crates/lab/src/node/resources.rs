@@ -2,7 +2,8 @@
 //!
 //! Only `yaml_spec` is filled: the resource spec protos (`talos.resource.definitions.*`)
 //! are not compiled into this crate, so `proto_spec` stays empty. Clients of the
-//! tool read `yaml_spec`, as the reference recommends.
+//! tool read `yaml_spec`, as talosctl does for its YAML output (Talos fills both
+//! `spec.yaml_spec` and `spec.proto_spec` in COSI State replies).
 
 use serde_json::json;
 
