@@ -4,6 +4,9 @@
 //! half plus the kubeconfig, so the Kubernetes steps run against the lab API).
 //! Each test owns a /24 of 127.0.0.0/8 (201–239).
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,19 +18,20 @@ use endsys_bootstrap::engine::{
 use endsys_bootstrap::engine::{ClusterSource, MemorySource};
 use endsys_bootstrap::flows::backup::{etcd_status, take_backup, verify_backup};
 use endsys_bootstrap::flows::nodes::{self, reimage, rejoin, NodeOpOptions};
-use endsys_bootstrap::flows::up::{up, UpOptions};
+use endsys_bootstrap::flows::up::up;
 use endsys_bootstrap::snapshot::sidecar_path;
 use endsys_bootstrap::talos::CallPolicy;
-use endsys_lab::{Lab, LabOptions, NodeState};
+use endsys_lab::{Lab, NodeState};
+use fixture::{node_op_options, up_options, Deadlines, KillAt};
+
+const DEADLINES: Deadlines = Deadlines {
+    node: Duration::from_secs(60),
+    reach: Duration::from_secs(10),
+    retry_budget: Duration::from_secs(5),
+};
 
 fn policy() -> CallPolicy {
-    CallPolicy {
-        attempt_timeout: Duration::from_secs(5),
-        retry_budget: Duration::from_secs(5),
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        connect_timeout: Duration::from_secs(2),
-    }
+    fixture::policy(DEADLINES.retry_budget)
 }
 
 struct Env {
@@ -40,28 +44,12 @@ struct Env {
 /// address (127.0.N.10) that no node owns, as endsys has, so the Kubernetes API
 /// survives any one control plane being wiped.
 async fn cluster(subnet: u8, time_scale: f64) -> Env {
-    let lab = Lab::start(LabOptions {
-        nodes: 3,
-        controlplanes: 3,
-        first_ip: std::net::Ipv4Addr::new(127, 0, subnet, 11),
-        port: 50000,
-        talos_version: "v1.13.9".into(),
-        time_scale,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let lab = fixture::start_lab(subnet, 3, 3, time_scale).await;
     let mut def = lab_definition(&lab, 3, "day2");
     def.endpoint = format!("https://127.0.{subnet}.10:6443");
     let src = MemorySource::new(def, None);
     let dir = tempfile::tempdir().unwrap();
-    let mut o = UpOptions::new(dir.path().to_path_buf());
-    o.until = StepId::Kubeconfig;
-    o.node_deadline = Duration::from_secs(60);
-    o.reach_deadline = Duration::from_secs(10);
-    o.etcd_deadline = Duration::from_secs(60);
-    o.probe_timeout = Duration::from_secs(2);
-    o.policy = policy();
+    let o = up_options(dir.path(), StepId::Kubeconfig, DEADLINES);
     up(&src as &dyn ClusterSource, &o, &Emitter::new())
         .await
         .unwrap_or_else(|e| panic!("{}", e.explain()));
@@ -75,13 +63,7 @@ async fn cluster(subnet: u8, time_scale: f64) -> Env {
 }
 
 fn options(env: &Env) -> NodeOpOptions {
-    let mut o = NodeOpOptions::new(env.dir.path().to_path_buf());
-    o.policy = policy();
-    o.node_deadline = Duration::from_secs(60);
-    o.etcd_deadline = Duration::from_secs(60);
-    o.kube_deadline = Duration::from_secs(60);
-    o.probe_timeout = Duration::from_secs(2);
-    o
+    node_op_options(env.dir.path(), DEADLINES)
 }
 
 /// The text a node operation's event carries (its `day2` line's message).
@@ -449,34 +431,6 @@ async fn reimage_refused_when_another_control_plane_is_down_allowed_with_force()
     assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
 }
 
-/// Aborts the task running the operation at the first `Done`/`Skipped` event of
-/// `step` (the journal is written before the event, like a process dying there).
-#[derive(Clone)]
-struct KillAt {
-    step: StepId,
-    handle: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
-    fired: Arc<AtomicBool>,
-}
-
-impl EventSink for KillAt {
-    fn record(&mut self, ev: &Event) {
-        if ev.step == self.step
-            && matches!(
-                ev.kind,
-                EventKind::StepFinished {
-                    outcome: Outcome::Done { .. } | Outcome::Skipped { .. },
-                    ..
-                }
-            )
-            && !self.fired.swap(true, Ordering::SeqCst)
-        {
-            if let Some(h) = self.handle.lock().unwrap().as_ref() {
-                h.abort();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reimage_killed_at_every_step_boundary_then_rerun_converges() {
     // Small delays so kills land while the node resets, reboots and joins.
@@ -510,45 +464,17 @@ async fn reimage_killed_at_every_step_boundary_then_rerun_converges() {
     assert!(killed + 1 >= steps.len(), "only {killed} killed");
 }
 
-/// Runs `op` in a task killed at the first `Done`/`Skipped` of `step` (as if the
-/// process died there); `None` if the kill landed, else what the run returned.
+/// Runs `op` on `env` with its options, killed at the first `Done`/`Skipped` of
+/// `step`; `None` if the kill landed, else what the run returned.
 async fn killed_at<T, F, Fut>(env: &Arc<Env>, step: StepId, op: F) -> Option<T>
 where
     T: Send + 'static,
     F: FnOnce(Arc<Env>, NodeOpOptions, Emitter) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<T, FlowError>> + Send + 'static,
 {
-    let kill = KillAt {
-        step,
-        handle: Arc::new(Mutex::new(None)),
-        fired: Arc::new(AtomicBool::new(false)),
-    };
-    let em = Emitter::new();
-    em.add_sink(Box::new(kill.clone()));
-    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = {
-        let env = env.clone();
-        let o = options(env.as_ref());
-        tokio::spawn(async move {
-            let _ = go_rx.await;
-            op(env, o, em).await
-        })
-    };
-    *kill.handle.lock().unwrap() = Some(task.abort_handle());
-    go_tx.send(()).unwrap();
-    let r = task.await;
-    assert!(
-        kill.fired.load(Ordering::SeqCst),
-        "{step}: kill point never reached"
-    );
-    match r {
-        Err(e) => {
-            assert!(e.is_cancelled(), "{step}: {e}");
-            None
-        }
-        // The last boundary has no await after it.
-        Ok(r) => Some(r.unwrap_or_else(|e| panic!("{step}: {}", e.explain()))),
-    }
+    let env = env.clone();
+    let o = options(&env);
+    fixture::killed_at(KillAt::Completed(step), move |em| op(env, o, em)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

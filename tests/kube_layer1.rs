@@ -2,62 +2,33 @@
 //! SOPS secrets, CRDs, Cilium, nodes Ready, the other charts; a re-run changes
 //! nothing. Runs with the real helm when it is there, else pre-rendered manifests.
 
-use std::path::PathBuf;
+#[path = "common/fixture.rs"]
+mod fixture;
 
 use endsys_bootstrap::demo::{run_demo, DemoOptions};
 use endsys_bootstrap::engine::{Emitter, EventKind, Outcome, StepId};
 
-fn helm() -> Option<PathBuf> {
-    let p = PathBuf::from(".tools/bin/helm");
-    p.is_file().then_some(p)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_layer1_end_to_end_and_a_rerun_changes_nothing() {
     let em = Emitter::new();
-    let mut rx = em.subscribe();
-    let collected = tokio::spawn(async move {
-        let mut out = Vec::new();
-        while let Ok(ev) = rx.recv().await {
-            out.push(ev);
-        }
-        out
-    });
+    let collected = fixture::collect_events(&em);
     let opts = DemoOptions {
-        nodes: 3,
-        controlplanes: 3,
-        time_scale: 0.0,
-        first_ip: std::net::Ipv4Addr::new(127, 0, 174, 11),
-        state_dir: Some(tempfile::tempdir().expect("tempdir").keep()),
-        secrets_from: Some("tests/fixtures/machineconfig/secrets.yaml".into()),
-        helm: helm(),
         rerun: true,
         // Layer 1 only: the Flux layers are tests/up_flux.rs's.
         until: StepId::Layer1Done,
-        ..DemoOptions::default()
+        ..fixture::demo_options(174, 3)
     };
     let report = run_demo(&opts, &em).await.expect("demo runs layer 1");
     drop(em);
     let events = collected.await.expect("events");
-    let first: std::collections::BTreeMap<StepId, Outcome> =
-        report.up.steps.iter().cloned().collect();
-    for s in [
-        StepId::KubeApi,
-        StepId::NodesRegistered,
-        StepId::Namespaces,
-        StepId::Secrets,
-        StepId::Crds,
-        StepId::Cni,
-        StepId::NodesReady,
-        StepId::Charts,
-        StepId::Layer1Done,
-    ] {
-        assert!(
-            matches!(first.get(&s), Some(Outcome::Done { .. })),
-            "{s:?}: {:?}",
-            first.get(&s)
-        );
-    }
+    let first = fixture::steps_of(&report.up);
+    // The Kubernetes half of layer 1, every step done.
+    let kube_half: Vec<StepId> = StepId::UP
+        .into_iter()
+        .filter(|s| (StepId::KubeApi..=StepId::Layer1Done).contains(s))
+        .collect();
+    assert_eq!(kube_half.len(), 9, "{kube_half:?}");
+    fixture::assert_all_done(&first, &kube_half, "");
     match &first[&StepId::NodesReady] {
         Outcome::Done { detail } => assert!(detail.contains("3 Ready"), "{detail}"),
         other => panic!("{other:?}"),
@@ -73,27 +44,8 @@ async fn demo_runs_layer1_end_to_end_and_a_rerun_changes_nothing() {
         other => panic!("{other:?}"),
     }
     // The re-run: every apply step finds everything unchanged.
-    let again: std::collections::BTreeMap<StepId, Outcome> = report
-        .rerun
-        .as_ref()
-        .expect("rerun")
-        .steps
-        .iter()
-        .cloned()
-        .collect();
-    for s in [
-        StepId::Namespaces,
-        StepId::Secrets,
-        StepId::Crds,
-        StepId::Cni,
-        StepId::Charts,
-    ] {
-        assert!(
-            matches!(again.get(&s), Some(Outcome::Skipped { .. })),
-            "re-run {s:?}: {:?}",
-            again.get(&s)
-        );
-    }
+    let again = fixture::steps_of(report.rerun.as_ref().expect("rerun"));
+    fixture::assert_all_skipped(&again, &fixture::LAYER1_APPLY, "re-run ");
     // Every release reported healthy, in needs order.
     let healthy: Vec<String> = events
         .iter()

@@ -6,35 +6,20 @@
 //! its message and dependents within the deadline, a HelmRelease that fails
 //! terminally failing fast.
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endsys_bootstrap::demo::{run_demo, DemoOptions, DemoReport, Inspect};
 use endsys_bootstrap::engine::{Doctor, Emitter, Event, EventKind, FlowError, Outcome, StepId};
-use endsys_bootstrap::flows::up::UpReport;
 use endsys_lab::repository as lab;
 use serde_json::Value;
 
-fn helm() -> Option<PathBuf> {
-    let p = PathBuf::from(".tools/bin/helm");
-    p.is_file().then_some(p)
-}
-
-fn opts(subnet: u8, nodes: usize) -> DemoOptions {
-    DemoOptions {
-        nodes,
-        controlplanes: nodes,
-        time_scale: 0.0,
-        first_ip: Ipv4Addr::new(127, 0, subnet, 11),
-        state_dir: Some(tempfile::tempdir().expect("tempdir").keep()),
-        secrets_from: Some("tests/fixtures/machineconfig/secrets.yaml".into()),
-        helm: helm(),
-        ..DemoOptions::default()
-    }
-}
+use fixture::{demo_options as opts, steps_of};
 
 /// The lab repository, written for a test to change before `up` runs.
 fn repo() -> PathBuf {
@@ -81,23 +66,12 @@ async fn run(
         ..o
     };
     let em = Emitter::new();
-    let mut rx = em.subscribe();
-    let collected = tokio::spawn(async move {
-        let mut out = Vec::new();
-        while let Ok(ev) = rx.recv().await {
-            out.push(ev);
-        }
-        out
-    });
+    let collected = fixture::collect_events(&em);
     let r = run_demo(&o, &em).await;
     drop(em);
     let events = collected.await.expect("events");
     let seen = seen.lock().expect("lock").clone();
     (r, events, seen)
-}
-
-fn steps_of(r: &UpReport) -> BTreeMap<StepId, Outcome> {
-    r.steps.iter().cloned().collect()
 }
 
 fn started(events: &[Event], step: StepId) -> bool {
@@ -168,19 +142,17 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
         assert_eq!(l["ready"], l["total"], "{l}");
     }
     let first = steps_of(&report.up);
-    for s in [
-        StepId::FluxSecrets,
-        StepId::FluxInstall,
-        StepId::FluxSync,
-        StepId::Gitops,
-        StepId::Adoption,
-    ] {
-        assert!(
-            matches!(first.get(&s), Some(Outcome::Done { .. })),
-            "{s:?}: {:?}",
-            first.get(&s)
-        );
-    }
+    fixture::assert_all_done(
+        &first,
+        &[
+            StepId::FluxSecrets,
+            StepId::FluxInstall,
+            StepId::FluxSync,
+            StepId::Gitops,
+            StepId::Adoption,
+        ],
+        "",
+    );
     // Layer 1 no longer installs Flux; layer 2 does.
     match (&first[&StepId::Charts], &first[&StepId::FluxInstall]) {
         (Outcome::Done { detail: l1 }, Outcome::Done { detail: l2 }) => {
@@ -280,22 +252,12 @@ async fn five_layers_ready_in_order_adoption_reported_and_a_rerun_changes_nothin
     // The re-run: everything skipped, no Flux object touched (no reconcile, no
     // new HelmRelease history entry).
     let again = steps_of(report.rerun.as_ref().expect("rerun"));
-    for s in [
-        StepId::Namespaces,
-        StepId::Secrets,
-        StepId::Crds,
-        StepId::Cni,
-        StepId::Charts,
-        StepId::FluxInstall,
-        StepId::FluxSync,
-        StepId::Gitops,
-    ] {
-        assert!(
-            matches!(again.get(&s), Some(Outcome::Skipped { .. })),
-            "re-run {s:?}: {:?}",
-            again.get(&s)
-        );
-    }
+    let steps = [
+        &fixture::LAYER1_APPLY[..],
+        &[StepId::FluxInstall, StepId::FluxSync, StepId::Gitops],
+    ]
+    .concat();
+    fixture::assert_all_skipped(&again, &steps, "re-run ");
     assert!(
         report.rerun_changed.is_empty(),
         "{:?}",

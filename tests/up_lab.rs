@@ -1,6 +1,9 @@
 //! End-to-end tests of `up` and `plan` against the lab, over real TCP + TLS.
 //! Each test owns a /24 of 127.0.0.0/8 (140–199) so they run in parallel.
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,37 +14,19 @@ use endsys_bootstrap::engine::{
 };
 use endsys_bootstrap::flows::up::{plan, up, UpOptions, UpReport};
 use endsys_bootstrap::talos::{ApplyMode, CallPolicy, TalosClient, TlsMode};
-use endsys_lab::{Lab, LabOptions, NodeState};
-
-async fn lab(subnet: u8, nodes: usize) -> Lab {
-    Lab::start(LabOptions {
-        nodes,
-        controlplanes: nodes,
-        first_ip: std::net::Ipv4Addr::new(127, 0, subnet, 11),
-        port: 50000,
-        talos_version: "v1.13.9".into(),
-        time_scale: 0.0,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap()
-}
+use endsys_lab::NodeState;
+use fixture::{start_lab, up_options, Deadlines};
 
 fn options(dir: &std::path::Path) -> UpOptions {
-    let mut o = UpOptions::new(dir.to_path_buf());
-    o.until = StepId::Kubeconfig;
-    o.node_deadline = Duration::from_secs(30);
-    o.reach_deadline = Duration::from_secs(10);
-    o.etcd_deadline = Duration::from_secs(30);
-    o.probe_timeout = Duration::from_secs(2);
-    o.policy = CallPolicy {
-        attempt_timeout: Duration::from_secs(5),
-        retry_budget: Duration::from_secs(5),
-        initial_backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        connect_timeout: Duration::from_secs(2),
-    };
-    o
+    up_options(
+        dir,
+        StepId::Kubeconfig,
+        Deadlines {
+            node: Duration::from_secs(30),
+            reach: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(5),
+        },
+    )
 }
 
 #[derive(Clone, Default)]
@@ -88,7 +73,7 @@ async fn etcd_member_count(src: &MemorySource, ip: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_three_control_planes_then_rerun_changes_nothing() {
-    let lab = lab(140, 3).await;
+    let lab = start_lab(140, 3, 3, 0.0).await;
     let src = MemorySource::new(lab_definition(&lab, 3, "lab"), None);
     let dir = tempfile::tempdir().unwrap();
     let opts = options(dir.path());
@@ -151,7 +136,7 @@ async fn fresh_three_control_planes_then_rerun_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_control_planes_and_two_workers() {
-    let lab = lab(141, 5).await;
+    let lab = start_lab(141, 5, 5, 0.0).await;
     let src = MemorySource::new(lab_definition(&lab, 3, "mixed"), None);
     let dir = tempfile::tempdir().unwrap();
     let (r, events) = run(&src, &options(dir.path())).await;
@@ -181,7 +166,7 @@ async fn three_control_planes_and_two_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_selector_matching_nothing_stops_before_any_apply() {
-    let lab = lab(142, 3).await;
+    let lab = start_lab(142, 3, 3, 0.0).await;
     let mut def = lab_definition(&lab, 3, "disks");
     def.nodes[1].install_disk = Some(DiskTarget::Selector(vec![(
         "model".into(),
@@ -226,7 +211,7 @@ async fn disk_selector_matching_nothing_stops_before_any_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_configured_by_another_cluster_is_refused() {
-    let lab = lab(143, 3).await;
+    let lab = start_lab(143, 3, 3, 0.0).await;
     let def = lab_definition(&lab, 3, "ours");
     // cp2 already runs a config from another secrets bundle.
     let other = MemorySource::new(def.clone(), Some(MemorySecrets::generate().unwrap()));
@@ -292,7 +277,7 @@ impl EventSink for PowerOffAtApply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_powered_off_during_apply_fails_with_its_name_while_others_finish() {
-    let lab = lab(144, 3).await;
+    let lab = start_lab(144, 3, 3, 0.0).await;
     let src = MemorySource::new(lab_definition(&lab, 3, "power"), None);
     let dir = tempfile::tempdir().unwrap();
     let em = Emitter::new();
@@ -345,7 +330,7 @@ async fn node_powered_off_during_apply_fails_with_its_name_while_others_finish()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_shows_what_up_would_do_and_changes_nothing() {
-    let lab = lab(145, 3).await;
+    let lab = start_lab(145, 3, 3, 0.0).await;
     let src = MemorySource::new(lab_definition(&lab, 3, "plan"), None);
     let dir = tempfile::tempdir().unwrap();
     let opts = options(dir.path());
@@ -379,7 +364,7 @@ async fn plan_shows_what_up_would_do_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_node_is_named_and_nothing_is_applied() {
-    let lab = lab(146, 3).await;
+    let lab = start_lab(146, 3, 3, 0.0).await;
     lab.nodes()[1].power_off().await;
     let src = MemorySource::new(lab_definition(&lab, 3, "down"), None);
     let dir = tempfile::tempdir().unwrap();
@@ -400,17 +385,7 @@ async fn unreachable_node_is_named_and_nothing_is_applied() {
 async fn talos_1_12_nodes_come_up_too() {
     // 1.12 maintenance is a separate server without Version: classification is by
     // TLS handshake only, applies use AUTO.
-    let lab = Lab::start(LabOptions {
-        nodes: 3,
-        controlplanes: 3,
-        first_ip: std::net::Ipv4Addr::new(127, 0, 147, 11),
-        port: 50000,
-        talos_version: "v1.12.6".into(),
-        time_scale: 0.0,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap();
+    let lab = fixture::start_lab_of("v1.12.6", 147, 3, 3, 0.0).await;
     let src = MemorySource::new(lab_definition(&lab, 3, "old"), None);
     let dir = tempfile::tempdir().unwrap();
     let (r, _) = run(&src, &options(dir.path())).await;

@@ -2,39 +2,19 @@
 //! field, and the process SIGKILLed at step boundaries (read from its own event
 //! stream), then run again: it converges with Bootstrap called exactly once.
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use endsys_bootstrap::demo::{lab_definition, lab_talconfig};
-use endsys_lab::{Lab, LabOptions, NodeState};
+use endsys_lab::NodeState;
+use fixture::{start_lab, write_talconfig, SECRETS};
 use serde_json::Value;
 
 /// A named kill point: SIGKILL on the first event line it matches.
 type KillPoint = (&'static str, fn(&Value) -> bool);
-
-const SECRETS: &str = "tests/fixtures/machineconfig/secrets.yaml";
-
-async fn lab(subnet: u8, nodes: usize, cps: usize, scale: f64) -> Lab {
-    Lab::start(LabOptions {
-        nodes,
-        controlplanes: cps,
-        first_ip: std::net::Ipv4Addr::new(127, 0, subnet, 11),
-        port: 50000,
-        talos_version: "v1.13.9".into(),
-        time_scale: scale,
-        ..LabOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn write_definition(dir: &Path, lab: &Lab, cps: usize) -> PathBuf {
-    let def = lab_definition(lab, cps, "proc");
-    let p = dir.join("talconfig.yaml");
-    std::fs::write(&p, lab_talconfig(&def, "v1.13.9")).unwrap();
-    p
-}
 
 fn up_cmd(talconfig: &Path, state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_endsys-bootstrap"));
@@ -98,9 +78,9 @@ fn is(v: &Value, event: &str, step: &str) -> bool {
 async fn ndjson_events_cover_every_step_node_and_timing() {
     // Control planes only: the lab cannot take real worker configs yet (a worker's
     // machine.ca has no key; real workers get their apid certificate via trustd).
-    let lab = lab(150, 5, 5, 0.0).await;
+    let lab = start_lab(150, 5, 5, 0.0).await;
     let dir = tempfile::tempdir().unwrap();
-    let talconfig = write_definition(dir.path(), &lab, 5);
+    let talconfig = write_talconfig(dir.path(), &lab, 5, "proc");
     let (code, events, stderr) = run_to_end(talconfig, dir.path().join("state")).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lab.bootstrap_calls(), 1);
@@ -199,9 +179,9 @@ async fn process_killed_at_step_boundaries_converges_with_one_bootstrap() {
             is(v, "step_finished", "etcd_quorum")
         }),
     ];
-    let lab = lab(151, 3, 3, 0.05).await;
+    let lab = start_lab(151, 3, 3, 0.05).await;
     let dir = tempfile::tempdir().unwrap();
-    let talconfig = write_definition(dir.path(), &lab, 3);
+    let talconfig = write_talconfig(dir.path(), &lab, 3, "proc");
     let state = dir.path().join("state");
     // Kill at each boundary in turn, each time resuming the same cluster.
     for (name, at) in points {
@@ -239,9 +219,9 @@ async fn fresh_cluster_per_kill_point_converges() {
         }),
     ];
     for (i, (name, at)) in points.into_iter().enumerate() {
-        let lab = lab(152 + i as u8, 3, 3, 0.05).await;
+        let lab = start_lab(152 + i as u8, 3, 3, 0.05).await;
         let dir = tempfile::tempdir().unwrap();
-        let talconfig = write_definition(dir.path(), &lab, 3);
+        let talconfig = write_talconfig(dir.path(), &lab, 3, "proc");
         let state = dir.path().join("state");
         assert!(
             run_and_kill(talconfig.clone(), state.clone(), at).await,
