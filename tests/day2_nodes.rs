@@ -164,6 +164,32 @@ async fn member_names(env: &Env) -> Vec<String> {
     names
 }
 
+/// A run killed after EtcdLeaveCluster reached the node but before the journal
+/// recorded it: the next run reads the member list (real state wins), sees the
+/// member gone and converges, instead of refusing because the node no longer
+/// answers EtcdStatus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reimage_after_an_unjournaled_etcd_leave_converges() {
+    let env = cluster(218, 0.0).await;
+    let cp2 = env.cluster.node("cp2").unwrap().clone();
+    env.cluster
+        .mtls(&cp2, policy())
+        .unwrap()
+        .etcd_leave_cluster()
+        .await
+        .unwrap();
+    assert_eq!(member_names(&env).await, ["cp1", "cp3"]);
+    let (o, em) = (options(&env), quiet());
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        reimage(&env.cluster, "cp2", &o, &em),
+    )
+    .await
+    .expect("reimage within 120 s")
+    .unwrap_or_else(|e| panic!("{}", e.explain()));
+    assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_is_private_with_sidecar_and_corruption_is_refused() {
     let env = cluster(211, 0.0).await;

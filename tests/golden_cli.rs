@@ -245,7 +245,7 @@ fn ndjson_event_shapes_are_unchanged() {
             "--time-scale",
             "0",
             "--subnet",
-            "201",
+            "241",
             "--state-dir",
             demo_state.path().to_str().unwrap(),
         ],
@@ -256,9 +256,9 @@ fn ndjson_event_shapes_are_unchanged() {
 
     // `up` to etcd, then day-2 verbs, against `lab serve` in its own process.
     let dir = tempfile::tempdir().unwrap();
-    let _lab = serve_lab(dir.path(), "127.0.202.11", 3);
+    let _lab = serve_lab(dir.path(), "127.0.242.11", 3);
     let tc = dir.path().join("talconfig.yaml");
-    std::fs::write(&tc, talconfig(202, 3)).unwrap();
+    std::fs::write(&tc, talconfig(242, 3)).unwrap();
     let state = dir.path().join("state");
     let common = [
         "--config",

@@ -232,6 +232,19 @@ pub(crate) fn render_rows<const N: usize>(rows: &[[String; N]]) -> String {
 pub fn evaluate(cluster: &Cluster, view: &EtcdView, target: &NodeDef, op: GuardOp) -> Vec<String> {
     let mut reasons = Vec::new();
     let is_target = |hostname: &str| hostname == target.hostname;
+    // Real state wins over the journal: a live control plane whose member is
+    // already gone (a run killed after LeaveEtcd reached the node, before it was
+    // journaled) no longer serves etcd, as a replaced one would not.
+    let already_left = view.members_error.is_none()
+        && !view
+            .members
+            .iter()
+            .any(|m| owner(cluster, m).is_some_and(|n| is_target(&n.hostname)));
+    let op = if op == GuardOp::Remove && already_left {
+        GuardOp::Replace
+    } else {
+        op
+    };
     // 1. Every control plane answers (the target too when it must leave gracefully).
     for p in &view.cps {
         if op == GuardOp::Replace && is_target(&p.hostname) {
