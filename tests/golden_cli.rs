@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -140,7 +140,7 @@ fn summarize(verb: &str, lines: &[Value], out: &mut BTreeSet<String>) {
 
 /// Runs the binary; returns (exit code, NDJSON lines of stdout, stderr).
 fn run_json(args: &[&str], deadline: Duration) -> (i32, Vec<Value>, String) {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .arg("--output")
         .arg("json")
         .args(args)
@@ -148,22 +148,24 @@ fn run_json(args: &[&str], deadline: Duration) -> (i32, Vec<Value>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+    // Output is drained while the process runs (a full pipe would stall it); the
+    // deadline is a timed receive on its exit, not a polling loop.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(deadline) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            let out = rx.recv().unwrap().unwrap();
             panic!(
                 "{args:?} did not finish within {deadline:?}; stderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    };
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.trim().is_empty())
