@@ -107,7 +107,9 @@ fn refuse_api_on_node(
 
 // ---- the steps -------------------------------------------------------------------------
 
-/// Once the member left, the node is expected not to answer etcd.
+/// Once the member left, the node is expected not to answer etcd. The journal
+/// says so when the leave was recorded; the guard itself also treats a member
+/// already missing from the list as left (a kill between the call and the journal).
 async fn guard(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
     let gop = match (cx.node.control_plane, cx.done(StepId::LeaveEtcd)) {
         (false, _) => GuardOp::Worker,
