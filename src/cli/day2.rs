@@ -320,6 +320,7 @@ pub async fn node(cmd: NodeCommand, out: &Output) -> Result<(), CliError> {
     };
     let (name, op_args, cluster_args) = a;
     let (cluster, dir) = cluster_args.load()?;
+    let _lock = super::lock_state(&dir, &format!("node {op} {name}"), out)?;
     let mut o = options(dir, op_args);
     o.wipe_all = wipe_all;
     let em = Emitter::new();

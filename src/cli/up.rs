@@ -410,6 +410,7 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
+    let _lock = super::lock_state(&opts.state_dir, "up", out)?;
     let em = Emitter::new();
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());

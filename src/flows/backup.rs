@@ -90,6 +90,17 @@ pub async fn take_backup(
         let client = cluster.mtls(node, policy)?;
         let info = match client.etcd_snapshot(&tmp).await {
             Ok(i) => i,
+            // Writing here failed (disk full, permissions): another control
+            // plane would fail the same way, and etcd is not to blame.
+            Err(e @ crate::talos::TalosError::Io { .. }) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(local(
+                    out,
+                    format!(
+                        "cannot write the snapshot ({e}); etcd answered, the local write failed"
+                    ),
+                ));
+            }
             Err(e) => {
                 tried.push(format!("{}: {e}", node.label()));
                 continue;
