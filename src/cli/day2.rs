@@ -112,10 +112,10 @@ pub struct OpArgs {
     #[arg(long)]
     pub no_snapshot: bool,
     /// Deadline for the node to reach maintenance / come back running, in seconds.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
     pub node_timeout: u64,
     /// Deadline for etcd membership changes and drains, in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub etcd_timeout: u64,
 }
 

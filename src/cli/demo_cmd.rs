@@ -12,13 +12,13 @@ use crate::engine::{Emitter, Ledger};
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::bounds::node_count)]
     pub nodes: usize,
     /// How many of them are control planes.
     #[arg(long, default_value_t = 3)]
     pub controlplanes: usize,
     /// Multiplies every lab delay (1 ≈ real hardware in proportion; 0 = none).
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, value_parser = super::bounds::time_scale)]
     pub time_scale: f64,
     /// Talos version the simulated nodes emulate (v1.12.x or v1.13.x).
     #[arg(long, default_value = "v1.13.9")]

@@ -1,6 +1,7 @@
 //! The command-line face: argument types, output (text or NDJSON), exit codes.
 //! Everything here calls into the library; no behaviour lives here.
 
+pub mod bounds;
 pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo_cmd;

@@ -108,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Until::All)]
     pub until: Until,
     /// Per-node deadline from apply to running, in seconds.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
     pub node_timeout: u64,
     /// The gitops repository (endsys layout: bootstrap/helmfile.yaml,
     /// kubernetes/apps/<namespace>/, SOPS files); enables the Kubernetes half.
@@ -124,7 +124,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub force_conflicts: bool,
     /// Deadline of each chart's rollout and of nodes registering/Ready, in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub kube_timeout: u64,
     /// Layer overrides (YAML: `layers: {garage: 5, database/dragonfly: 3}`, `replace: true`
     /// drops the endsys defaults); unmapped Kustomizations are layer 5.
@@ -136,11 +136,11 @@ pub struct RunArgs {
     pub sync_path: Option<String>,
     /// Deadline of flux_sync (FluxInstance Ready, source fetched, flux-system and
     /// cluster-meta Ready), in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub flux_timeout: u64,
     /// Deadline for every layer to turn Ready once Flux runs, in seconds; on expiry `up`
     /// prints the blocking objects with their messages and exits non-zero.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = super::bounds::secs)]
     pub gitops_timeout: u64,
 }
 
@@ -573,6 +573,16 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
             path.display()
         ))
     })?;
+    // The file is judged on its own first: a broken kubeconfig is not the API
+    // server's fault, and the message must name the file.
+    if let Err(e) = crate::kube::client_from_kubeconfig(&bytes).await {
+        return Err(CliError::Usage(format!(
+            "{}: not a usable kubeconfig: {}\n  likely cause: the file is not a kubeconfig (or is truncated), or its current context names a cluster or user it does not define\n  next action:  pass the admin kubeconfig `up` wrote (<state-dir>/kubeconfig), or check the file with `kubectl --kubeconfig {} config view`",
+            path.display(),
+            kube_detail(&e),
+            path.display()
+        )));
+    }
     let layers = layer_map(args.layers.as_deref())?;
     let graph = match &args.repo {
         Some(repo) => {
@@ -630,6 +640,14 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         Err(CliError::Failed(format!(
             "{n} Flux object(s) not Ready (listed above)\n  next action:  read the blocking object's message; `up` resumes watching where it stopped"
         )))
+    }
+}
+
+/// What is wrong with a kubeconfig, without the wrapper's own words.
+fn kube_detail(e: &crate::kube::KubeError) -> String {
+    match e {
+        crate::kube::KubeError::Kubeconfig(inner) => inner.to_string(),
+        other => other.to_string(),
     }
 }
 
