@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Pin a maintenance-mode node's certificate: HOSTNAME=FINGERPRINT, the
+    /// fingerprint as the node console prints it (base64 SHA-256 of the public
+    /// key, talosctl's --cert-fingerprint). Repeatable; unpinned nodes are not checked.
+    #[arg(long = "cert-fingerprint", value_name = "HOSTNAME=FINGERPRINT")]
+    pub cert_fingerprints: Vec<String>,
     /// Allow generating a new secrets bundle although nodes already serve a CA.
     #[arg(long)]
     pub new_cluster: bool,
@@ -163,6 +168,35 @@ impl RunArgs {
         o.until = self.until.last_step();
         o.node_deadline = Duration::from_secs(self.node_timeout);
         o
+    }
+
+    /// `--cert-fingerprint` as hostname → fingerprint, every hostname one of
+    /// the definition's.
+    pub fn fingerprints(
+        &self,
+        def: &crate::engine::Definition,
+    ) -> Result<BTreeMap<String, String>, CliError> {
+        let mut pins = BTreeMap::new();
+        for pin in &self.cert_fingerprints {
+            // Split at the first '=': base64 fingerprints end in '=' padding.
+            let Some((host, fp)) = pin
+                .split_once('=')
+                .filter(|(h, f)| !h.is_empty() && !f.is_empty())
+            else {
+                return Err(CliError::Usage(format!(
+                    "--cert-fingerprint {pin:?}: expected HOSTNAME=FINGERPRINT\n  next action:  e.g. --cert-fingerprint cp1=<the fingerprint the node console prints>"
+                )));
+            };
+            if !def.nodes.iter().any(|n| n.hostname == host) {
+                let known: Vec<&str> = def.nodes.iter().map(|n| n.hostname.as_str()).collect();
+                return Err(CliError::Usage(format!(
+                    "--cert-fingerprint: no node {host:?} in the definition (nodes: {})",
+                    known.join(", ")
+                )));
+            }
+            pins.insert(host.to_string(), fp.to_string());
+        }
+        Ok(pins)
     }
 
     /// The Kubernetes half from `--repo` (none without it).
@@ -410,6 +444,7 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
+    opts.fingerprints = args.run.fingerprints(&def)?;
     let _lock = super::lock_state(&opts.state_dir, "up", out)?;
     let em = Emitter::new();
     let ledger = Ledger::new();
@@ -443,6 +478,7 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
+    opts.fingerprints = args.run.fingerprints(&def)?;
     let items = crate::flows::up::plan(&source as &dyn ClusterSource, &opts)
         .await
         .map_err(flow_error)?;

@@ -105,10 +105,8 @@ fn bolt_body(db: &[u8]) -> Result<&[u8], String> {
         let m = db.get(o + 16..o + 80)?;
         let u32_at = |i: usize| u32::from_le_bytes(m[i..i + 4].try_into().unwrap_or([0; 4]));
         let u64_at = |i: usize| u64::from_le_bytes(m[i..i + 8].try_into().unwrap_or([0; 8]));
-        (u32_at(0) == BOLT_MAGIC
-            && u32_at(4) == BOLT_VERSION
-            && u64_at(56) == fnv1a64(&m[..56]))
-        .then(|| u64_at(16))
+        (u32_at(0) == BOLT_MAGIC && u32_at(4) == BOLT_VERSION && u64_at(56) == fnv1a64(&m[..56]))
+            .then(|| u64_at(16))
     };
     let root = meta_ok(0)
         .or_else(|| meta_ok(PAGE))

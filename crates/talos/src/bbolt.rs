@@ -204,7 +204,9 @@ mod tests {
         }
         assert!(check_db(&v).unwrap_err().contains("version 1"));
         // Truncated below its page count.
-        assert!(check_db(&good[..3 * 4096]).unwrap_err().contains("truncated"));
+        assert!(check_db(&good[..3 * 4096])
+            .unwrap_err()
+            .contains("truncated"));
         assert!(check_db(&db(16384)).is_ok());
     }
 }

@@ -345,7 +345,8 @@ mod tests {
         std::fs::write(&not_db, &random).unwrap();
         let e = refusal(&not_db);
         assert!(
-            e.to_string().contains("not a valid etcd database") && e.to_string().contains("random.db"),
+            e.to_string().contains("not a valid etcd database")
+                && e.to_string().contains("random.db"),
             "{e}"
         );
         assert!(e.is_input_error());
