@@ -692,7 +692,7 @@ pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliErr
     let file = dir.join("kubeconfig");
     if !file.exists() {
         return Err(CliError::Failed(format!(
-            "{}: no kubeconfig yet\n  next action:  run `up` for cluster {} first",
+            "{}: no kubeconfig yet\n  likely cause: `up` has not reached the kubeconfig step for this cluster (or its state is in another --state-dir)\n  next action:  run `up` for cluster {} first",
             file.display(),
             args.cluster
         )));
