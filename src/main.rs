@@ -219,7 +219,7 @@ fn main() {
         }
     };
     let result: Result<(), CliError> = runtime.block_on(async {
-        let work = run(cli.command, &out);
+        let work = run(cli.command, out);
         tokio::pin!(work);
         if !watch_signals {
             return work.await;
@@ -251,7 +251,7 @@ fn report(e: &CliError, out: &Output) {
     }
 }
 
-async fn run(command: Command, out: &Output) -> Result<(), CliError> {
+async fn run(command: Command, out: Output) -> Result<(), CliError> {
     match command {
         Command::Talos(args) => talos_cmd::run(args, &out).await,
         Command::Gen(GenCommand::Secrets(args)) => gen::run_gen_secrets_cli(&args).map(|p| {

@@ -50,7 +50,12 @@ fn text(b: &[u8]) -> String {
 fn one_json_error(o: &Output) -> Value {
     let out = text(&o.stdout);
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one JSON object expected: {out}\n{}", text(&o.stderr));
+    assert_eq!(
+        lines.len(),
+        1,
+        "one JSON object expected: {out}\n{}",
+        text(&o.stderr)
+    );
     let v: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["event"], "error", "{v}");
     assert_eq!(v["exit_code"], o.status.code().unwrap(), "{v}");
@@ -66,7 +71,9 @@ fn one_json_error(o: &Output) -> Value {
 fn with_fsize(bytes: u64) -> Command {
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(format!("trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$0\" \"$@\""))
+        .arg(format!(
+            "trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$0\" \"$@\""
+        ))
         .arg(BIN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -84,10 +91,8 @@ fn deadlines() -> Deadlines {
 /// `up --until etcd` in-process: a cluster with etcd to run day-2 verbs on.
 async fn cluster_with_etcd(lab: &endsys_lab::Lab, dir: &Path, state: &Path) -> PathBuf {
     let talconfig = write_talconfig(dir, lab, lab.nodes().len(), "hard");
-    let mut src = endsys_bootstrap::engine::talhelper::TalhelperSource::new(
-        &talconfig,
-        Path::new(SECRETS),
-    );
+    let mut src =
+        endsys_bootstrap::engine::talhelper::TalhelperSource::new(&talconfig, Path::new(SECRETS));
     src.vars = endsys_bootstrap::machineconfig::Vars::default();
     let opts = up_options(state, StepId::Kubeconfig, deadlines());
     let em = endsys_bootstrap::engine::Emitter::new();
@@ -128,7 +133,10 @@ async fn three_up_runs_on_one_state_dir_call_bootstrap_once() {
             assert_eq!(o.status.code(), Some(2));
             let v = one_json_error(o);
             let e = v["error"].as_str().unwrap();
-            assert!(e.contains("in use by another run") && e.contains("pid ") && e.contains("`up`"), "{v}");
+            assert!(
+                e.contains("in use by another run") && e.contains("pid ") && e.contains("`up`"),
+                "{v}"
+            );
             assert!(!v["next_action"].as_str().unwrap().contains("reset"), "{v}");
         }
         assert_eq!(lab.bootstrap_calls(), 1, "Bootstrap calls");
@@ -156,9 +164,17 @@ async fn sigint_closes_the_run_record_and_the_next_run_resumes_and_clears_tempor
             for line in lines.by_ref() {
                 let line = line.unwrap();
                 let v: Value = serde_json::from_str(&line).unwrap();
-                if !sent && v["event"] == "step_finished" && v["step"] == "apply" && v.get("node").is_none() {
+                if !sent
+                    && v["event"] == "step_finished"
+                    && v["step"] == "apply"
+                    && v.get("node").is_none()
+                {
                     let pid = child.id().to_string();
-                    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+                    assert!(Command::new("kill")
+                        .args(["-INT", &pid])
+                        .status()
+                        .unwrap()
+                        .success());
                     sent = true;
                 } else if sent {
                     tail.push(v);
@@ -174,8 +190,14 @@ async fn sigint_closes_the_run_record_and_the_next_run_resumes_and_clears_tempor
         assert_eq!(last["event"], "error", "{last}");
         assert_eq!(last["exit_code"], 130);
         let e = last["error"].as_str().unwrap();
-        assert!(e.contains("interrupted by SIGINT during `up`") && e.contains("journal.json"), "{e}");
-        assert!(last["next_action"].as_str().unwrap().contains("again"), "{last}");
+        assert!(
+            e.contains("interrupted by SIGINT during `up`") && e.contains("journal.json"),
+            "{e}"
+        );
+        assert!(
+            last["next_action"].as_str().unwrap().contains("again"),
+            "{last}"
+        );
         let journal: Value =
             serde_json::from_slice(&std::fs::read(state.join("journal.json")).unwrap()).unwrap();
         let run = journal["runs"].as_array().unwrap().last().unwrap().clone();
@@ -220,8 +242,14 @@ async fn up_whose_journal_cannot_be_saved_fails() {
         let o = output(c).await;
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("journal could not be saved") && err.contains("journal.json"), "{err}");
-        assert!(!text(&o.stdout).contains("journal:"), "no journal path printed as if saved");
+        assert!(
+            err.contains("journal could not be saved") && err.contains("journal.json"),
+            "{err}"
+        );
+        assert!(
+            !text(&o.stdout).contains("journal:"),
+            "no journal path printed as if saved"
+        );
     })
     .await
     .expect("up on a full disk did not finish in time");
@@ -236,12 +264,18 @@ async fn etcd_backup_on_a_full_disk_blames_the_write_not_etcd() {
         let talconfig = cluster_with_etcd(&lab, dir.path(), &state).await;
         let out = dir.path().join("b.snapshot");
         let mut c = with_fsize(4096);
-        c.args(["etcd", "backup"]).arg(&out).arg("--kubeconfig").arg("/dev/null");
+        c.args(["etcd", "backup"])
+            .arg(&out)
+            .arg("--kubeconfig")
+            .arg("/dev/null");
         definition(&mut c, &talconfig, &state);
         let o = output(c).await;
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("cannot write the snapshot") && err.contains("b.snapshot"), "{err}");
+        assert!(
+            err.contains("cannot write the snapshot") && err.contains("b.snapshot"),
+            "{err}"
+        );
         assert!(!err.contains("quorum"), "{err}");
         assert!(!out.exists());
     })
@@ -258,18 +292,24 @@ async fn recover_refuses_a_file_that_is_not_an_etcd_database_before_resetting_an
         let state = dir.path().join("state");
         let talconfig = cluster_with_etcd(&lab, dir.path(), &state).await;
         // Random bytes with a valid SHA-256 trailer.
-        let mut data: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut data: Vec<u8> = (0..8192u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let sum = sha2::Sha256::digest(&data);
         data.extend_from_slice(&sum);
         let snap = dir.path().join("random.db");
         std::fs::write(&snap, &data).unwrap();
         let mut c = bin();
-        c.args(["recover", "--reset-nodes", "--snapshot"]).arg(&snap);
+        c.args(["recover", "--reset-nodes", "--snapshot"])
+            .arg(&snap);
         definition(&mut c, &talconfig, &state);
         let o = output(c).await;
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(err.contains("random.db") && err.contains("not a valid etcd database"), "{err}");
+        assert!(
+            err.contains("random.db") && err.contains("not a valid etcd database"),
+            "{err}"
+        );
         let n = &lab.nodes()[0];
         assert_eq!(n.state(), NodeState::Running, "the node was not reset");
         assert!(n.has_etcd_data());
@@ -294,7 +334,11 @@ async fn cert_fingerprint_pins_maintenance_nodes() {
         let err = text(&o.stderr);
         assert!(!o.status.success());
         assert!(err.contains("fingerprint mismatch"), "{err}");
-        assert_eq!(lab.apply_calls(), 0, "nothing applied to an unpinned machine");
+        assert_eq!(
+            lab.apply_calls(),
+            0,
+            "nothing applied to an unpinned machine"
+        );
         // The node's own fingerprint, as the refusal names it, is accepted.
         let presents = err
             .split("node presents ")
@@ -326,11 +370,25 @@ async fn demo_without_state_dir_leaves_no_secrets_behind() {
     tokio::time::timeout(DEADLINE, async {
         let tmp = tempfile::tempdir().unwrap();
         let mut c = bin();
-        c.args(["demo", "--nodes", "1", "--controlplanes", "1", "--time-scale", "0", "--subnet", "95"])
-            .env("TMPDIR", tmp.path());
+        c.args([
+            "demo",
+            "--nodes",
+            "1",
+            "--controlplanes",
+            "1",
+            "--time-scale",
+            "0",
+            "--subnet",
+            "95",
+        ])
+        .env("TMPDIR", tmp.path());
         let o = output(c).await;
         assert!(o.status.success(), "{}", text(&o.stderr));
-        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         assert!(text(&o.stdout).contains("removed the demo's state directory"));
     })
@@ -359,9 +417,16 @@ async fn two_gen_secrets_at_once_never_replace_each_other() {
         .await
         .unwrap();
         let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
-        assert!(codes.contains(&Some(0)) && codes.contains(&Some(2)), "{codes:?}");
+        assert!(
+            codes.contains(&Some(0)) && codes.contains(&Some(2)),
+            "{codes:?}"
+        );
         let loser = outs.iter().find(|o| !o.status.success()).unwrap();
-        assert!(text(&loser.stderr).contains("refusing to overwrite"), "{}", text(&loser.stderr));
+        assert!(
+            text(&loser.stderr).contains("refusing to overwrite"),
+            "{}",
+            text(&loser.stderr)
+        );
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
@@ -376,11 +441,23 @@ async fn two_gen_secrets_at_once_never_replace_each_other() {
 #[tokio::test]
 async fn numbers_out_of_range_are_argument_errors_not_panics() {
     let cases: [(&[&str], &str); 5] = [
-        (&["talos", "version", "--timeout", "360000000000"], "--timeout"),
+        (
+            &["talos", "version", "--timeout", "360000000000"],
+            "--timeout",
+        ),
         (&["demo", "--time-scale", "1e300"], "--time-scale"),
         (&["lab", "serve", "--time-scale", "NaN"], "--time-scale"),
         (&["lab", "serve", "--nodes", "0"], "--nodes"),
-        (&["up", "--node-timeout", "18446744073709551615", "--config", "x"], "--node-timeout"),
+        (
+            &[
+                "up",
+                "--node-timeout",
+                "18446744073709551615",
+                "--config",
+                "x",
+            ],
+            "--node-timeout",
+        ),
     ];
     for (args, flag) in cases {
         let mut c = bin();
@@ -388,7 +465,10 @@ async fn numbers_out_of_range_are_argument_errors_not_panics() {
         let o = output(c).await;
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(flag) && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains(flag) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("--controlplanes"), "{args:?}: {err}");
     }
     // Under --output json, the same as one JSON object.
@@ -396,7 +476,10 @@ async fn numbers_out_of_range_are_argument_errors_not_panics() {
     c.args(["--output", "json", "demo", "--nodes", "0"]);
     let o = output(c).await;
     assert_eq!(o.status.code(), Some(2));
-    assert!(one_json_error(&o)["error"].as_str().unwrap().contains("--nodes"));
+    assert!(one_json_error(&o)["error"]
+        .as_str()
+        .unwrap()
+        .contains("--nodes"));
 }
 
 #[tokio::test]
@@ -409,7 +492,10 @@ async fn a_broken_kubeconfig_is_named_and_json_errors_are_one_object() {
     let o = output(c).await;
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("garbage.yaml") && err.contains("not a usable kubeconfig"), "{err}");
+    assert!(
+        err.contains("garbage.yaml") && err.contains("not a usable kubeconfig"),
+        "{err}"
+    );
     assert!(!err.to_lowercase().contains("api server"), "{err}");
     let mut c = bin();
     c.args(["-o", "json", "status", "--kubeconfig"]).arg(&kc);
@@ -418,11 +504,21 @@ async fn a_broken_kubeconfig_is_named_and_json_errors_are_one_object() {
     let v = one_json_error(&o);
     assert!(v["error"].as_str().unwrap().contains("garbage.yaml"), "{v}");
     assert!(!v["likely_cause"].as_str().unwrap().is_empty(), "{v}");
-    assert!(o.stderr.is_empty() || !text(&o.stderr).contains("error:"), "{}", text(&o.stderr));
+    assert!(
+        o.stderr.is_empty() || !text(&o.stderr).contains("error:"),
+        "{}",
+        text(&o.stderr)
+    );
     // A verb failing for another reason, and a missing state.
     let mut c = bin();
-    c.args(["--output=json", "kubeconfig", "--cluster", "none", "--state-dir"])
-        .arg(dir.path().join("absent"));
+    c.args([
+        "--output=json",
+        "kubeconfig",
+        "--cluster",
+        "none",
+        "--state-dir",
+    ])
+    .arg(dir.path().join("absent"));
     let o = output(c).await;
     assert_eq!(o.status.code(), Some(1));
     let v = one_json_error(&o);
