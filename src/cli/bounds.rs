@@ -1,7 +1,10 @@
-//! Parse-time bounds of numeric flags: a value the tool cannot honour is a clap
-//! error naming the flag, never a panic deep inside (a deadline past what
-//! `Instant` or gRPC's `grpc-timeout` can hold, a time scale that overflows a
-//! `Duration`, a lab of no nodes).
+//! Flag values checked before anything runs. Numeric bounds are clap value
+//! parsers: a value the tool cannot honour is an error naming the flag, never a
+//! panic deep inside (a deadline past what `Instant` or gRPC's `grpc-timeout`
+//! can hold, a time scale that overflows a `Duration`, a lab of no nodes).
+//! Certificate pins are checked against the definition.
+
+use std::collections::BTreeMap;
 
 /// The longest deadline any flag takes: a week, in seconds.
 pub const MAX_SECS: u64 = 7 * 24 * 3600;
@@ -21,6 +24,14 @@ pub fn secs(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(v)
+}
+
+/// A budget in seconds that may be zero (none): 0 ..= [`MAX_SECS`].
+pub fn secs_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    secs(s).map_err(|e| e.replace("between 1 and", "between 0 and"))
 }
 
 /// A lab time scale: 0 (no delays) ..= [`MAX_TIME_SCALE`].
@@ -49,6 +60,43 @@ pub fn node_count(s: &str) -> Result<usize, String> {
     Ok(v)
 }
 
+/// `--cert-fingerprint HOSTNAME=FINGERPRINT` values as hostname → fingerprint,
+/// every hostname one of the definition's.
+pub fn fingerprint_pins(
+    pins: &[String],
+    def: &crate::engine::Definition,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pin in pins {
+        // Split at the first '=': base64 fingerprints end in '=' padding.
+        let Some((host, fp)) = pin
+            .split_once('=')
+            .filter(|(h, f)| !h.is_empty() && !f.is_empty())
+        else {
+            return Err(format!(
+                "--cert-fingerprint {pin:?}: expected HOSTNAME=FINGERPRINT\n  next action:  e.g. --cert-fingerprint cp1=<the fingerprint the node console prints>"
+            ));
+        };
+        if !def.nodes.iter().any(|n| n.hostname == host) {
+            let known: Vec<&str> = def.nodes.iter().map(|n| n.hostname.as_str()).collect();
+            return Err(format!(
+                "--cert-fingerprint: no node {host:?} in the definition (nodes: {})",
+                known.join(", ")
+            ));
+        }
+        out.insert(host.to_string(), fp.to_string());
+    }
+    Ok(out)
+}
+
+/// What is wrong with a kubeconfig, without the wrapper's own words.
+pub fn kube_detail(e: &crate::kube::KubeError) -> String {
+    match e {
+        crate::kube::KubeError::Kubeconfig(inner) => inner.to_string(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +106,10 @@ mod tests {
         assert_eq!(secs("20"), Ok(20));
         assert!(secs("360000000000").unwrap_err().contains("7 days"));
         assert!(secs("0").is_err() && secs("-1").is_err());
+        assert_eq!(secs_or_zero("0"), Ok(0));
+        assert!(secs_or_zero("99999999999")
+            .unwrap_err()
+            .contains("between 0 and"));
         assert_eq!(time_scale("0"), Ok(0.0));
         assert!(time_scale("1e300").is_err());
         assert!(time_scale("NaN").is_err() && time_scale("inf").is_err());

@@ -176,27 +176,7 @@ impl RunArgs {
         &self,
         def: &crate::engine::Definition,
     ) -> Result<BTreeMap<String, String>, CliError> {
-        let mut pins = BTreeMap::new();
-        for pin in &self.cert_fingerprints {
-            // Split at the first '=': base64 fingerprints end in '=' padding.
-            let Some((host, fp)) = pin
-                .split_once('=')
-                .filter(|(h, f)| !h.is_empty() && !f.is_empty())
-            else {
-                return Err(CliError::Usage(format!(
-                    "--cert-fingerprint {pin:?}: expected HOSTNAME=FINGERPRINT\n  next action:  e.g. --cert-fingerprint cp1=<the fingerprint the node console prints>"
-                )));
-            };
-            if !def.nodes.iter().any(|n| n.hostname == host) {
-                let known: Vec<&str> = def.nodes.iter().map(|n| n.hostname.as_str()).collect();
-                return Err(CliError::Usage(format!(
-                    "--cert-fingerprint: no node {host:?} in the definition (nodes: {})",
-                    known.join(", ")
-                )));
-            }
-            pins.insert(host.to_string(), fp.to_string());
-        }
-        Ok(pins)
+        super::bounds::fingerprint_pins(&self.cert_fingerprints, def).map_err(CliError::Usage)
     }
 
     /// The Kubernetes half from `--repo` (none without it).
@@ -615,7 +595,7 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         return Err(CliError::Usage(format!(
             "{}: not a usable kubeconfig: {}\n  likely cause: the file is not a kubeconfig (or is truncated), or its current context names a cluster or user it does not define\n  next action:  pass the admin kubeconfig `up` wrote (<state-dir>/kubeconfig), or check the file with `kubectl --kubeconfig {} config view`",
             path.display(),
-            kube_detail(&e),
+            super::bounds::kube_detail(&e),
             path.display()
         )));
     }
@@ -676,14 +656,6 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         Err(CliError::Failed(format!(
             "{n} Flux object(s) not Ready (listed above)\n  next action:  read the blocking object's message; `up` resumes watching where it stopped"
         )))
-    }
-}
-
-/// What is wrong with a kubeconfig, without the wrapper's own words.
-fn kube_detail(e: &crate::kube::KubeError) -> String {
-    match e {
-        crate::kube::KubeError::Kubeconfig(inner) => inner.to_string(),
-        other => other.to_string(),
     }
 }
 
