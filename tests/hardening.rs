@@ -325,7 +325,7 @@ async fn cert_fingerprint_pins_maintenance_nodes() {
         let dir = tempfile::tempdir().unwrap();
         let talconfig = write_talconfig(dir.path(), &lab, 1, "pin");
         let state = dir.path().join("state");
-        let wrong = "bm90IHRoZSBub2RlJ3Mga2V5IGF0IGFsbCwgbm90IGF0IGFsbA==";
+        let wrong = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
         let mut c = bin();
         c.args(["up", "--until", "apply", "--cert-fingerprint"])
             .arg(format!("cp1={wrong}"));
@@ -353,13 +353,20 @@ async fn cert_fingerprint_pins_maintenance_nodes() {
         let o = output(c).await;
         assert!(o.status.success(), "{}", text(&o.stderr));
         assert_eq!(lab.apply_calls(), 1);
-        // A hostname the definition lacks is refused up front.
-        let mut c = bin();
-        c.args(["up", "--cert-fingerprint", "cp9=AAAA"]);
-        definition(&mut c, &talconfig, &state);
-        let o = output(c).await;
-        assert_eq!(o.status.code(), Some(2));
-        assert!(text(&o.stderr).contains("no node \"cp9\""));
+        // A hostname the definition lacks, or a value that is no fingerprint,
+        // is refused up front.
+        for (pin, says) in [
+            (format!("cp9={wrong}"), "no node \"cp9\""),
+            ("cp1=AAAA".to_string(), "not a fingerprint"),
+            (wrong.to_string(), "expected HOSTNAME=FINGERPRINT"),
+        ] {
+            let mut c = bin();
+            c.args(["up", "--cert-fingerprint"]).arg(&pin);
+            definition(&mut c, &talconfig, &state);
+            let o = output(c).await;
+            assert_eq!(o.status.code(), Some(2), "{pin}");
+            assert!(text(&o.stderr).contains(says), "{pin}: {}", text(&o.stderr));
+        }
     })
     .await
     .expect("pinned up did not finish in time");

@@ -77,6 +77,13 @@ pub fn fingerprint_pins(
                 "--cert-fingerprint {pin:?}: expected HOSTNAME=FINGERPRINT\n  next action:  e.g. --cert-fingerprint cp1=<the fingerprint the node console prints>"
             ));
         };
+        use base64::Engine;
+        let digest = base64::engine::general_purpose::STANDARD.decode(fp);
+        if digest.as_ref().map(Vec::len) != Ok(32) {
+            return Err(format!(
+                "--cert-fingerprint {host}={fp}: not a fingerprint (expected the base64 of a SHA-256, 44 characters ending in '=', as the node console prints it)"
+            ));
+        }
         if !def.nodes.iter().any(|n| n.hostname == host) {
             let known: Vec<&str> = def.nodes.iter().map(|n| n.hostname.as_str()).collect();
             return Err(format!(
