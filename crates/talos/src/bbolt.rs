@@ -104,6 +104,16 @@ fn meta_at(db: &[u8], offset: usize) -> Result<BoltMeta, String> {
 /// database: a valid meta page 0 or 1 (the newer one wins, as bbolt reads it),
 /// whose page count fits the file and whose root and freelist pages lie inside it.
 pub fn check_db(db: &[u8]) -> Result<BoltMeta, String> {
+    check_head(db, db.len() as u64)
+}
+
+/// How much of a file's start [`check_head`] needs: meta page 1 of the largest
+/// page size, and its header.
+pub const HEAD_LEN: usize = 65536 + 4096;
+
+/// [`check_db`] on the first bytes of a database of `len` bytes (at least
+/// [`HEAD_LEN`] of them, or all): a large snapshot need not be read whole.
+pub fn check_head(db: &[u8], len: u64) -> Result<BoltMeta, String> {
     let first = meta_at(db, 0);
     // Meta page 1 sits one page further: the size meta 0 gives, else the
     // usual sizes in turn.
@@ -131,7 +141,6 @@ pub fn check_db(db: &[u8]) -> Result<BoltMeta, String> {
         }
     };
     let ps = u64::from(meta.page_size);
-    let len = db.len() as u64;
     if meta.pages < 2 || meta.pages.saturating_mul(ps) > len {
         return Err(format!(
             "not a valid etcd database: the meta page counts {} pages of {ps} bytes, the file holds {len} bytes (truncated?)",
@@ -208,5 +217,8 @@ mod tests {
             .unwrap_err()
             .contains("truncated"));
         assert!(check_db(&db(16384)).is_ok());
+        // The head of a larger file is enough; its length still counts.
+        assert!(check_head(&good[..8192], 4 * 4096).is_ok());
+        assert!(check_head(&good[..8192], 3 * 4096).is_err());
     }
 }
