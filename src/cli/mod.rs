@@ -196,6 +196,7 @@ impl Doctor for CliError {
             CliError::Talos(e) => e.next_action(),
             CliError::Config(e) => e.next_action(),
             CliError::Sops(e) => e.next_action(),
+            CliError::Interrupted { verb, .. } if verb == "demo" => "run it again; with the same --state-dir it resumes, without one it starts afresh".into(),
             CliError::Interrupted { .. } => "run the same command again: it reads the real state and resumes where this run stopped".into(),
             CliError::Usage(_) | CliError::Failed(_) => String::new(),
         }
