@@ -1,10 +1,10 @@
 //! endsys-bootstrap: arguments in, library calls out.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, gen, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, docs, gen, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
@@ -67,6 +67,24 @@ enum Command {
     /// Rebuild after a disaster: restore an etcd snapshot onto wiped nodes (verified,
     /// resumable), or a full `up` with the existing secrets; Velero restores per app.
     Recover(recover_cmd::RecoverArgs),
+    /// Print a shell completion script (install: see README, "Shell completions and man page").
+    ///
+    /// bash: `endsys-bootstrap completions bash > ~/.local/share/bash-completion/completions/endsys-bootstrap`;
+    /// zsh: into a folder on `$fpath` as `_endsys-bootstrap`; fish: `~/.config/fish/completions/endsys-bootstrap.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per verb into a folder (`--out-dir`).
+    ///
+    /// `endsys-bootstrap man --out-dir ~/.local/share/man/man1` then `man endsys-bootstrap-up`.
+    Man {
+        /// Write `endsys-bootstrap.1` and one `endsys-bootstrap-VERB.1` per verb here
+        /// instead of printing the top page.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +190,8 @@ fn verb_of(c: &Command) -> &'static str {
         #[cfg(feature = "lab")]
         Command::Demo(_) => "demo",
         Command::Recover(_) => "recover",
+        Command::Completions { .. } => "completions",
+        Command::Man { .. } => "man",
     }
 }
 
@@ -314,5 +334,19 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
         #[cfg(feature = "lab")]
         Command::Demo(args) => demo_cmd::demo(args, &out).await,
         Command::Recover(args) => recover_cmd::run(args, &out).await,
+        Command::Completions { shell } => docs::print(&docs::completions(Cli::command(), shell)),
+        Command::Man { out_dir: None } => {
+            docs::man_page(Cli::command()).and_then(|page| docs::print(&page))
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            docs::write_man_pages(Cli::command(), &dir).map(|pages| {
+                out.result(
+                    "man",
+                    "pages",
+                    &format!("wrote {} pages into {}", pages.len(), dir.display()),
+                    serde_json::json!({"dir": dir, "pages": pages}),
+                );
+            })
+        }
     }
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_endsys-bootstrap");
+#[path = "common/verbs.rs"]
+mod verbs;
+use verbs::{verb_tree, BIN};
 const SECRETS: &str = "tests/fixtures/machineconfig/secrets.yaml";
 
 fn golden_path(name: &str) -> PathBuf {
@@ -46,55 +48,10 @@ fn check_golden(name: &str, actual: &str) {
     }
 }
 
-fn help_of(path: &[String]) -> String {
-    let out = Command::new(BIN)
-        .args(path)
-        .arg("--help")
-        .env("COLUMNS", "100")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{path:?} --help failed");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The subcommand names listed under `Commands:` (without `help`).
-fn subcommands(help: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut inside = false;
-    for line in help.lines() {
-        if line.trim_end() == "Commands:" {
-            inside = true;
-            continue;
-        }
-        if inside {
-            if line.trim().is_empty() || !line.starts_with("  ") {
-                break;
-            }
-            // Entries start at a 2-space indent; wrapped descriptions are deeper.
-            if line.as_bytes().get(2).is_some_and(|b| *b != b' ') {
-                let name = line.split_whitespace().next().unwrap_or_default();
-                if name != "help" {
-                    names.push(name.to_string());
-                }
-            }
-        }
-    }
-    names
-}
-
 #[test]
 fn help_text_of_every_verb_is_unchanged() {
     let mut out = String::new();
-    let mut queue: Vec<Vec<String>> = vec![vec![]];
-    while let Some(path) = queue.pop() {
-        let help = help_of(&path);
-        let mut subs = subcommands(&help);
-        subs.reverse();
-        for s in subs {
-            let mut p = path.clone();
-            p.push(s);
-            queue.push(p);
-        }
+    for (path, help) in verb_tree() {
         out.push_str(&format!(
             "==== endsys-bootstrap {} --help\n{help}\n",
             path.join(" ")

@@ -5,6 +5,7 @@ pub mod bounds;
 pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo_cmd;
+pub mod docs;
 pub mod gen;
 #[cfg(feature = "lab")]
 pub mod lab_cmd;
