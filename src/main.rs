@@ -112,104 +112,241 @@ enum LabCommand {
     Walkthrough(lab_cmd::LabArgs),
 }
 
+/// `--output json` / `-o json` among the raw arguments: known before parsing,
+/// so that argument errors and panics can answer in JSON too.
+fn wants_json(args: &[std::ffi::OsString]) -> bool {
+    let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
+    args.windows(2)
+        .any(|w| (w[0] == "--output" || w[0] == "-o") && w[1] == "json")
+        || args
+            .iter()
+            .any(|a| *a == "--output=json" || *a == "-ojson" || *a == "-o=json")
+}
+
+/// Any panic, on any thread, ends the process with exit code 101 and says so:
+/// a panicked worker must never leave a run waiting forever on what it would
+/// have done.
+fn exit_on_panic(json: bool) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let msg = "internal error (a bug in endsys-bootstrap; the message above says where); the run stopped";
+        let next = "run the same command again (it resumes from the real state); report the message above if it repeats";
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "error", "error": msg, "likely_cause": info.to_string(), "next_action": next, "exit_code": 101})
+            );
+        } else {
+            eprintln!("error: {msg}\n  next action:  {next}");
+        }
+        std::process::exit(101);
+    }));
+}
+
+/// The first SIGINT or SIGTERM; never resolves if signals cannot be watched.
+async fn signalled() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// The verb as the operator typed it, for messages.
+fn verb_of(c: &Command) -> &'static str {
+    match c {
+        Command::Talos(_) => "talos",
+        Command::Gen(GenCommand::Secrets(_)) => "gen secrets",
+        Command::Gen(GenCommand::Config { .. }) => "gen config",
+        Command::Validate { .. } => "validate",
+        Command::Up(_) => "up",
+        Command::Plan(_) => "plan",
+        Command::Status(_) => "status",
+        Command::Etcd(_) => "etcd",
+        Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
+        Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
+        Command::Kubeconfig(_) => "kubeconfig",
+        #[cfg(feature = "lab")]
+        Command::Lab(LabCommand::Serve(_)) => "lab serve",
+        #[cfg(feature = "lab")]
+        Command::Lab(LabCommand::Walkthrough(_)) => "lab walkthrough",
+        #[cfg(feature = "lab")]
+        Command::Demo(_) => "demo",
+        Command::Recover(_) => "recover",
+        Command::Completions { .. } => "completions",
+        Command::Man { .. } => "man",
+    }
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = wants_json(&raw);
+    exit_on_panic(json);
+    let cli = match Cli::try_parse_from(&raw) {
+        Ok(c) => c,
+        Err(e) if json && e.use_stderr() => {
+            let text = e.render().to_string();
+            let error = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: ")
+                .to_string();
+            println!(
+                "{}",
+                serde_json::json!({"event": "error", "error": error, "likely_cause": "the command line does not match what the verb accepts",
+                    "next_action": "see `--help` of the verb", "exit_code": e.exit_code()})
+            );
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => e.exit(),
+    };
     let out = Output { format: cli.output };
+    let verb = verb_of(&cli.command);
+    // `lab serve` runs until Ctrl-C by design: that is its normal end.
+    #[cfg(feature = "lab")]
+    let watch_signals = !matches!(cli.command, Command::Lab(LabCommand::Serve(_)));
+    #[cfg(not(feature = "lab"))]
+    let watch_signals = true;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let e = CliError::Failed(format!("cannot start the async runtime: {e}"));
+            report(&e, &out);
             std::process::exit(1);
         }
     };
     let result: Result<(), CliError> = runtime.block_on(async {
-        match cli.command {
-            Command::Talos(args) => talos_cmd::run(args, &out).await,
-            Command::Gen(GenCommand::Secrets(args)) => gen::run_gen_secrets_cli(&args).map(|p| {
-                out.result(
-                    "gen",
-                    "secrets",
-                    &format!("wrote {} (0600)", p.display()),
-                    serde_json::json!({"path": p}),
-                );
-            }),
-            Command::Gen(GenCommand::Config { args, age_key }) => {
-                let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
-                secrets.and_then(|s| {
-                    let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
-                        .map_err(|e| CliError::Config(Box::new(e)))?;
-                    for w in &report.warnings {
-                        out.warn("validate", &w.to_string());
-                    }
-                    for f in &report.files {
-                        out.result(
-                            "gen",
-                            "config",
-                            &format!("wrote {} (0600)", f.display()),
-                            serde_json::json!({"path": f}),
-                        );
-                    }
-                    Ok(())
-                })
-            }
-            Command::Validate { args, age_key } => {
-                let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
-                secrets.and_then(|s| {
-                    let findings = gen::run_validate(&args, &s, Vars::from_process_env())
-                        .map_err(|e| CliError::Config(Box::new(e)))?;
-                    for w in &findings {
-                        out.warn("validate", &w.to_string());
-                    }
-                    out.result(
-                        "validate",
-                        "validate",
-                        "definition and rendered configs are valid",
-                        serde_json::json!({"warnings": findings.len()}),
-                    );
-                    Ok(())
-                })
-            }
-            Command::Up(args) => up::up(args, &out).await,
-            Command::Plan(args) => match args.what {
-                Some(what) => day2::plan(what, &out).await,
-                None => up::plan(args.up, &out).await,
-            },
-            Command::Status(args) => up::status(args, &out).await,
-            Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
-            Command::Node(cmd) => day2::node(cmd, &out).await,
-            Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
-            #[cfg(feature = "lab")]
-            Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
-            #[cfg(feature = "lab")]
-            Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,
-            #[cfg(feature = "lab")]
-            Command::Demo(args) => demo_cmd::demo(args, &out).await,
-            Command::Recover(args) => recover_cmd::run(args, &out).await,
-            Command::Completions { shell } => {
-                docs::print(&docs::completions(Cli::command(), shell))
-            }
-            Command::Man { out_dir: None } => {
-                docs::man_page(Cli::command()).and_then(|page| docs::print(&page))
-            }
-            Command::Man { out_dir: Some(dir) } => {
-                docs::write_man_pages(Cli::command(), &dir).map(|pages| {
-                    out.result(
-                        "man",
-                        "pages",
-                        &format!("wrote {} pages into {}", pages.len(), dir.display()),
-                        serde_json::json!({"dir": dir, "pages": pages}),
-                    );
-                })
+        let work = run(cli.command, out);
+        tokio::pin!(work);
+        if !watch_signals {
+            return work.await;
+        }
+        tokio::select! {
+            r = &mut work => r,
+            signal = signalled() => {
+                // The run's lock is still held here (`work` is alive): its open
+                // run records are this process's to close.
+                let journals = endsys_bootstrap::engine::lock::held()
+                    .iter()
+                    .flat_map(|d| endsys_bootstrap::engine::journal::close_interrupted(d, signal))
+                    .collect();
+                Err(CliError::Interrupted { signal, verb: verb.to_string(), journals })
             }
         }
     });
     if let Err(e) = result {
-        eprintln!("error: {}", e.explain());
+        report(&e, &out);
         std::process::exit(e.exit_code());
+    }
+}
+
+/// A failure: text on stderr, or exactly one JSON object on stdout.
+fn report(e: &CliError, out: &Output) {
+    match out.format {
+        OutputFormat::Json => println!("{}", e.to_json()),
+        OutputFormat::Text => eprintln!("error: {}", e.explain()),
+    }
+}
+
+async fn run(command: Command, out: Output) -> Result<(), CliError> {
+    match command {
+        Command::Talos(args) => talos_cmd::run(args, &out).await,
+        Command::Gen(GenCommand::Secrets(args)) => gen::run_gen_secrets_cli(&args).map(|p| {
+            out.result(
+                "gen",
+                "secrets",
+                &format!("wrote {} (0600)", p.display()),
+                serde_json::json!({"path": p}),
+            );
+        }),
+        Command::Gen(GenCommand::Config { args, age_key }) => {
+            let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
+            secrets.and_then(|s| {
+                let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
+                    .map_err(|e| CliError::Config(Box::new(e)))?;
+                for w in &report.warnings {
+                    out.warn("validate", &w.to_string());
+                }
+                for f in &report.files {
+                    out.result(
+                        "gen",
+                        "config",
+                        &format!("wrote {} (0600)", f.display()),
+                        serde_json::json!({"path": f}),
+                    );
+                }
+                Ok(())
+            })
+        }
+        Command::Validate { args, age_key } => {
+            let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
+            secrets.and_then(|s| {
+                let findings = gen::run_validate(&args, &s, Vars::from_process_env())
+                    .map_err(|e| CliError::Config(Box::new(e)))?;
+                for w in &findings {
+                    out.warn("validate", &w.to_string());
+                }
+                out.result(
+                    "validate",
+                    "validate",
+                    "definition and rendered configs are valid",
+                    serde_json::json!({"warnings": findings.len()}),
+                );
+                Ok(())
+            })
+        }
+        Command::Up(args) => up::up(args, &out).await,
+        Command::Plan(args) => match args.what {
+            Some(what) => day2::plan(what, &out).await,
+            None => up::plan(args.up, &out).await,
+        },
+        Command::Status(args) => up::status(args, &out).await,
+        Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
+        Command::Node(cmd) => day2::node(cmd, &out).await,
+        Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
+        #[cfg(feature = "lab")]
+        Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,
+        #[cfg(feature = "lab")]
+        Command::Lab(LabCommand::Walkthrough(args)) => lab_cmd::demo(args, &out).await,
+        #[cfg(feature = "lab")]
+        Command::Demo(args) => demo_cmd::demo(args, &out).await,
+        Command::Recover(args) => recover_cmd::run(args, &out).await,
+        Command::Completions { shell } => docs::print(&docs::completions(Cli::command(), shell)),
+        Command::Man { out_dir: None } => {
+            docs::man_page(Cli::command()).and_then(|page| docs::print(&page))
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            docs::write_man_pages(Cli::command(), &dir).map(|pages| {
+                out.result(
+                    "man",
+                    "pages",
+                    &format!("wrote {} pages into {}", pages.len(), dir.display()),
+                    serde_json::json!({"dir": dir, "pages": pages}),
+                );
+            })
+        }
     }
 }

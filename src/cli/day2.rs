@@ -112,10 +112,10 @@ pub struct OpArgs {
     #[arg(long)]
     pub no_snapshot: bool,
     /// Deadline for the node to reach maintenance / come back running, in seconds.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
     pub node_timeout: u64,
     /// Deadline for etcd membership changes and drains, in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub etcd_timeout: u64,
 }
 
@@ -320,6 +320,7 @@ pub async fn node(cmd: NodeCommand, out: &Output) -> Result<(), CliError> {
     };
     let (name, op_args, cluster_args) = a;
     let (cluster, dir) = cluster_args.load()?;
+    let _lock = super::lock_state(&dir, &format!("node {op} {name}"), out)?;
     let mut o = options(dir, op_args);
     o.wipe_all = wipe_all;
     let em = Emitter::new();

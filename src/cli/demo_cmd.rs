@@ -12,20 +12,25 @@ use crate::engine::{Emitter, Ledger};
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::bounds::node_count)]
     pub nodes: usize,
     /// How many of them are control planes.
     #[arg(long, default_value_t = 3)]
     pub controlplanes: usize,
     /// Multiplies every lab delay (1 ≈ real hardware in proportion; 0 = none).
-    #[arg(long, default_value_t = 1.5)]
+    #[arg(long, default_value_t = 1.5, value_parser = super::bounds::time_scale)]
     pub time_scale: f64,
     /// Talos version the simulated nodes emulate (v1.12.x or v1.13.x).
     #[arg(long, default_value = "v1.13.9")]
     pub talos_version: String,
-    /// Keep the state (journal, talosconfig, kubeconfig) here instead of a temp dir.
+    /// Keep the state (journal, talosconfig, kubeconfig, secrets) here instead of
+    /// a temporary directory, which is removed when the demo ends.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Keep the temporary state directory (it holds a plaintext secrets bundle)
+    /// and print where it is.
+    #[arg(long, conflicts_with = "state_dir")]
+    pub keep: bool,
     /// Third octet of the lab's loopback addresses (127.0.N.11 and up).
     #[arg(long, default_value_t = 0)]
     pub subnet: u8,
@@ -54,13 +59,34 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
             args.time_scale
         )));
     }
+    // Without --state-dir the demo's state, plaintext secrets included, lives in
+    // a temporary directory removed on every way out (success, failure, Ctrl-C)
+    // unless --keep.
+    let temp = match &args.state_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("endsys-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::Failed(format!(
+                        "{}: cannot create a temporary directory: {e}",
+                        std::env::temp_dir().display()
+                    ))
+                })?,
+        ),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()));
     let opts = DemoOptions {
         nodes: args.nodes,
         controlplanes: args.controlplanes,
         time_scale: args.time_scale,
         talos_version: args.talos_version,
         first_ip: std::net::Ipv4Addr::new(127, 0, args.subnet, 11),
-        state_dir: args.state_dir,
+        state_dir,
         secrets_from: args.secrets,
         helm: args.helm,
         rerun: args.rerun,
@@ -79,12 +105,30 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
     let result = run_demo(&opts, &em).await;
     drop(em);
     let _ = display.await;
+    let kept = match temp {
+        Some(t) if args.keep => Some(t.keep()),
+        Some(t) => {
+            let where_ = t.path().display().to_string();
+            drop(t);
+            out.info(
+                "demo",
+                &format!("removed the demo's state directory {where_} (secrets included); --keep keeps it"),
+            );
+            None
+        }
+        None => args.state_dir.clone(),
+    };
+    if let (Err(_), Some(dir)) = (&result, &kept) {
+        out.info("demo", &format!("state kept in {}", dir.display()));
+    }
     let report = result.map_err(flow_error)?;
     match out.format {
         OutputFormat::Text => {
             eprintln!();
             println!("{}", report.summary());
-            println!("state kept in {}", report.state_dir.display());
+            if let Some(dir) = &kept {
+                println!("state kept in {}", dir.display());
+            }
         }
         OutputFormat::Json => println!(
             "{}",
@@ -100,6 +144,7 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
                 "gitops_critical_path_ms": report.gitops_critical_path.as_millis() as u64,
                 "layers_ready_ms": report.layers_ready.iter().map(|(l, d)| serde_json::json!({"layer": l, "ms": d.as_millis() as u64})).collect::<Vec<_>>(),
                 "nodes": opts.nodes,
+                "state_dir": kept,
             })
         ),
     }

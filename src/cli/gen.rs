@@ -85,21 +85,37 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::io(path, e))
 }
 
+/// The refusal when a secrets bundle is already at `path`.
+fn bundle_exists(path: &Path) -> ConfigError {
+    ConfigError::input(
+        path,
+        0,
+        "a secrets bundle already exists here; refusing to overwrite it",
+        "a running cluster is bound to its bundle: keep it, or move it away explicitly if you really mean to start a new cluster",
+    )
+}
+
+/// Writes a new secrets file (0600) that must not replace anything: refused if
+/// `path` exists, also when it appeared while the bundle was being generated
+/// (two `gen secrets` at once: one wins, the other says so).
+pub fn write_new_secret_file(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    endsys_core::fs::write_new_private(path, contents).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            bundle_exists(path)
+        } else {
+            ConfigError::io(path, e)
+        }
+    })
+}
+
 /// `gen secrets`: a new bundle, never over an existing one.
 pub fn run_gen_secrets(args: &GenSecretsArgs) -> Result<PathBuf, ConfigError> {
-    if args.out.exists() {
-        return Err(ConfigError::input(
-            &args.out,
-            0,
-            "a secrets bundle already exists here; refusing to overwrite it",
-            "a running cluster is bound to its bundle: keep it, or move it away explicitly if you really mean to start a new cluster",
-        ));
+    // Checked first too: generating takes seconds, and refusing early is kinder.
+    if args.out.symlink_metadata().is_ok() {
+        return Err(bundle_exists(&args.out));
     }
     let bundle = SecretsBundle::generate()?;
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ConfigError::io(dir, e))?;
-    }
-    write_private(&args.out, &bundle.to_yaml())?;
+    write_new_secret_file(&args.out, bundle.to_yaml().as_bytes())?;
     Ok(args.out.clone())
 }
 
@@ -239,10 +255,7 @@ pub fn run_gen_secrets_cli(args: &GenSecretsArgs) -> Result<PathBuf, super::CliE
         &args.out,
     )
     .map_err(|e| super::CliError::Sops(Box::new(e)))?;
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| super::CliError::Failed(format!("{}: {e}", dir.display())))?;
-    }
-    write_private(&args.out, &encrypted).map_err(|e| super::CliError::Config(Box::new(e)))?;
+    write_new_secret_file(&args.out, encrypted.as_bytes())
+        .map_err(|e| super::CliError::Config(Box::new(e)))?;
     Ok(args.out.clone())
 }

@@ -20,7 +20,7 @@ use endsys_lab::{Lab, LabOptions, NodeState};
 #[derive(Debug, Args, Clone)]
 pub struct LabArgs {
     /// Number of simulated nodes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = super::bounds::node_count)]
     pub nodes: usize,
     /// How many of them are control planes (the rest are workers).
     #[arg(long, default_value_t = 3)]
@@ -35,7 +35,7 @@ pub struct LabArgs {
     #[arg(long, default_value = "v1.13.9")]
     pub talos_version: String,
     /// Multiplies every simulated delay (1.0 ≈ real hardware, 0 = instant).
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, value_parser = super::bounds::time_scale)]
     pub time_scale: f64,
 }
 

@@ -1,6 +1,7 @@
 //! The command-line face: argument types, output (text or NDJSON), exit codes.
 //! Everything here calls into the library; no behaviour lives here.
 
+pub mod bounds;
 pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo_cmd;
@@ -89,16 +90,91 @@ pub enum CliError {
     /// Anything else that failed while acting, already explained: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// A signal stopped the run: exit 128 + the signal's number.
+    #[error("interrupted by {signal} during `{verb}`{}", journals_note(.journals))]
+    Interrupted {
+        signal: &'static str,
+        verb: String,
+        journals: Vec<std::path::PathBuf>,
+    },
+}
+
+fn journals_note(journals: &[std::path::PathBuf]) -> String {
+    if journals.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = journals.iter().map(|p| p.display().to_string()).collect();
+        format!("; run recorded as interrupted in {}", names.join(", "))
+    }
 }
 
 impl CliError {
     pub fn exit_code(&self) -> i32 {
-        if self.is_input_error() {
-            2
-        } else {
-            1
+        match self {
+            CliError::Interrupted { signal, .. } => {
+                if *signal == "SIGTERM" {
+                    143
+                } else {
+                    130
+                }
+            }
+            _ if self.is_input_error() => 2,
+            _ => 1,
         }
     }
+
+    /// The one JSON object printed for a failure under `--output json`: the
+    /// error, its likely cause, the next action, the exit code.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (error, cause, next) = split_explained(&self.explain());
+        serde_json::json!({
+            "event": "error",
+            "error": error,
+            "likely_cause": cause,
+            "next_action": next,
+            "exit_code": self.exit_code(),
+        })
+    }
+}
+
+/// Splits an explained error (`Doctor::explain`, or text written in its
+/// wording) into the error, the likely cause and the next action.
+pub fn split_explained(text: &str) -> (String, String, String) {
+    let (mut error, mut cause, mut next) = (Vec::new(), Vec::new(), Vec::new());
+    let mut into = 0;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("likely cause:") {
+            into = 1;
+            cause.push(rest.trim().to_string());
+        } else if let Some(rest) = t.strip_prefix("next action:") {
+            into = 2;
+            next.push(rest.trim().to_string());
+        } else {
+            match into {
+                1 => cause.push(t.to_string()),
+                2 => next.push(t.to_string()),
+                _ => error.push(line.to_string()),
+            }
+        }
+    }
+    (error.join("\n"), cause.join(" "), next.join(" "))
+}
+
+/// Takes the state directory's lock for `verb` (see [`crate::engine::lock`]).
+pub fn lock_state(
+    dir: &std::path::Path,
+    verb: &str,
+    out: &Output,
+) -> Result<crate::engine::lock::StateLock, CliError> {
+    let lock = crate::engine::lock::StateLock::acquire(dir, verb).map_err(up::flow_error)?;
+    for p in &lock.removed {
+        out.info(
+            "state",
+            &format!("removed {} left by an interrupted run", p.display()),
+        );
+    }
+    Ok(lock)
 }
 
 /// Talos, config and SOPS errors keep their own diagnosis; `Usage` and `Failed`
@@ -109,6 +185,9 @@ impl Doctor for CliError {
             CliError::Talos(e) => e.likely_cause(),
             CliError::Config(e) => e.likely_cause(),
             CliError::Sops(e) => e.likely_cause(),
+            CliError::Interrupted { .. } => {
+                "the run was stopped by a signal (Ctrl-C, or a service manager stopping it)".into()
+            }
             CliError::Usage(_) | CliError::Failed(_) => String::new(),
         }
     }
@@ -118,6 +197,8 @@ impl Doctor for CliError {
             CliError::Talos(e) => e.next_action(),
             CliError::Config(e) => e.next_action(),
             CliError::Sops(e) => e.next_action(),
+            CliError::Interrupted { verb, .. } if verb == "demo" => "run it again; with the same --state-dir it resumes, without one it starts afresh".into(),
+            CliError::Interrupted { .. } => "run the same command again: it reads the real state and resumes where this run stopped".into(),
             CliError::Usage(_) | CliError::Failed(_) => String::new(),
         }
     }
@@ -127,7 +208,7 @@ impl Doctor for CliError {
             CliError::Usage(_) => true,
             CliError::Config(e) => e.is_input_error(),
             CliError::Sops(e) => e.is_input_error(),
-            CliError::Talos(_) | CliError::Failed(_) => false,
+            CliError::Talos(_) | CliError::Failed(_) | CliError::Interrupted { .. } => false,
         }
     }
 }

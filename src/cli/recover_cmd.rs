@@ -82,6 +82,8 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut up = args.run.options(&def.cluster);
     up.kube = args.run.kube_half(args.age_key.as_deref())?;
+    up.fingerprints = args.run.fingerprints(&def)?;
+    let _lock = super::lock_state(&up.state_dir, "recover", out)?;
     let mut opts = RecoverOptions::new(up);
     opts.snapshot = args.snapshot.clone();
     opts.reset_nodes = args.reset_nodes;

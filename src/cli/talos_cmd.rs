@@ -34,10 +34,10 @@ pub struct ConnectArgs {
     #[arg(long, global = true)]
     pub context: Option<String>,
     /// Deadline of one attempt, in seconds.
-    #[arg(long, global = true, default_value_t = 20)]
+    #[arg(long, global = true, default_value_t = 20, value_parser = super::bounds::secs)]
     pub timeout: u64,
     /// How long to keep retrying while a node is unreachable (rebooting), in seconds.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(long, global = true, default_value_t = 30, value_parser = super::bounds::secs_or_zero)]
     pub retry_budget: u64,
 }
 

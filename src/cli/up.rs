@@ -100,6 +100,11 @@ pub struct RunArgs {
     /// (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// Pin a maintenance-mode node's certificate: HOSTNAME=FINGERPRINT, the
+    /// fingerprint as the node console prints it (base64 SHA-256 of the public
+    /// key, talosctl's --cert-fingerprint). Repeatable; unpinned nodes are not checked.
+    #[arg(long = "cert-fingerprint", value_name = "HOSTNAME=FINGERPRINT")]
+    pub cert_fingerprints: Vec<String>,
     /// Allow generating a new secrets bundle although nodes already serve a CA.
     #[arg(long)]
     pub new_cluster: bool,
@@ -108,7 +113,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Until::All)]
     pub until: Until,
     /// Per-node deadline from apply to running, in seconds.
-    #[arg(long, default_value_t = 1200)]
+    #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
     pub node_timeout: u64,
     /// The gitops repository (endsys layout: bootstrap/helmfile.yaml,
     /// kubernetes/apps/<namespace>/, SOPS files); enables the Kubernetes half.
@@ -124,7 +129,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub force_conflicts: bool,
     /// Deadline of each chart's rollout and of nodes registering/Ready, in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub kube_timeout: u64,
     /// Layer overrides (YAML: `layers: {garage: 5, database/dragonfly: 3}`, `replace: true`
     /// drops the endsys defaults); unmapped Kustomizations are layer 5.
@@ -136,11 +141,11 @@ pub struct RunArgs {
     pub sync_path: Option<String>,
     /// Deadline of flux_sync (FluxInstance Ready, source fetched, flux-system and
     /// cluster-meta Ready), in seconds.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub flux_timeout: u64,
     /// Deadline for every layer to turn Ready once Flux runs, in seconds; on expiry `up`
     /// prints the blocking objects with their messages and exits non-zero.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 1800, value_parser = super::bounds::secs)]
     pub gitops_timeout: u64,
 }
 
@@ -163,6 +168,15 @@ impl RunArgs {
         o.until = self.until.last_step();
         o.node_deadline = Duration::from_secs(self.node_timeout);
         o
+    }
+
+    /// `--cert-fingerprint` as hostname → fingerprint, every hostname one of
+    /// the definition's.
+    pub fn fingerprints(
+        &self,
+        def: &crate::engine::Definition,
+    ) -> Result<BTreeMap<String, String>, CliError> {
+        super::bounds::fingerprint_pins(&self.cert_fingerprints, def).map_err(CliError::Usage)
     }
 
     /// The Kubernetes half from `--repo` (none without it).
@@ -410,6 +424,8 @@ pub async fn up(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
+    opts.fingerprints = args.run.fingerprints(&def)?;
+    let _lock = super::lock_state(&opts.state_dir, "up", out)?;
     let em = Emitter::new();
     let ledger = Ledger::new();
     em.add_sink(ledger.sink());
@@ -442,6 +458,7 @@ pub async fn plan(args: UpArgs, out: &Output) -> Result<(), CliError> {
     let def = source.definition().map_err(flow_error)?;
     let mut opts = args.run.options(&def.cluster);
     opts.kube = args.run.kube_half(args.age_key.as_deref())?;
+    opts.fingerprints = args.run.fingerprints(&def)?;
     let items = crate::flows::up::plan(&source as &dyn ClusterSource, &opts)
         .await
         .map_err(flow_error)?;
@@ -572,6 +589,16 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
             path.display()
         ))
     })?;
+    // The file is judged on its own first: a broken kubeconfig is not the API
+    // server's fault, and the message must name the file.
+    if let Err(e) = crate::kube::client_from_kubeconfig(&bytes).await {
+        return Err(CliError::Usage(format!(
+            "{}: not a usable kubeconfig: {}\n  likely cause: the file is not a kubeconfig (or is truncated), or its current context names a cluster or user it does not define\n  next action:  pass the admin kubeconfig `up` wrote (<state-dir>/kubeconfig), or check the file with `kubectl --kubeconfig {} config view`",
+            path.display(),
+            super::bounds::kube_detail(&e),
+            path.display()
+        )));
+    }
     let layers = layer_map(args.layers.as_deref())?;
     let graph = match &args.repo {
         Some(repo) => {
@@ -637,7 +664,7 @@ pub async fn kubeconfig(args: KubeconfigArgs, out: &Output) -> Result<(), CliErr
     let file = dir.join("kubeconfig");
     if !file.exists() {
         return Err(CliError::Failed(format!(
-            "{}: no kubeconfig yet\n  next action:  run `up` for cluster {} first",
+            "{}: no kubeconfig yet\n  likely cause: `up` has not reached the kubeconfig step for this cluster (or its state is in another --state-dir)\n  next action:  run `up` for cluster {} first",
             file.display(),
             args.cluster
         )));

@@ -237,6 +237,10 @@ pub enum FlowError {
 
     #[error("{node}: after its reboot, {detail}")]
     LostAfterReboot { node: String, detail: String },
+
+    /// Another run holds the state directory's lock.
+    #[error("{dir}: in use by another run ({holder}); nothing was done")]
+    StateLocked { dir: String, holder: String },
 }
 
 fn snapshot_text(e: &SnapshotFileError, refused: bool) -> String {
@@ -377,6 +381,7 @@ impl Doctor for FlowError {
             | FlowError::NodesConfigured { .. }
             | FlowError::NodesUnreachable { .. }
             | FlowError::OtherRecoveryInProgress { .. }
+            | FlowError::StateLocked { .. }
             | FlowError::Snapshot { refused: true, .. } => true,
             FlowError::Preflight(all) => all.iter().all(FlowError::is_input_error),
             _ => false,
@@ -407,7 +412,7 @@ impl Doctor for FlowError {
             FlowError::Timeout { what, .. } if what.contains("etcd") => "the node's etcd cannot reach its peers (network, firewall on 2379/2380), is stuck as a learner, or is slower than the deadline".into(),
             FlowError::Timeout { .. } => "the node did not reach the state in time: it may be stuck (install failed, no network, wrong disk) or slower than the deadline".into(),
             FlowError::BootstrapRefused { .. } => "etcd on the control planes is in a state where bootstrapping could create a second cluster or would not work".into(),
-            FlowError::AlreadyBootstrappedUnverified { .. } => "the node has etcd data that this tool cannot confirm belongs to this cluster".into(),
+            FlowError::AlreadyBootstrappedUnverified { .. } => "etcd on the node was already bootstrapped (by another run, or earlier) and its membership could not be read yet; most often etcd is still starting".into(),
             FlowError::RestoreFailed { .. } => "the snapshot is damaged in a way its checksum did not catch, or is not an etcd snapshot".into(),
             FlowError::Guard { .. } => "the operation would lose etcd quorum, or etcd is already unhealthy, or a member is not in the definition".into(),
             FlowError::NoHealthyControlPlane { .. } => "etcd has no quorum or every control plane is down".into(),
@@ -427,6 +432,7 @@ impl Doctor for FlowError {
             FlowError::NodesUnreachable { .. } => "the machines are powered off, still booting, at another address, or a firewall drops port 50000".into(),
             FlowError::CannotReset { .. } => "the nodes run a config from another secrets bundle (no credentials to reset them) or do not answer".into(),
             FlowError::OtherRecoveryInProgress { .. } => "an earlier `recover` with a different snapshot did not finish".into(),
+            FlowError::StateLocked { .. } => "two runs on one state directory at once (a second terminal, a CI job, a timer); both would act on the same nodes and journal".into(),
             FlowError::NotRestored { .. } => "etcd started without the snapshot's data (empty etcd), or the snapshot predates the objects expected".into(),
             FlowError::LostAfterReboot { .. } => "the restored data did not survive the control plane's reboot (Omni #3300-like): etcd was re-initialised".into(),
         }
@@ -453,7 +459,7 @@ impl Doctor for FlowError {
             FlowError::Talos(e) => e.next_action(),
             FlowError::Timeout { .. } => "look at the node's console or `talos status`; run the same command again: it resumes where it stopped, after checking the real state".into(),
             FlowError::BootstrapRefused { .. } => "inspect with `talos members` and `talos services` on each control plane; run `up` again once etcd waits to join".into(),
-            FlowError::AlreadyBootstrappedUnverified { .. } => "compare `talos members` on each control plane; if the node belongs to another cluster, reset it".into(),
+            FlowError::AlreadyBootstrappedUnverified { .. } => "do not reset it: the node may be healthy (etcd bootstrapped by another run, or still starting). Run the same command again in a minute; if it still fails, compare `talos members` and `talos etcd status` on each control plane".into(),
             FlowError::RestoreFailed { .. } => "reset the node's EPHEMERAL partition (`talos reset`), then run `recover` with another snapshot".into(),
             FlowError::Guard { .. } => "bring the named members back (or `node rejoin` them) first; `--force` proceeds anyway, at the risk of losing etcd".into(),
             FlowError::NoHealthyControlPlane { .. } => "check the control planes with `talos status` / `etcd status`; without quorum use `recover --snapshot`".into(),
@@ -475,6 +481,7 @@ impl Doctor for FlowError {
             FlowError::OtherRecoveryInProgress { .. } => "finish it with the same --snapshot, or remove recover.json from the state directory and start over with --reset-nodes".into(),
             FlowError::NotRestored { .. } => "do not use the cluster: reset the nodes (`recover --reset-nodes --snapshot` again) with a snapshot that has the data; keep the sidecar next to the snapshot".into(),
             FlowError::LostAfterReboot { .. } => "collect `talos services` and etcd logs of the node, then recover again with --reset-nodes".into(),
+            FlowError::StateLocked { .. } => "wait for that run to finish (or stop it), then run the command again; the lock goes with the process, there is nothing to delete".into(),
         }
     }
 

@@ -106,6 +106,54 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     #[serde(default)]
     pub ok: Option<bool>,
+    /// Set when a signal ended the run (`SIGINT`, `SIGTERM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
+}
+
+/// Closes the open run record of every journal in `dir` (`up`'s, `recover`'s,
+/// the node operations') as interrupted by `signal`. Only the holder of the
+/// directory's lock may call it: an open record then belongs to this process.
+/// Returns the journals changed.
+pub fn close_interrupted(dir: &Path, signal: &str) -> Vec<PathBuf> {
+    let mut files = vec![dir.join("journal.json"), dir.join("recover.json")];
+    if let Ok(day2) = std::fs::read_dir(dir.join("day2")) {
+        files.extend(
+            day2.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json")),
+        );
+    }
+    let mut closed = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        // As JSON values: the facts differ per flow and must survive untouched.
+        let Ok(mut v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let Some(last) = v
+            .get_mut("runs")
+            .and_then(|r| r.as_array_mut())
+            .and_then(|r| r.last_mut())
+        else {
+            continue;
+        };
+        if !last.get("finished_ms").is_none_or(|f| f.is_null()) {
+            continue;
+        }
+        last["finished_ms"] = serde_json::json!(now_ms());
+        last["ok"] = serde_json::json!(false);
+        last["interrupted"] = serde_json::json!(signal);
+        let Ok(out) = serde_json::to_string_pretty(&v) else {
+            continue;
+        };
+        if crate::talos::talosconfig::write_private(&f, out.as_bytes()).is_ok() {
+            closed.push(f);
+        }
+    }
+    closed
 }
 
 /// What a flow keeps beyond its steps, and how events update it.
@@ -318,6 +366,7 @@ impl<F: Facts> Journal<F> {
                     started_ms: ev.ts_ms,
                     finished_ms: None,
                     ok: None,
+                    interrupted: None,
                 });
                 // Keep the file small.
                 if self.runs.len() > 50 {
@@ -356,12 +405,16 @@ impl<F: Facts> Journal<F> {
 /// facts) and the event sink (which records the steps).
 pub struct JournalHandle<F> {
     inner: Arc<Mutex<(PathBuf, Journal<F>)>>,
+    /// The first save that failed from the event sink (which cannot return it):
+    /// a run whose journal is not on disk must not end as a success.
+    unsaved: Arc<Mutex<Option<FlowError>>>,
 }
 
 impl<F> Clone for JournalHandle<F> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            unsaved: self.unsaved.clone(),
         }
     }
 }
@@ -371,7 +424,16 @@ impl<F: Facts> JournalHandle<F> {
     pub fn new(path: PathBuf, journal: Journal<F>) -> Self {
         Self {
             inner: Arc::new(Mutex::new((path, journal))),
+            unsaved: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The first failed save of the event sink, if any (taken: reported once).
+    pub fn save_error(&self) -> Option<FlowError> {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (PathBuf, Journal<F>)> {
@@ -435,6 +497,15 @@ impl<F: Facts> EventSink for JournalSink<F> {
         if j.apply(event) {
             if let Err(e) = j.write(path) {
                 tracing::warn!("journal not saved: {e}");
+                let mut first = self.0.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+                if first.is_none() {
+                    *first = Some(FlowError::local(
+                        path,
+                        format!(
+                            "the journal could not be saved ({e}); the run did its work but a re-run cannot tell what finished"
+                        ),
+                    ));
+                }
             }
         }
     }

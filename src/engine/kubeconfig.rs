@@ -176,8 +176,8 @@ pub fn merge(
     serde_yaml_ng::to_string(&Value::Mapping(root)).map_err(|e| local(path, e.to_string()))
 }
 
-/// Merges `kubeconfig_file` into `target` (0600, atomic). Returns true when the
-/// target changed.
+/// Merges `kubeconfig_file` into `target` (0600, atomic; through a symlink into
+/// the file it points to). Returns true when the target changed.
 pub fn merge_into(kubeconfig_file: &Path, target: &Path, cluster: &str) -> Result<bool, FlowError> {
     let new = std::fs::read_to_string(kubeconfig_file).map_err(|e| {
         local(
@@ -185,6 +185,10 @@ pub fn merge_into(kubeconfig_file: &Path, target: &Path, cluster: &str) -> Resul
             format!("cannot read: {e}; run `up` first to fetch it"),
         )
     })?;
+    // A symlinked ~/.kube/config (dotfiles, a shared volume) stays a link:
+    // the file it points to is what gets merged into.
+    let real = endsys_core::fs::resolve_link(target);
+    let target = real.as_path();
     let existing = match std::fs::read_to_string(target) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -221,5 +225,26 @@ mod tests {
         let (server, ca) = server_and_ca(NEW, p).unwrap();
         assert_eq!(server, "https://127.0.0.11:6443");
         assert_eq!(ca, b"CA");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn merging_into_a_symlink_keeps_the_link_and_writes_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let kc = dir.path().join("kubeconfig");
+        std::fs::write(&kc, NEW).unwrap();
+        let real = dir.path().join("dotfiles-config");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.path().join("config");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(merge_into(&kc, &link, "lab").unwrap());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("admin@lab"));
+        assert!(!merge_into(&kc, &link, "lab").unwrap());
     }
 }

@@ -6,6 +6,7 @@
 //! - [`events`]: the one [`Event`] type and [`Emitter`]; sinks are fed synchronously.
 //! - [`journal`]: the one journal format ([`Journal`], [`JournalHandle`]) every flow keeps.
 //! - [`ledger`]: the timing sink and the per-phase table.
+//! - [`lock`]: the state directory's lock ([`lock::StateLock`]), one run at a time.
 //! - [`wait`]: [`Wait`], the one wait/backoff helper (deadline, what, last seen).
 //! - [`cluster`]: the one cluster handle ([`Cluster`]) and node probe ([`NodeProbe`]).
 //! - [`source`]: the seam to the machine-config room ([`ClusterSource`]) and the
@@ -24,6 +25,7 @@ pub mod flow;
 pub mod journal;
 pub mod kubeconfig;
 pub mod ledger;
+pub mod lock;
 pub mod source;
 pub mod step;
 pub mod talhelper;

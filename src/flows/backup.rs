@@ -90,11 +90,28 @@ pub async fn take_backup(
         let client = cluster.mtls(node, policy)?;
         let info = match client.etcd_snapshot(&tmp).await {
             Ok(i) => i,
+            // Writing here failed (disk full, permissions): another control
+            // plane would fail the same way, and etcd is not to blame.
+            Err(e @ crate::talos::TalosError::Io { .. }) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(local(
+                    out,
+                    format!(
+                        "cannot write the snapshot ({e}); etcd answered, the local write failed"
+                    ),
+                ));
+            }
             Err(e) => {
                 tried.push(format!("{}: {e}", node.label()));
                 continue;
             }
         };
+        // A stream with a valid trailer can still be no etcd database.
+        if let Err(detail) = bbolt_head(&tmp, info.size) {
+            let _ = std::fs::remove_file(&tmp);
+            tried.push(format!("{}: {detail}", node.label()));
+            continue;
+        }
         let status = p.status.as_ref().ok();
         let taken_ms = now_ms();
         let meta = BackupMeta {
@@ -136,6 +153,19 @@ pub async fn take_backup(
         what: "an etcd snapshot".into(),
         tried,
     })
+}
+
+/// The bbolt structure check of a downloaded snapshot, on its first pages only.
+fn bbolt_head(path: &Path, size: u64) -> Result<(), String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(crate::talos::bbolt::HEAD_LEN as u64)
+                .read_to_end(&mut head)
+        })
+        .map_err(|e| format!("cannot read back {}: {e}", path.display()))?;
+    crate::talos::bbolt::check_head(&head, size.saturating_sub(32)).map(|_| ())
 }
 
 fn set_private(path: &Path) -> Result<(), FlowError> {

@@ -4,10 +4,12 @@
 //! - [`backoff`]: the doubling pause between looks at a state without a watch.
 //! - [`clock`]: Unix milliseconds and RFC 3339 UTC, through the `time` crate.
 //! - [`net`]: addresses as the definition writes them.
+//! - [`fs`]: private (0600) files written atomically, with recognisable temporaries.
 
 pub mod backoff;
 pub mod clock;
 pub mod doctor;
+pub mod fs;
 pub mod net;
 pub mod pki;
 

@@ -2,6 +2,7 @@
 //! typed errors, COSI resource views, and talosconfig files.
 
 pub mod api;
+pub mod bbolt;
 pub mod client;
 pub mod connect;
 pub mod credentials;

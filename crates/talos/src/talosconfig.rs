@@ -192,25 +192,10 @@ impl Context {
     }
 }
 
-/// Writes a file readable only by its owner, via a temporary file and rename.
+/// Writes a file readable only by its owner, via a temporary file and rename
+/// ([`endsys_core::fs::write_private`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    endsys_core::fs::write_private(path, bytes)
 }
 
 #[cfg(test)]

@@ -320,13 +320,42 @@ mod tests {
         use sha2::Digest;
         let refusal = |p: &Path| FlowError::snapshot_refused(check_snapshot(p).unwrap_err());
         let dir = tempfile::tempdir().unwrap();
-        let mut data = vec![7u8; 1024];
+        // A minimal bbolt file (two meta pages of 512 bytes, freelist, root).
+        use crate::talos::bbolt::{fnv1a64, MAGIC, META_PAGE_FLAG, PAGE_HEADER, VERSION};
+        let mut data = vec![0u8; 2048];
+        for (page, txid) in [(0usize, 2u64), (1, 1)] {
+            let o = page * 512;
+            data[o + 8..o + 10].copy_from_slice(&META_PAGE_FLAG.to_le_bytes());
+            let m = o + PAGE_HEADER;
+            data[m..m + 4].copy_from_slice(&MAGIC.to_le_bytes());
+            data[m + 4..m + 8].copy_from_slice(&VERSION.to_le_bytes());
+            data[m + 8..m + 12].copy_from_slice(&512u32.to_le_bytes());
+            data[m + 16..m + 24].copy_from_slice(&3u64.to_le_bytes());
+            data[m + 32..m + 40].copy_from_slice(&2u64.to_le_bytes());
+            data[m + 40..m + 48].copy_from_slice(&4u64.to_le_bytes());
+            data[m + 48..m + 56].copy_from_slice(&txid.to_le_bytes());
+            let sum = fnv1a64(&data[m..m + 56]);
+            data[m + 56..m + 64].copy_from_slice(&sum.to_le_bytes());
+        }
+        // Random bytes with a valid trailer are refused: not an etcd database.
+        let mut random = vec![7u8; 1024];
+        let sum = sha2::Sha256::digest(&random);
+        random.extend_from_slice(&sum);
+        let not_db = dir.path().join("random.db");
+        std::fs::write(&not_db, &random).unwrap();
+        let e = refusal(&not_db);
+        assert!(
+            e.to_string().contains("not a valid etcd database")
+                && e.to_string().contains("random.db"),
+            "{e}"
+        );
+        assert!(e.is_input_error());
         let sum = sha2::Sha256::digest(&data);
         data.extend_from_slice(&sum);
         let good = dir.path().join("good.db");
         std::fs::write(&good, &data).unwrap();
         let facts = check_snapshot(&good).unwrap();
-        assert_eq!(facts.size, 1056);
+        assert_eq!(facts.size, 2080);
         assert!(facts.sidecar.is_none());
         let cut = dir.path().join("cut.db");
         std::fs::write(&cut, &data[..1000]).unwrap();

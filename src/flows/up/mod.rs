@@ -194,6 +194,9 @@ pub async fn up(
         },
     );
     let steps = result?;
+    if let Some(e) = cx.journal.save_error() {
+        return Err(e);
+    }
     Ok(UpReport {
         steps,
         talosconfig: opts.state_dir.join("talosconfig"),

@@ -53,6 +53,10 @@ pub struct UpOptions {
     /// snapshot with EtcdRecover and calls Bootstrap{recover_etcd} instead of
     /// starting an empty etcd. Ignored once etcd has a member.
     pub recover_from: Option<PathBuf>,
+    /// Maintenance certificates pinned per hostname (base64 SHA-256 of the
+    /// SubjectPublicKeyInfo, as the node console prints it): configs go only
+    /// to the machine that presents it.
+    pub fingerprints: std::collections::BTreeMap<String, String>,
 }
 
 impl UpOptions {
@@ -69,6 +73,7 @@ impl UpOptions {
             probe_timeout: Duration::from_secs(5),
             kube: None,
             recover_from: None,
+            fingerprints: Default::default(),
         }
     }
 }
@@ -106,8 +111,19 @@ impl<'r> Up<'r> {
         self.cluster.mtls(node, self.opts.policy)
     }
 
+    /// A maintenance-mode client, pinned to the node's certificate fingerprint
+    /// when `--cert-fingerprint` gave one.
     pub fn insecure(&self, node: &NodeDef) -> Result<TalosClient, FlowError> {
-        self.cluster.insecure(node, self.opts.policy)
+        match self.opts.fingerprints.get(&node.hostname) {
+            Some(fp) => Ok(TalosClient::connect(
+                &node.address,
+                crate::talos::TlsMode::Insecure {
+                    fingerprint: Some(fp.clone()),
+                },
+                self.opts.policy,
+            )?),
+            None => self.cluster.insecure(node, self.opts.policy),
+        }
     }
 
     pub fn nodes(&self) -> Vec<&NodeDef> {

@@ -309,7 +309,8 @@ fn part_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Checks an etcd snapshot's SHA-256 trailer (size = 512·n + 32).
+/// Checks an etcd snapshot's SHA-256 trailer (size = 512·n + 32), then that
+/// the data is a bbolt database ([`crate::bbolt::check_db`]).
 pub fn verify_snapshot_bytes(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() % 512 != 32 {
         return Err(format!(
@@ -323,5 +324,6 @@ pub fn verify_snapshot_bytes(bytes: &[u8]) -> Result<(), String> {
             "snapshot checksum mismatch: the SHA-256 trailer does not match the data".into(),
         );
     }
+    crate::bbolt::check_db(data)?;
     Ok(())
 }
