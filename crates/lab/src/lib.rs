@@ -118,6 +118,7 @@ impl Lab {
             bootstrap_calls: Default::default(),
             apply_calls: Default::default(),
             member_removals: Default::default(),
+            trustd_signed: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -209,6 +210,11 @@ impl Lab {
         self.fabric.member_removals.load(Ordering::SeqCst)
     }
 
+    /// How many certificates the control planes' trustd signed for workers.
+    pub fn trustd_signed(&self) -> usize {
+        self.fabric.trustd_signed.load(Ordering::SeqCst)
+    }
+
     /// Bumped on every change of any node (state, services, etcd): observers
     /// sample the lab on each change instead of polling.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -287,9 +293,16 @@ impl LabNode {
     }
 
     /// The OS CA of the applied config (what an operator holds in secrets.yaml);
-    /// `lab serve` mints the lab talosconfig from it.
+    /// `lab serve` mints the lab talosconfig from it. Control planes only: a
+    /// worker's config carries the CA certificate without its key.
     pub fn os_ca(&self) -> Option<endsys_core::pki::CertificateAuthority> {
-        self.inner.config().map(|c| c.os_ca.clone())
+        self.inner.config().and_then(|c| c.os_ca.clone())
+    }
+
+    /// The machine config this node received, byte for byte (tests compare it
+    /// with the file the tool rendered).
+    pub fn applied_config(&self) -> Option<Vec<u8>> {
+        self.inner.config().map(|c| c.raw.clone())
     }
 
     /// Whether the applied config makes this node a control plane.
@@ -313,6 +326,28 @@ impl LabNode {
             .services
             .get(id)
             .map(|s| s.state.clone())
+    }
+
+    /// A worker waiting for its apid certificate: why the last trustd request
+    /// failed, as the console shows it ("failed to sign API server CSR: rpc
+    /// error: code = Unauthenticated desc = invalid token"). `None` once signed.
+    pub fn trustd_error(&self) -> Option<String> {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .join_error
+            .clone()
+    }
+
+    /// Whether apid serves a certificate trustd signed (workers).
+    pub fn has_trustd_certificate(&self) -> bool {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .api_cert
+            .is_some()
     }
 
     // ---- faults ----
