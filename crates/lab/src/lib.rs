@@ -4,8 +4,11 @@
 //! (`127.0.0.11:50000`, `127.0.0.12:50000`, ...), behaving as Talos does: maintenance
 //! mode with a throw-away certificate and no client auth; apply config → installing →
 //! rebooting (connection refused) → booting → running with mutual TLS from the
-//! config's OS CA and roles from the client certificate; bootstrap once; etcd join,
-//! snapshot and recovery; reset; faults. All nodes share one fabric holding the
+//! config's OS CA and roles from the client certificate; control planes run trustd
+//! on port 50001 and workers (whose config has no CA key) get their apid
+//! certificate from it with the machine token (`internal/app/trustd`,
+//! `secrets.APIController`); bootstrap once; etcd join, snapshot and recovery;
+//! reset; faults. All nodes share one fabric holding the
 //! simulated etcd cluster(s). The behaviour follows siderolabs/talos v1.13.9 and
 //! v1.12.11: apid and its role checks (`internal/app/apid`,
 //! `pkg/grpc/middleware/authz`, roles in `pkg/machinery/role/role.go`), machined's
