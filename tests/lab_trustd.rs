@@ -226,3 +226,62 @@ async fn worker_with_unreachable_control_planes_stays_booting() {
     assert_eq!(lab.trustd_signed(), 2);
     lab.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelets_join_with_the_bootstrap_token_only() {
+    let lab = common::lab(69, 3, 1, "v1.13.9").await;
+    let cluster = TestCluster::new("kubelet");
+    let cp_ip = lab.nodes()[0].ip().to_string();
+    apply(
+        &lab.nodes()[0],
+        &cluster.machine_config("cp1", "controlplane", &cp_ip),
+    )
+    .await;
+    apply(
+        &lab.nodes()[1],
+        &cluster.machine_config("w1", "worker", &cp_ip),
+    )
+    .await;
+    // w2 carries another bootstrap token (cluster.token): trustd still signs
+    // (the machine token is right), but the API server refuses its kubelet.
+    let other = cluster.machine_config("w2", "worker", &cp_ip).replacen(
+        "cluster:\n",
+        "cluster:\n  token: zzzzzz.0123456789abcdef\n",
+        1,
+    );
+    apply(&lab.nodes()[2], &other).await;
+    until(&lab, "all running", || {
+        lab.nodes().iter().all(|n| n.state() == NodeState::Running)
+    })
+    .await;
+    mtls(&cp_ip, cluster.credentials(&["os:admin"]))
+        .bootstrap(false, false)
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, lab.kube().wait_up())
+        .await
+        .expect("kube-apiserver up");
+    // Nodes register in one pass of the simulated kubelets; wait for it on the
+    // API's own data (bounded, short pauses between looks).
+    let kube = lab.kube();
+    tokio::time::timeout(DEADLINE, async {
+        while kube.get("Node", None, "cp1").is_none() || kube.get("Node", None, "w1").is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("cp1 and w1 registered");
+    let w1 = kube.get("Node", None, "w1").unwrap();
+    // NotReady until a CNI rolls out.
+    let ready = w1
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| c["status"].clone());
+    assert_eq!(ready, Some(serde_json::json!("False")), "{w1}");
+    assert!(
+        kube.get("Node", None, "w2").is_none(),
+        "w2 registered with a wrong bootstrap token"
+    );
+    lab.shutdown().await;
+}
