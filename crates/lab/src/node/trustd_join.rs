@@ -11,9 +11,14 @@
 //! Until a trustd signs, apid has no certificate: its service stays `Waiting`
 //! ("Waiting for api certificates", the `APIReadyCondition`), nothing listens on
 //! port 50000 (connection refused) and the machine stays in stage `booting`
-//! (`StartAllServices` waits for every service). The request is retried; each
+//! (`StartAllServices` waits for every service, up to `constants.BootTimeout`,
+//! 70 min, which the lab does not enforce). The request is retried; each
 //! failure is kept as the console would print it
 //! ("failed to sign API server CSR: rpc error: ...").
+//!
+//! Simplification: Talos may already get the certificate while installing (the
+//! controller runs as soon as the machine type is known); the lab asks after the
+//! install reboot only, and a worker answers no handshake while installing.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
