@@ -67,19 +67,16 @@ fn rpc_error(s: &tonic::Status) -> String {
 
 impl NodeInner {
     /// Where this worker sends its CSR, in order (trustd port added).
-    fn trustd_endpoints(&self, cfg: &NodeConfig) -> Vec<SocketAddr> {
+    async fn trustd_endpoints(&self, cfg: &NodeConfig) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = Vec::new();
         let host = endpoint_host(&cfg.endpoint);
         let static_ip = match host.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
-            Err(_) => {
-                use std::net::ToSocketAddrs;
-                (host, TRUSTD_PORT)
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .map(|a| a.ip())
-            }
+            Err(_) => tokio::net::lookup_host((host, TRUSTD_PORT))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .map(|a| a.ip()),
         };
         if let Some(ip) = static_ip {
             out.push(SocketAddr::new(ip, TRUSTD_PORT));
@@ -228,7 +225,7 @@ impl NodeInner {
             if self.gen() != gen {
                 return false;
             }
-            let endpoints = self.trustd_endpoints(cfg);
+            let endpoints = self.trustd_endpoints(cfg).await;
             let mut last = if endpoints.is_empty() {
                 "at least one root of trust endpoint is required".to_string()
             } else {
