@@ -1,12 +1,16 @@
 //! A missing helm is a clear preflight error before any node is touched.
 
+#[path = "common/memory.rs"]
+mod memory;
+
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::engine::{Doctor, Emitter, FlowError, MemorySource, StepId};
+use endsys_bootstrap::engine::{Doctor, Emitter, FlowError, StepId};
 use endsys_bootstrap::flows::up::{up, Renderer, UpOptions};
 use endsys_lab::repository as lab;
 use endsys_lab::{Lab, LabOptions, NodeState};
+use memory::MemorySource;
 
 #[tokio::test]
 async fn missing_helm_stops_up_in_preflight_with_every_node_untouched() {

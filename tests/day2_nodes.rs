@@ -6,16 +6,18 @@
 
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "common/memory.rs"]
+mod memory;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use endsys_bootstrap::demo::lab_definition;
+use endsys_bootstrap::engine::ClusterSource;
 use endsys_bootstrap::engine::{
     Cluster, Doctor, Emitter, Event, EventKind, EventSink, FlowError, Outcome, StepId,
 };
-use endsys_bootstrap::engine::{ClusterSource, MemorySource};
 use endsys_bootstrap::flows::backup::{etcd_status, take_backup, verify_backup};
 use endsys_bootstrap::flows::nodes::{self, reimage, rejoin, NodeOpOptions};
 use endsys_bootstrap::flows::up::up;
@@ -23,6 +25,7 @@ use endsys_bootstrap::snapshot::sidecar_path;
 use endsys_bootstrap::talos::CallPolicy;
 use endsys_lab::{Lab, NodeState};
 use fixture::{node_op_options, up_options, Deadlines, KillAt};
+use memory::MemorySource;
 
 const DEADLINES: Deadlines = Deadlines {
     node: Duration::from_secs(60),

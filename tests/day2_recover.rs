@@ -7,6 +7,8 @@
 
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "common/memory.rs"]
+mod memory;
 #[path = "common/recover.rs"]
 mod recover_fixture;
 
@@ -15,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::engine::{
-    Cluster, ClusterSource, Doctor, Emitter, Event, EventKind, EventSink, FlowError, MemorySecrets,
-    MemorySource, Outcome, StepId,
+    Cluster, ClusterSource, Doctor, Emitter, Event, EventKind, EventSink, FlowError, Outcome,
+    StepId,
 };
 use endsys_bootstrap::flows::backup::take_backup;
 use endsys_bootstrap::flows::recover::{self, recover, Phase, RecoverOptions, RecoverReport};
@@ -24,6 +26,7 @@ use endsys_bootstrap::flows::up::up;
 use endsys_bootstrap::snapshot::{check_snapshot, sidecar_path, KubeRecord};
 use endsys_lab::{Lab, NodeState};
 use fixture::{killed_at, start_lab, KillAt};
+use memory::{MemorySecrets, MemorySource};
 use recover_fixture::{assert_objects_back, disaster, fixture, options, recover_options, Fixture};
 use serde_json::Value;
 

@@ -5,6 +5,8 @@
 
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "common/memory.rs"]
+mod memory;
 #[path = "common/recover.rs"]
 mod recover_fixture;
 

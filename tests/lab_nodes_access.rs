@@ -179,7 +179,9 @@ async fn apply_config_reboots_into_mtls_with_roles() {
 #[tokio::test]
 async fn maintenance_differs_between_1_12_and_1_13() {
     let lab13 = Lab::start(opts(3, 1, "v1.13.9")).await.unwrap();
-    let lab12 = Lab::start(opts(4, 1, "v1.12.11")).await.unwrap();
+    // Two 1.12 nodes: the second becomes the control plane whose trustd signs
+    // the worker's apid certificate.
+    let lab12 = Lab::start(opts(4, 2, "v1.12.11")).await.unwrap();
     let n13 = &lab13.nodes()[0];
     let n12 = &lab12.nodes()[0];
     let s = Secrets::new();
@@ -300,10 +302,12 @@ async fn maintenance_differs_between_1_12_and_1_13() {
     assert!(err.message().contains("machine.ca"), "{}", err.message());
 
     // 1.12 apply with AUTO goes through the same install/reboot flow.
+    let cp12 = &lab12.nodes()[1];
+    configure(cp12, &s, "controlplane", "cp").await;
     let r = insecure(n12)
         .await
         .apply_configuration(machine::ApplyConfigurationRequest {
-            data: s.config("worker", "w", n12.ip()),
+            data: s.config("worker", "w", cp12.ip()),
             mode: machine::apply_configuration_request::Mode::Auto as i32,
             ..Default::default()
         })

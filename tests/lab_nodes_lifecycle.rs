@@ -20,7 +20,8 @@ async fn faults_and_reset_back_to_maintenance() {
     let lab = Lab::start(opts(7, 1, "v1.13.9")).await.unwrap();
     let node = lab.nodes()[0].clone();
     let s = Secrets::new();
-    configure(&node, &s, "worker", "w-1").await;
+    // A lone node: a control plane (a worker would wait for trustd forever).
+    configure(&node, &s, "controlplane", "w-1").await;
     let mut admin = mtls(&node, &s, &["os:admin"]).await;
 
     // Dropped calls.
@@ -107,7 +108,7 @@ async fn install_disk_must_exist_and_changed_config_reboots() {
     let (a, b) = (lab.nodes()[0].clone(), lab.nodes()[1].clone());
 
     // No such disk: the node reports it and stays installing.
-    let cfg = String::from_utf8(s.config("worker", "w-a", a.ip()))
+    let cfg = String::from_utf8(s.config("controlplane", "w-a", a.ip()))
         .unwrap()
         .replace("disk: /dev/sda", "disk: /dev/sdz");
     apply(&a, cfg.into_bytes()).await;
@@ -149,7 +150,7 @@ async fn install_disk_must_exist_and_changed_config_reboots() {
     assert_eq!(a.state(), NodeState::Installing);
 
     // Disks resource and kind watch with bootstrap contents on the other node.
-    configure(&b, &s, "worker", "w-b").await;
+    configure(&b, &s, "controlplane", "w-b").await;
     let ch = channel(b.addr(), mtls_config(&s.os_ca, &s.client(&["os:reader"])))
         .await
         .unwrap();
@@ -204,7 +205,7 @@ async fn install_disk_must_exist_and_changed_config_reboots() {
     let mut admin = mtls(&b, &s, &["os:admin"]).await;
     let r = admin
         .apply_configuration(machine::ApplyConfigurationRequest {
-            data: s.config("worker", "w-b2", b.ip()),
+            data: s.config("controlplane", "w-b2", b.ip()),
             mode: machine::apply_configuration_request::Mode::Auto as i32,
             ..Default::default()
         })

@@ -3,6 +3,8 @@
 
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "common/memory.rs"]
+mod memory;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,12 +12,13 @@ use std::time::Duration;
 use endsys_bootstrap::demo::lab_definition;
 use endsys_bootstrap::engine::{
     ClusterSource, DiskTarget, Doctor, Emitter, Event, EventKind, EventSink, FlowError, Journal,
-    MemorySecrets, MemorySource, Outcome, StepId, UpFacts,
+    Outcome, StepId, UpFacts,
 };
 use endsys_bootstrap::flows::up::{plan, up, UpOptions, UpReport};
 use endsys_bootstrap::talos::{ApplyMode, CallPolicy, TalosClient, TlsMode};
 use endsys_lab::NodeState;
 use fixture::{start_lab, up_options, Deadlines};
+use memory::{MemorySecrets, MemorySource};
 
 fn options(dir: &std::path::Path) -> UpOptions {
     up_options(

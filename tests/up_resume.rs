@@ -7,18 +7,19 @@
 
 #[path = "common/fixture.rs"]
 mod fixture;
+#[path = "common/memory.rs"]
+mod memory;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::engine::{
-    ClusterSource, Doctor, Emitter, Journal, MemorySource, StepId, UpFacts,
-};
+use endsys_bootstrap::engine::{ClusterSource, Doctor, Emitter, Journal, StepId, UpFacts};
 use endsys_bootstrap::flows::up::{up, UpOptions};
 use endsys_bootstrap::talos::{CallPolicy, TalosClient, TlsMode};
 use endsys_lab::NodeState;
 use fixture::{killed_at, up_options, Deadlines, KillAt};
+use memory::MemorySource;
 
 fn options(dir: &std::path::Path) -> UpOptions {
     up_options(

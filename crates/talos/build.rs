@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "machine/machine.proto",
         "cluster/cluster.proto",
         "storage/storage.proto",
+        "security/security.proto",
         "v1alpha1/resource.proto",
         "v1alpha1/state.proto",
     ];

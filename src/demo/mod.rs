@@ -13,13 +13,12 @@ use endsys_lab::{Lab, LabOptions, NodeState};
 
 use crate::engine::ledger::{percentile, Ledger};
 use crate::engine::talhelper::TalhelperSource;
-use crate::engine::{
-    ClusterSource, Definition, DiskTarget, Emitter, Event, EventKind, EventSink, FlowError,
-    MemorySource, NodeDef, StepId,
-};
+use crate::engine::{ClusterSource, Emitter, Event, EventKind, EventSink, FlowError, StepId};
 use crate::flows::up::{up, UpOptions, UpReport};
 
+mod definition;
 mod half;
+pub use definition::{lab_definition, lab_talconfig, write_lab_files};
 pub use half::kube_half;
 
 /// Lab delays along `up`'s critical path, in seconds at time scale 1
@@ -128,6 +127,9 @@ pub struct DemoReport {
     /// Flux objects whose resourceVersion changed during the re-run (none
     /// expected).
     pub rerun_changed: Vec<String>,
+    /// The machine config each lab node received, by hostname, as the node
+    /// holds it at the end of the run.
+    pub applied: BTreeMap<String, Vec<u8>>,
 }
 
 impl DemoReport {
@@ -193,95 +195,6 @@ fn versus(lab: Duration, tool: Duration) -> String {
     }
 }
 
-/// The cluster definition of a lab: node i is `cp<i>` or `worker<i>` at its lab IP,
-/// install disk chosen by model (the NVMe), endpoint the first control plane.
-pub fn lab_definition(lab: &Lab, controlplanes: usize, cluster: &str) -> Definition {
-    let mut nodes = Vec::new();
-    let (mut cp, mut w) = (0, 0);
-    for (i, n) in lab.nodes().iter().enumerate() {
-        let control_plane = i < controlplanes;
-        let hostname = if control_plane {
-            cp += 1;
-            format!("cp{cp}")
-        } else {
-            w += 1;
-            format!("worker{w}")
-        };
-        nodes.push(NodeDef {
-            hostname,
-            address: n.ip().to_string(),
-            control_plane,
-            install_disk: Some(DiskTarget::Selector(vec![(
-                "model".into(),
-                "Samsung SSD 980*".into(),
-            )])),
-            links: vec![],
-        });
-    }
-    Definition {
-        cluster: cluster.to_string(),
-        endpoint: format!("https://{}:6443", lab.nodes()[0].ip()),
-        nodes,
-    }
-}
-
-/// The lab as a talhelper `talconfig.yaml`, the format operators keep in git.
-pub fn lab_talconfig(def: &Definition, talos_version: &str) -> String {
-    let mut out = format!(
-        "# Written by `endsys-bootstrap demo`: {} simulated node(s) on loopback.\nclusterName: {}\ntalosVersion: {talos_version}\nkubernetesVersion: v1.35.0\nendpoint: {}\nnodes:\n",
-        def.nodes.len(),
-        def.cluster,
-        def.endpoint
-    );
-    for n in &def.nodes {
-        out.push_str(&format!(
-            "  - hostname: {}\n    ipAddress: {}\n    controlPlane: {}\n",
-            n.hostname, n.address, n.control_plane
-        ));
-        match &n.install_disk {
-            Some(DiskTarget::Selector(fields)) => {
-                out.push_str("    installDiskSelector:\n");
-                for (k, v) in fields {
-                    out.push_str(&format!("      {k}: \"{v}\"\n"));
-                }
-            }
-            Some(DiskTarget::Path(p)) => out.push_str(&format!("    installDisk: {p}\n")),
-            None => {}
-        }
-    }
-    out
-}
-
-/// Writes `talconfig.yaml` and a fresh `talsecret.yaml` (0600) into `dir`.
-pub fn write_lab_files(
-    dir: &std::path::Path,
-    def: &Definition,
-    talos_version: &str,
-    secrets_from: Option<&std::path::Path>,
-) -> Result<(PathBuf, PathBuf), FlowError> {
-    let local = |p: &std::path::Path, e: String| FlowError::Local {
-        path: p.display().to_string(),
-        detail: e,
-    };
-    std::fs::create_dir_all(dir).map_err(|e| local(dir, e.to_string()))?;
-    let talconfig = dir.join("talconfig.yaml");
-    std::fs::write(&talconfig, lab_talconfig(def, talos_version))
-        .map_err(|e| local(&talconfig, e.to_string()))?;
-    let secrets = dir.join("talsecret.yaml");
-    if let (false, Some(from)) = (secrets.exists(), secrets_from) {
-        let text = std::fs::read(from).map_err(|e| local(from, e.to_string()))?;
-        crate::talos::talosconfig::write_private(&secrets, &text)
-            .map_err(|e| local(&secrets, e.to_string()))?;
-    }
-    if !secrets.exists() {
-        let bundle = crate::machineconfig::SecretsBundle::generate()
-            .map_err(|e| FlowError::Source(e.to_string()))?;
-        crate::talos::talosconfig::write_private(&secrets, bundle.to_yaml().as_bytes())
-            .map_err(|e| local(&secrets, e.to_string()))?;
-    }
-    Ok((talconfig, secrets))
-}
-
 /// Records when each lab node enters each state (the lab's side of the lag).
 pub fn record_lab_transitions(lab: &Lab) -> Arc<Mutex<Vec<(usize, NodeState, Instant)>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -340,23 +253,11 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         &opts.talos_version,
         opts.secrets_from.as_deref(),
     )?;
+    // Every node, workers included, gets the config `gen config` renders from
+    // these files (workers get their apid certificate from the lab's trustd).
     let mut files = TalhelperSource::new(&talconfig, &secrets);
     files.vars = crate::machineconfig::Vars::default();
-    // The lab cannot run real worker configs yet (their machine.ca carries no key;
-    // real workers get the apid certificate from trustd). With workers, the demo
-    // renders minimal configs in memory instead; control planes use the real files.
-    let memory;
-    let source: &dyn ClusterSource = if opts.controlplanes < opts.nodes {
-        em.progress(
-            StepId::Preflight,
-            None,
-            "lab workers need minimal in-memory configs (the lab has no trustd yet)",
-        );
-        memory = MemorySource::new(def.clone(), None);
-        &memory
-    } else {
-        &files
-    };
+    let source: &dyn ClusterSource = &files;
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
     uo.new_cluster = false;
@@ -520,6 +421,11 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let gitops_critical_path = Duration::from_secs_f64(gitops_secs * opts.time_scale);
     let critical_path =
         Duration::from_secs_f64((critical_secs + kube_secs + gitops_secs) * opts.time_scale);
+    let applied = lab
+        .nodes()
+        .iter()
+        .filter_map(|n| Some((n.hostname()?, n.applied_config()?)))
+        .collect();
     lab.shutdown().await;
     Ok(DemoReport {
         up: report,
@@ -536,6 +442,7 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         gitops_wall,
         gitops_critical_path,
         rerun_changed,
+        applied,
     })
 }
 

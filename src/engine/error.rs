@@ -410,6 +410,7 @@ impl Doctor for FlowError {
             FlowError::NodeState { .. } => "the node is not where the operation starts".into(),
             FlowError::Talos(e) => e.likely_cause(),
             FlowError::Timeout { what, .. } if what.contains("etcd") => "the node's etcd cannot reach its peers (network, firewall on 2379/2380), is stuck as a learner, or is slower than the deadline".into(),
+            FlowError::Timeout { what, .. } if what.contains("trustd") => "the worker has no apid certificate yet: trustd on the control planes (port 50001, through the cluster endpoint or the API server's addresses) is unreachable from it, or refuses its machine.token".into(),
             FlowError::Timeout { .. } => "the node did not reach the state in time: it may be stuck (install failed, no network, wrong disk) or slower than the deadline".into(),
             FlowError::BootstrapRefused { .. } => "etcd on the control planes is in a state where bootstrapping could create a second cluster or would not work".into(),
             FlowError::AlreadyBootstrappedUnverified { .. } => "etcd on the node was already bootstrapped (by another run, or earlier) and its membership could not be read yet; most often etcd is still starting".into(),

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod join;
 pub mod journal;
 pub mod kubeconfig;
 pub mod ledger;
@@ -38,9 +39,6 @@ pub use events::{now_ms, Emitter, Event, EventKind, EventSink, Outcome};
 pub use flow::{aggregate, per_node, Announce, Flow, PlanItem, Scope, Step};
 pub use journal::{Facts, Journal, JournalHandle, UpFacts};
 pub use ledger::Ledger;
-pub use source::{
-    host_of, ClusterSource, Definition, DiskTarget, LinkSelector, MemorySecrets, MemorySource,
-    NodeDef, Rendered,
-};
+pub use source::{host_of, ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};
 pub use step::{Layer, StepId};
 pub use wait::{Backoff, Wait};

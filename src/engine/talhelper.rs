@@ -186,6 +186,11 @@ impl ClusterSource for TalhelperSource {
             .into_iter()
             .map(|c| (c.hostname, c.yaml.into_bytes()))
             .collect();
+        super::join::check_worker_join(
+            &definition_of(&def),
+            &configs,
+            &def.source.display().to_string(),
+        )?;
         Ok(Rendered {
             configs,
             credentials,

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
-use endsys_bootstrap::engine::{
-    Cluster, ClusterSource, Doctor, Emitter, MemorySecrets, MemorySource, StepId,
-};
+use endsys_bootstrap::engine::{Cluster, ClusterSource, Doctor, Emitter, StepId};
 use endsys_bootstrap::flows::backup::take_backup;
 use endsys_bootstrap::flows::recover::RecoverOptions;
 use endsys_bootstrap::flows::up::{up, UpOptions};
@@ -22,6 +20,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 
 use crate::fixture::{start_lab, up_options, Deadlines};
+use crate::memory::{MemorySecrets, MemorySource};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 

@@ -375,35 +375,7 @@ impl CertificateAuthority {
             .map_err(|e| issue_err(format!("reading the CA certificate: {e}")))?;
         let key = PrivateKey::generate(self.pair.key.algorithm())?;
         let kp = key.key_pair()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        if !spec.common_name.is_empty() {
-            dn.push(DnType::CommonName, spec.common_name.as_str());
-        }
-        for org in &spec.organizations {
-            dn.push(DnType::OrganizationName, org.as_str());
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = match spec.usage {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::ServerAndClient => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-        };
-        for ip in &spec.ip_sans {
-            params.subject_alt_names.push(SanType::IpAddress(*ip));
-        }
-        for dns in &spec.dns_sans {
-            let name = dns
-                .clone()
-                .try_into()
-                .map_err(|e| issue_err(format!("DNS name `{dns}`: {e}")))?;
-            params.subject_alt_names.push(SanType::DnsName(name));
-        }
+        let mut params = leaf_params(spec)?;
         set_validity(&mut params, spec.validity);
         let cert = params
             .signed_by(&kp, &issuer)
@@ -412,6 +384,117 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             key,
         })
+    }
+}
+
+/// Subject, usages and names of a leaf, as Talos sets them.
+fn leaf_params(spec: &LeafSpec) -> Result<CertificateParams, PkiError> {
+    let issue_err = |reason: String| PkiError::Issue {
+        subject: spec.common_name.clone(),
+        reason,
+    };
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    if !spec.common_name.is_empty() {
+        dn.push(DnType::CommonName, spec.common_name.as_str());
+    }
+    for org in &spec.organizations {
+        dn.push(DnType::OrganizationName, org.as_str());
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match spec.usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
+    for ip in &spec.ip_sans {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    for dns in &spec.dns_sans {
+        let name = dns
+            .clone()
+            .try_into()
+            .map_err(|e| issue_err(format!("DNS name `{dns}`: {e}")))?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    Ok(params)
+}
+
+/// A certificate signing request with the key it was made with: what a Talos
+/// worker sends trustd for its apid server certificate.
+#[derive(Clone)]
+pub struct CsrAndKey {
+    pub csr_pem: String,
+    pub key: PrivateKey,
+}
+
+impl CsrAndKey {
+    /// A fresh `algorithm` key and a CSR for `spec`'s subject and names.
+    pub fn generate(algorithm: KeyAlgorithm, spec: &LeafSpec) -> Result<Self, PkiError> {
+        let key = PrivateKey::generate(algorithm)?;
+        let kp = key.key_pair()?;
+        let csr = leaf_params(spec)?
+            .serialize_request(&kp)
+            .and_then(|r| r.pem())
+            .map_err(|e| PkiError::Issue {
+                subject: spec.common_name.clone(),
+                reason: format!("certificate signing request: {e}"),
+            })?;
+        Ok(Self { csr_pem: csr, key })
+    }
+
+    /// The certificate trustd returned, with this key.
+    pub fn with_cert(&self, cert_pem: &[u8], what: &str) -> Result<CertAndKey, PkiError> {
+        let text = std::str::from_utf8(cert_pem).map_err(|e| PkiError::BadPem {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+        CertInfo::from_pem(cert_pem, what)?;
+        Ok(CertAndKey {
+            cert_pem: text.to_string(),
+            key: self.key.clone(),
+        })
+    }
+}
+
+impl CertificateAuthority {
+    /// Signs a CSR the way trustd does: names and CN from the request, no
+    /// Organization (so the result can never carry a role), KU digitalSignature,
+    /// EKU serverAuth only. Returns the certificate PEM.
+    pub fn sign_server_csr(&self, csr_pem: &str, validity: Duration) -> Result<String, PkiError> {
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadPem {
+                what: "certificate signing request".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        let issue_err = |reason: String| PkiError::Issue {
+            subject: "CSR".into(),
+            reason,
+        };
+        let mut dn = DistinguishedName::new();
+        for (ty, value) in req.params.distinguished_name.iter() {
+            if *ty != DnType::OrganizationName {
+                dn.push(ty.clone(), value.clone());
+            }
+        }
+        req.params.distinguished_name = dn;
+        req.params.is_ca = IsCa::ExplicitNoCa;
+        req.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        req.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        set_validity(&mut req.params, validity);
+        let ca_kp = self.pair.key.key_pair()?;
+        let issuer = Issuer::from_ca_cert_pem(&self.pair.cert_pem, ca_kp)
+            .map_err(|e| issue_err(format!("reading the CA certificate: {e}")))?;
+        let cert = req
+            .signed_by(&issuer)
+            .map_err(|e| issue_err(e.to_string()))?;
+        Ok(cert.pem())
     }
 }
 
@@ -614,5 +697,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, PkiError::BadCertificate { .. }));
+    }
+
+    #[test]
+    fn trustd_signs_a_csr_as_server_only_without_roles() {
+        let ca =
+            CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", CA_VALIDITY).unwrap();
+        let spec = LeafSpec {
+            common_name: "worker1".into(),
+            organizations: vec!["os:admin".into()],
+            ip_sans: vec!["127.0.60.14".parse().unwrap()],
+            dns_sans: vec!["worker1".into()],
+            usage: Usage::Server,
+            validity: CLIENT_VALIDITY,
+        };
+        let csr = CsrAndKey::generate(KeyAlgorithm::Ed25519, &spec).unwrap();
+        let crt = ca
+            .sign_server_csr(&csr.csr_pem, Duration::from_secs(3600))
+            .unwrap();
+        let info = CertInfo::from_pem(crt.as_bytes(), "signed").unwrap();
+        assert_eq!(info.subject_cn.as_deref(), Some("worker1"));
+        // A role smuggled into the CSR is dropped, and the EKU is serverAuth only.
+        assert!(info.organizations.is_empty(), "{:?}", info.organizations);
+        assert!(info.eku_server_auth && !info.eku_client_auth);
+        let pair = csr.with_cert(crt.as_bytes(), "signed").unwrap();
+        assert!(pair.cert_der().is_ok());
+        assert!(ca
+            .sign_server_csr("not a csr", Duration::from_secs(1))
+            .is_err());
     }
 }

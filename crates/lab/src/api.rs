@@ -3,8 +3,9 @@
 //! StorageService, `state`: COSI State), ApplyConfiguration's rules in `apply` and
 //! the etcd calls in `etcd`. `gate` holds the handler type and the checks every
 //! call passes first (Talos' role rules, maintenance-mode rules, the control-plane
-//! check); `routing` serves the services behind apid's `node` routing. Error codes
-//! and texts are Talos'.
+//! check); `routing` serves the services behind apid's `node` routing; `trustd`
+//! is the control planes' certificate service on port 50001. Error codes and
+//! texts are Talos'.
 
 mod apply;
 mod cluster;
@@ -14,5 +15,7 @@ mod machine;
 mod routing;
 mod state;
 mod storage;
+mod trustd;
 
 pub(crate) use routing::serve;
+pub(crate) use trustd::TRUSTD_PORT;

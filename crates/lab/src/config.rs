@@ -45,8 +45,21 @@ pub(crate) enum ConfigError {
 pub(crate) struct NodeConfig {
     pub raw: Vec<u8>,
     pub machine_type: MachineType,
-    /// `machine.ca`: the OS CA (issues the apid server cert, verifies clients).
-    pub os_ca: CertificateAuthority,
+    /// `machine.ca` with its key: the OS CA (issues the apid server cert, signs
+    /// workers' CSRs in trustd). Control planes only; a worker's config carries
+    /// the certificate alone.
+    pub os_ca: Option<CertificateAuthority>,
+    /// PEM of `machine.ca.crt` (every node has it).
+    pub os_ca_crt: String,
+    /// PEM of `machine.ca.crt` then every `machine.acceptedCAs` crt: what trustd
+    /// returns as `ca` (OSRoot's accepted CAs).
+    pub accepted_cas_pem: Vec<u8>,
+    /// `machine.token`: trustd compares it with the `token` a worker sends.
+    pub token: String,
+    /// `cluster.token`: the bootstrap token kubelets join Kubernetes with.
+    pub bootstrap_token: String,
+    /// PEM of `cluster.ca.crt`, which a kubelet verifies the API server with.
+    pub cluster_ca_crt: Option<String>,
     /// DER of every CA a client certificate may chain to (`machine.ca` + `machine.acceptedCAs`).
     pub client_cas: Vec<Vec<u8>>,
     pub cert_sans: Vec<String>,
@@ -139,19 +152,38 @@ impl NodeConfig {
             }
             None => return Err(invalid("machine.type is required")),
         };
-        let os_ca = ca_from(&doc, &["machine", "ca"])?
-            .ok_or_else(|| invalid("machine.ca: crt and key are required"))?;
-        let mut client_cas = certs_from_pem(os_ca.pair.cert_pem.as_bytes(), "machine.ca.crt")
+        let os_ca = ca_from(&doc, &["machine", "ca"])?;
+        if machine_type.is_control_plane() && os_ca.is_none() {
+            return Err(invalid("machine.ca: crt and key are required"));
+        }
+        let os_ca_pem = b64_pem(&doc, &["machine", "ca", "crt"])?
+            .ok_or_else(|| invalid("machine.ca.crt is required"))?;
+        let os_ca_crt =
+            String::from_utf8(os_ca_pem).map_err(|_| invalid("machine.ca.crt: not PEM text"))?;
+        let mut client_cas = certs_from_pem(os_ca_crt.as_bytes(), "machine.ca.crt")
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut accepted_cas_pem = os_ca_crt.clone().into_bytes();
         if let Some(list) = get(&doc, &["machine", "acceptedCAs"]).and_then(Value::as_sequence) {
             for (i, item) in list.iter().enumerate() {
                 if let Some(pem) = b64_pem(item, &["crt"])? {
                     let certs = certs_from_pem(&pem, &format!("machine.acceptedCAs[{i}]"))
                         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                     client_cas.extend(certs);
+                    if !accepted_cas_pem.ends_with(b"\n") {
+                        accepted_cas_pem.push(b'\n');
+                    }
+                    accepted_cas_pem.extend_from_slice(&pem);
                 }
             }
         }
+        let token = get_str(&doc, &["machine", "token"])
+            .unwrap_or_default()
+            .to_string();
+        let bootstrap_token = get_str(&doc, &["cluster", "token"])
+            .unwrap_or_default()
+            .to_string();
+        let cluster_ca_crt =
+            b64_pem(&doc, &["cluster", "ca", "crt"])?.and_then(|p| String::from_utf8(p).ok());
         let cert_sans = get(&doc, &["machine", "certSANs"])
             .and_then(Value::as_sequence)
             .map(|s| {
@@ -200,6 +232,11 @@ impl NodeConfig {
             raw: data.to_vec(),
             machine_type,
             os_ca,
+            os_ca_crt,
+            accepted_cas_pem,
+            token,
+            bootstrap_token,
+            cluster_ca_crt,
             client_cas,
             cert_sans,
             cluster_name,

@@ -4,8 +4,11 @@
 //! (`127.0.0.11:50000`, `127.0.0.12:50000`, ...), behaving as Talos does: maintenance
 //! mode with a throw-away certificate and no client auth; apply config → installing →
 //! rebooting (connection refused) → booting → running with mutual TLS from the
-//! config's OS CA and roles from the client certificate; bootstrap once; etcd join,
-//! snapshot and recovery; reset; faults. All nodes share one fabric holding the
+//! config's OS CA and roles from the client certificate; control planes run trustd
+//! on port 50001 and workers (whose config has no CA key) get their apid
+//! certificate from it with the machine token (`internal/app/trustd`,
+//! `secrets.APIController`); bootstrap once; etcd join, snapshot and recovery;
+//! reset; faults. All nodes share one fabric holding the
 //! simulated etcd cluster(s). The behaviour follows siderolabs/talos v1.13.9 and
 //! v1.12.11: apid and its role checks (`internal/app/apid`,
 //! `pkg/grpc/middleware/authz`, roles in `pkg/machinery/role/role.go`), machined's
@@ -118,6 +121,7 @@ impl Lab {
             bootstrap_calls: Default::default(),
             apply_calls: Default::default(),
             member_removals: Default::default(),
+            trustd_signed: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -209,6 +213,11 @@ impl Lab {
         self.fabric.member_removals.load(Ordering::SeqCst)
     }
 
+    /// How many certificates the control planes' trustd signed for workers.
+    pub fn trustd_signed(&self) -> usize {
+        self.fabric.trustd_signed.load(Ordering::SeqCst)
+    }
+
     /// Bumped on every change of any node (state, services, etcd): observers
     /// sample the lab on each change instead of polling.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -287,9 +296,16 @@ impl LabNode {
     }
 
     /// The OS CA of the applied config (what an operator holds in secrets.yaml);
-    /// `lab serve` mints the lab talosconfig from it.
+    /// `lab serve` mints the lab talosconfig from it. Control planes only: a
+    /// worker's config carries the CA certificate without its key.
     pub fn os_ca(&self) -> Option<endsys_core::pki::CertificateAuthority> {
-        self.inner.config().map(|c| c.os_ca.clone())
+        self.inner.config().and_then(|c| c.os_ca.clone())
+    }
+
+    /// The machine config this node received, byte for byte (tests compare it
+    /// with the file the tool rendered).
+    pub fn applied_config(&self) -> Option<Vec<u8>> {
+        self.inner.config().map(|c| c.raw.clone())
     }
 
     /// Whether the applied config makes this node a control plane.
@@ -313,6 +329,28 @@ impl LabNode {
             .services
             .get(id)
             .map(|s| s.state.clone())
+    }
+
+    /// A worker waiting for its apid certificate: why the last trustd request
+    /// failed, as the console shows it ("failed to sign API server CSR: rpc
+    /// error: code = Unauthenticated desc = invalid token"). `None` once signed.
+    pub fn trustd_error(&self) -> Option<String> {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .join_error
+            .clone()
+    }
+
+    /// Whether apid serves a certificate trustd signed (workers).
+    pub fn has_trustd_certificate(&self) -> bool {
+        self.inner
+            .data
+            .lock()
+            .expect("data lock")
+            .api_cert
+            .is_some()
     }
 
     // ---- faults ----

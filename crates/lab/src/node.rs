@@ -15,6 +15,7 @@ pub(crate) mod membership;
 mod publish;
 pub(crate) mod resources;
 mod serving;
+pub(crate) mod trustd_join;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -66,6 +67,8 @@ pub(crate) struct Fabric {
     pub apply_calls: std::sync::atomic::AtomicUsize,
     /// Every EtcdRemoveMemberByID that removed a member.
     pub member_removals: std::sync::atomic::AtomicUsize,
+    /// Every certificate a control plane's trustd signed for a worker.
+    pub trustd_signed: std::sync::atomic::AtomicUsize,
 }
 
 impl Fabric {
@@ -90,9 +93,9 @@ impl Fabric {
 /// One serving period of the listener: the accept loop, the server task and
 /// the open connections.
 pub(crate) struct Serving {
-    accept: JoinHandle<()>,
-    server: JoinHandle<()>,
-    conns: Arc<ConnSet>,
+    pub(crate) accept: JoinHandle<()>,
+    pub(crate) server: JoinHandle<()>,
+    pub(crate) conns: Arc<ConnSet>,
 }
 
 /// The TLS setup new connections get.
@@ -128,6 +131,8 @@ pub(crate) struct NodeInner {
     pending_reply: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     generation: AtomicU64,
     serving: tokio::sync::Mutex<Option<Serving>>,
+    /// trustd's listener on port 50001 (control planes, while up).
+    pub(crate) trustd: tokio::sync::Mutex<Option<Serving>>,
     /// What the listener serves (see [`Apid`]).
     apid: Apid,
     pub acceptor: Mutex<Option<Acceptor>>,
@@ -185,6 +190,8 @@ impl NodeInner {
                 pending_events: Vec::new(),
                 last_status: None,
                 rebooting_after_apply: false,
+                api_cert: None,
+                join_error: None,
             }),
             drop_calls: AtomicUsize::new(0),
             wrong_ca: AtomicBool::new(false),
@@ -195,6 +202,7 @@ impl NodeInner {
             pending_reply: Mutex::new(None),
             generation: AtomicU64::new(0),
             serving: tokio::sync::Mutex::new(None),
+            trustd: tokio::sync::Mutex::new(None),
             apid,
             acceptor: Mutex::new(None),
             res_tx,

@@ -24,10 +24,12 @@ use tokio::net::TcpStream;
 use tonic::transport::server::Connected;
 
 use crate::config::NodeConfig;
-use endsys_core::pki::{CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage};
+use endsys_core::pki::{
+    certs_from_pem, CertAndKey, CertInfo, CertificateAuthority, KeyAlgorithm, LeafSpec, Usage,
+};
 
 /// Server certificate validity, as apid (24 h).
-const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// CN of the maintenance-mode server certificate.
 pub const MAINTENANCE_CN: &str = "maintenance-service.talos.dev";
@@ -90,6 +92,80 @@ fn server_leaf(
     ip: IpAddr,
     cfg: &NodeConfig,
 ) -> Result<CertAndKey, String> {
+    let (common_name, ip_sans, dns_sans) = api_names(ip, cfg);
+    ca.issue(&LeafSpec {
+        common_name,
+        organizations: vec![],
+        ip_sans,
+        dns_sans,
+        usage: Usage::Server,
+        validity: SERVER_CERT_VALIDITY,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// Where a configured node's apid server certificate comes from.
+pub(crate) enum ApiIdentity<'a> {
+    /// A control plane issues its own from `machine.ca` (crt + key); clients
+    /// must chain to `machine.ca` + `machine.acceptedCAs`.
+    Own,
+    /// A worker's, signed by a control plane's trustd; clients must chain to
+    /// the CAs trustd returned.
+    FromTrustd {
+        cert: &'a CertAndKey,
+        accepted_cas_pem: &'a [u8],
+    },
+}
+
+/// Configured mode: the server certificate of `identity`, client certificate
+/// required and verified against the accepted CAs, EKU exactly clientAuth.
+/// With `wrong_ca` the server certificate comes from an unrelated CA (fault injection).
+pub(crate) fn configured_config(
+    ip: IpAddr,
+    cfg: &NodeConfig,
+    identity: &ApiIdentity<'_>,
+    wrong_ca: bool,
+) -> Result<Arc<ServerConfig>, String> {
+    let leaf = if wrong_ca {
+        let other =
+            CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", SERVER_CERT_VALIDITY)
+                .map_err(|e| e.to_string())?;
+        server_leaf(&other, ip, cfg)?
+    } else {
+        match identity {
+            ApiIdentity::Own => {
+                let ca = cfg.os_ca.as_ref().ok_or_else(|| {
+                    "machine.ca has no key: this node cannot issue its own apid certificate"
+                        .to_string()
+                })?;
+                server_leaf(ca, ip, cfg)?
+            }
+            ApiIdentity::FromTrustd { cert, .. } => (*cert).clone(),
+        }
+    };
+    let client_cas = match identity {
+        ApiIdentity::Own => cfg.client_cas.clone(),
+        ApiIdentity::FromTrustd {
+            accepted_cas_pem, ..
+        } => {
+            certs_from_pem(accepted_cas_pem, "CAs returned by trustd").map_err(|e| e.to_string())?
+        }
+    };
+    let mut roots = RootCertStore::empty();
+    for der in client_cas {
+        roots
+            .add(CertificateDer::from(der))
+            .map_err(|e| format!("machine.ca / acceptedCAs: {e}"))?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| e.to_string())?;
+    server_config_with(&leaf, Some(Arc::new(ApidClientVerifier { inner })))
+}
+
+/// The names a node's apid (and trustd) certificate carries: its address,
+/// loopback, `machine.certSANs`, and its hostname (also the CN).
+pub(crate) fn api_names(ip: IpAddr, cfg: &NodeConfig) -> (String, Vec<IpAddr>, Vec<String>) {
     let mut ip_sans = vec![ip, IpAddr::from([127, 0, 0, 1])];
     let mut dns_sans = Vec::new();
     for san in &cfg.cert_sans {
@@ -105,43 +181,12 @@ fn server_leaf(
             dns_sans.push(h.clone());
         }
     }
-    ca.issue(&LeafSpec {
-        common_name: cn,
-        organizations: vec![],
-        ip_sans,
-        dns_sans,
-        usage: Usage::Server,
-        validity: SERVER_CERT_VALIDITY,
-    })
-    .map_err(|e| e.to_string())
+    (cn, ip_sans, dns_sans)
 }
 
-/// Configured mode: server certificate from `machine.ca`, client certificate required
-/// and verified against `machine.ca` + `machine.acceptedCAs`, EKU exactly clientAuth.
-/// With `wrong_ca` the server certificate comes from an unrelated CA (fault injection).
-pub(crate) fn configured_config(
-    ip: IpAddr,
-    cfg: &NodeConfig,
-    wrong_ca: bool,
-) -> Result<Arc<ServerConfig>, String> {
-    let leaf = if wrong_ca {
-        let other =
-            CertificateAuthority::generate(KeyAlgorithm::Ed25519, "talos", SERVER_CERT_VALIDITY)
-                .map_err(|e| e.to_string())?;
-        server_leaf(&other, ip, cfg)?
-    } else {
-        server_leaf(&cfg.os_ca, ip, cfg)?
-    };
-    let mut roots = RootCertStore::empty();
-    for der in &cfg.client_cas {
-        roots
-            .add(CertificateDer::from(der.clone()))
-            .map_err(|e| format!("machine.ca / acceptedCAs: {e}"))?;
-    }
-    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| e.to_string())?;
-    server_config_with(&leaf, Some(Arc::new(ApidClientVerifier { inner })))
+/// A server-only TLS setup from a certificate (trustd: no client certificate asked).
+pub(crate) fn server_only_config(leaf: &CertAndKey) -> Result<Arc<ServerConfig>, String> {
+    server_config_with(leaf, None)
 }
 
 /// webpki chain verification plus apid's `verifyExtKeyUsage`: every non-CA

@@ -24,6 +24,11 @@ pub mod storage {
     tonic::include_proto!("storage");
 }
 
+/// trustd (control planes, port 50001): workers get their apid certificate here.
+pub mod security {
+    tonic::include_proto!("securityapi");
+}
+
 pub mod cosi {
     pub mod resource {
         tonic::include_proto!("cosi.resource");

@@ -441,6 +441,14 @@ pub async fn etcd_quorum(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
             .map(|n| n.label())
             .collect();
         if missing.is_empty() {
+            // Workers behind a VIP could not get their certificate before now.
+            let workers = super::talos::workers_after_bootstrap(cx);
+            if !workers.is_empty() {
+                per_node(cx.em, step, workers, |n| {
+                    super::talos::wait_node_running(cx, n, step)
+                })
+                .await?;
+            }
             cx.em.timing(step, None, "etcd_quorum", t0.elapsed());
             let detail = format!("{} member(s): every control plane joined", members.len());
             return Ok(if already {

@@ -162,8 +162,32 @@ fn short_cause(e: &TalosError) -> String {
     }
 }
 
-async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
-    let step = StepId::WaitConfigured;
+/// What a worker waits for: Talos starts its apid only once trustd on a
+/// control plane signed its certificate (the timeout's doctor says so).
+pub const WORKER_RUNNING: &str =
+    "running (a worker serves its API once trustd signed its certificate)";
+
+/// Workers that cannot run before etcd is bootstrapped: when the cluster
+/// endpoint is no control plane's own address (a Layer-2 VIP, which Talos
+/// brings up only once etcd elects its holder, or a load balancer), a worker
+/// reaches trustd only through it or through the API server's endpoints, both
+/// after bootstrap. `wait_configured` leaves them to `etcd_quorum`.
+pub fn workers_after_bootstrap<'a>(cx: &'a Up<'_>) -> Vec<&'a NodeDef> {
+    let host = crate::engine::source::url_host(&cx.cluster.def.endpoint);
+    if cx.control_planes().iter().any(|n| n.host() == host) {
+        return Vec::new();
+    }
+    cx.nodes()
+        .into_iter()
+        .filter(|n| !n.control_plane)
+        .collect()
+}
+
+pub(super) async fn wait_node_running(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    step: StepId,
+) -> Result<Outcome, FlowError> {
     let em = cx.em;
     let c = cx.mtls(n)?;
     let t0 = Instant::now();
@@ -177,7 +201,11 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
     let status = wait_machine(
         &c,
         n,
-        "running",
+        if n.control_plane {
+            "running"
+        } else {
+            WORKER_RUNNING
+        },
         cx.opts.node_deadline,
         |s| s.stage == MachineStage::Running,
         |p| {
@@ -216,8 +244,21 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
 
 pub async fn wait_configured(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
     let cx = &*cx;
+    let later = workers_after_bootstrap(cx);
+    let endpoint = crate::engine::source::url_host(&cx.cluster.def.endpoint).to_string();
     let results = per_node(cx.em, StepId::WaitConfigured, cx.nodes(), |n| {
-        wait_node_running(cx, n)
+        let deferred = later.iter().any(|w| w.hostname == n.hostname);
+        let endpoint = endpoint.clone();
+        async move {
+            if deferred {
+                return Ok(Outcome::Skipped {
+                    reason: format!(
+                        "a worker gets its apid certificate from trustd through {endpoint}, which answers once etcd is bootstrapped: waited for in etcd_quorum"
+                    ),
+                });
+            }
+            wait_node_running(cx, n, StepId::WaitConfigured).await
+        }
     })
     .await?;
     Ok(aggregate(&results))

@@ -153,7 +153,7 @@ impl LabApi {
                 let same = current.as_ref().is_some_and(|c| c.raw == cfg.raw);
                 let live_ok = current.as_ref().is_some_and(|c| {
                     c.machine_type == cfg.machine_type
-                        && c.os_ca.pair.cert_pem == cfg.os_ca.pair.cert_pem
+                        && c.os_ca_crt == cfg.os_ca_crt
                         && c.etcd_key == cfg.etcd_key
                         && c.cert_sans == cfg.cert_sans
                 });

@@ -152,9 +152,7 @@ fn decide<B>(node: &Arc<NodeInner>, req: &http::Request<B>) -> Decision {
     // apid dials the target with mTLS from its own OS CA.
     let trusted = acceptor.mode == ApiMode::Configured
         && !dest.wrong_ca.load(Ordering::SeqCst)
-        && dest
-            .config()
-            .is_some_and(|d| d.os_ca.pair.cert_pem == cfg.os_ca.pair.cert_pem);
+        && dest.config().is_some_and(|d| d.os_ca_crt == cfg.os_ca_crt);
     if !trusted {
         return Decision::Fail(Status::unavailable(format!(
             "connection error: desc = \"transport: authentication handshake failed: tls: failed to verify certificate: x509: certificate signed by unknown authority\" (proxying to {target})"

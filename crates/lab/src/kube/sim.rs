@@ -285,9 +285,23 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
         }
     }
     let lab_nodes = fabric.nodes();
+    // What the API server checks a kubelet's TLS bootstrap against: the bootstrap
+    // token (`cluster.token`) and the cluster CA its kubeconfig trusts.
+    let api_cfg = lab_nodes
+        .iter()
+        .filter(|n| n.state() == NodeState::Running)
+        .filter_map(|n| n.config())
+        .find(|c| c.machine_type.is_control_plane() && c.cluster_ca.is_some());
     let mut node_up: HashMap<String, bool> = HashMap::new();
     for n in &lab_nodes {
         let Some(cfg) = n.config() else { continue };
+        let joins = api_cfg.as_ref().is_some_and(|a| {
+            a.bootstrap_token == cfg.bootstrap_token && a.cluster_ca_crt == cfg.cluster_ca_crt
+        });
+        if !joins {
+            // 401 Unauthorized to the kubelet (or another cluster's CA): no Node.
+            continue;
+        }
         let name = cfg
             .hostname
             .clone()

@@ -83,6 +83,10 @@ pub(crate) struct NodeData {
     pub(super) last_status: Option<StatusKey>,
     /// An apply in REBOOT mode was accepted; the node is going down.
     pub rebooting_after_apply: bool,
+    /// A worker's apid certificate from trustd (in memory: asked again each boot).
+    pub api_cert: Option<Arc<super::trustd_join::IssuedCert>>,
+    /// Why the last trustd request of this worker failed, while it has none.
+    pub join_error: Option<String>,
 }
 
 pub(crate) struct EventRec {

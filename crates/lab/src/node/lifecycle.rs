@@ -102,14 +102,22 @@ impl NodeInner {
     }
 
     async fn boot_configured(self: &Arc<Self>, gen: u64, cfg: Arc<NodeConfig>) {
+        let is_cp = cfg.machine_type.is_control_plane();
+        if !is_cp {
+            // API secrets live in memory: a worker asks trustd again on every boot.
+            self.data.lock().expect("data lock").api_cert = None;
+        }
         if let Err(e) = self.set_configured_acceptor(&cfg) {
             tracing::error!(node = %self.ip, "apid certificate: {e}");
         }
-        let is_cp = cfg.machine_type.is_control_plane();
         {
             let mut d = self.data.lock().expect("data lock");
             d.set_service("machined", "Running", "Service started as goroutine");
-            d.set_service("apid", "Running", "Health check successful");
+            if is_cp {
+                d.set_service("apid", "Running", "Health check successful");
+            } else {
+                d.set_service("apid", "Waiting", "Waiting for api certificates");
+            }
             if is_cp {
                 d.set_service("trustd", "Running", "Health check successful");
                 d.set_service("etcd", "Preparing", "Running pre state");
@@ -121,10 +129,34 @@ impl NodeInner {
             );
         }
         self.set_state(NodeState::Booting);
-        if let Err(e) = self.start_serving().await {
-            tracing::error!(node = %self.ip, "listen: {e}");
+        if is_cp {
+            if let Err(e) = self.start_trustd().await {
+                tracing::error!(node = %self.ip, "trustd listen: {e}");
+            }
+            if let Err(e) = self.start_serving().await {
+                tracing::error!(node = %self.ip, "listen: {e}");
+            }
+        } else {
+            // No certificate yet, so no apid: connection refused until trustd signs.
+            self.stop_serving().await;
         }
         self.commit();
+        if is_cp {
+            self.services_up(gen, true).await;
+        } else {
+            // The rest waits for trustd, as long as the control planes take: it
+            // runs on its own (like machined's controllers), so power on returns.
+            let me = self.clone();
+            tokio::spawn(async move {
+                if me.worker_api_up(gen, &cfg).await {
+                    me.services_up(gen, false).await;
+                }
+            });
+        }
+    }
+
+    /// Services come up after the boot delay; the node runs.
+    async fn services_up(self: &Arc<Self>, gen: u64, is_cp: bool) {
         self.sleep(delay::BOOT).await;
         if self.gen() != gen {
             return;
@@ -162,7 +194,10 @@ impl NodeInner {
     }
 
     async fn install_and_boot(self: &Arc<Self>, gen: u64, cfg: Arc<NodeConfig>) {
-        // apid restarts in mTLS mode as soon as the config is complete.
+        // apid restarts in mTLS mode as soon as the config is complete (a worker's
+        // has no certificate until trustd signs one after the reboot: it answers
+        // no handshake meanwhile).
+        self.data.lock().expect("data lock").api_cert = None;
         if let Err(e) = self.set_configured_acceptor(&cfg) {
             tracing::error!(node = %self.ip, "apid certificate: {e}");
         }

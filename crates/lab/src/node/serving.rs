@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{Acceptor, NodeInner, Serving};
 use crate::config::NodeConfig;
-use crate::tls::{self, ApiMode, ConnSet, LabConn, LabConnInfo};
+use crate::tls::{self, ApiIdentity, ApiMode, ConnSet, LabConn, LabConnInfo};
 
 impl NodeInner {
     pub(super) async fn start_serving(self: &Arc<Self>) -> std::io::Result<()> {
@@ -77,6 +77,7 @@ impl NodeInner {
     /// Closes the listener (connection refused from now on) and cuts every open
     /// connection.
     pub(super) async fn stop_serving(&self) {
+        self.stop_trustd().await;
         let serving = self.serving.lock().await.take();
         if let Some(s) = serving {
             s.accept.abort();
@@ -91,6 +92,7 @@ impl NodeInner {
     /// listener and server tasks are aborted, connections cut.
     pub(crate) fn halt(&self) {
         self.bump_gen();
+        self.halt_trustd();
         if let Ok(mut guard) = self.serving.try_lock() {
             if let Some(s) = guard.take() {
                 s.accept.abort();
@@ -122,10 +124,24 @@ impl NodeInner {
         Ok(())
     }
 
+    /// A control plane's apid uses its own certificate; a worker's the one trustd
+    /// signed for it, and without one apid has nothing to serve (no acceptor).
     pub(super) fn set_configured_acceptor(&self, cfg: &NodeConfig) -> Result<(), String> {
         let ip = IpAddr::V4(self.ip);
-        let normal = tls::configured_config(ip, cfg, false)?;
-        let wrong = tls::configured_config(ip, cfg, true)?;
+        let issued = self.data.lock().expect("data lock").api_cert.clone();
+        let identity = match (&issued, cfg.machine_type.is_control_plane()) {
+            (_, true) => ApiIdentity::Own,
+            (Some(i), false) => ApiIdentity::FromTrustd {
+                cert: &i.cert,
+                accepted_cas_pem: &i.accepted_cas_pem,
+            },
+            (None, false) => {
+                *self.acceptor.lock().expect("acceptor lock") = None;
+                return Ok(());
+            }
+        };
+        let normal = tls::configured_config(ip, cfg, &identity, false)?;
+        let wrong = tls::configured_config(ip, cfg, &identity, true)?;
         *self.acceptor.lock().expect("acceptor lock") = Some(Acceptor {
             mode: ApiMode::Configured,
             normal,
