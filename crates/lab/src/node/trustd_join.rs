@@ -67,16 +67,16 @@ fn rpc_error(s: &tonic::Status) -> String {
 
 impl NodeInner {
     /// Where this worker sends its CSR, in order (trustd port added).
-    async fn trustd_endpoints(&self, cfg: &NodeConfig) -> Vec<SocketAddr> {
+    fn trustd_endpoints(&self, cfg: &NodeConfig) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = Vec::new();
         let host = endpoint_host(&cfg.endpoint);
+        // The lab never asks a DNS server (its packets stay on loopback): a name other
+        // than `localhost` leaves the worker with the discovered control planes only,
+        // as a real worker whose endpoint name does not resolve.
         let static_ip = match host.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
-            Err(_) => tokio::net::lookup_host((host, TRUSTD_PORT))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .map(|a| a.ip()),
+            Err(_) if host.eq_ignore_ascii_case("localhost") => Some(IpAddr::from([127, 0, 0, 1])),
+            Err(_) => None,
         };
         if let Some(ip) = static_ip {
             out.push(SocketAddr::new(ip, TRUSTD_PORT));
@@ -225,7 +225,7 @@ impl NodeInner {
             if self.gen() != gen {
                 return false;
             }
-            let endpoints = self.trustd_endpoints(cfg).await;
+            let endpoints = self.trustd_endpoints(cfg);
             let mut last = if endpoints.is_empty() {
                 "at least one root of trust endpoint is required".to_string()
             } else {
