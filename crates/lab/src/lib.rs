@@ -215,6 +215,22 @@ impl Lab {
         self.fabric.changed.subscribe()
     }
 
+    /// One line per node: address, hostname, state, whether it listens (and why
+    /// not), etcd; what an end-to-end test prints when its deadline passes.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out.push_str(&n.report());
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "calls: {} Bootstrap, {} ApplyConfiguration",
+            self.bootstrap_calls(),
+            self.apply_calls()
+        ));
+        out
+    }
+
     /// The simulated etcd key-value store.
     pub fn etcd(&self) -> EtcdHandle {
         EtcdHandle {
@@ -275,6 +291,38 @@ impl LabNode {
     /// the latest, and at `time_scale` 0 some states last microseconds).
     pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<NodeState> {
         self.inner.transitions_tx.subscribe()
+    }
+
+    /// Whether the apid listener is up (`None`: it is being changed right now).
+    pub fn listening(&self) -> Option<bool> {
+        self.inner.is_serving()
+    }
+
+    /// Why the node could not listen the last time it tried (cleared once it does).
+    pub fn listen_error(&self) -> Option<String> {
+        self.inner
+            .listen_error
+            .lock()
+            .expect("listen error lock")
+            .clone()
+    }
+
+    /// One line on this node for reports: address, hostname, state, listener, etcd.
+    pub fn report(&self) -> String {
+        let listening = match (self.listening(), self.listen_error()) {
+            (_, Some(e)) => format!("NOT listening: {e}"),
+            (Some(true), None) => "listening".into(),
+            (Some(false), None) => "not listening".into(),
+            (None, None) => "listener changing".into(),
+        };
+        format!(
+            "{} {}: {:?}, {listening}, etcd {}",
+            self.addr(),
+            self.hostname().unwrap_or_else(|| "-".into()),
+            self.state(),
+            self.service_state("etcd")
+                .unwrap_or_else(|| "absent".into()),
+        )
     }
 
     /// Hostname from the applied config, if any.

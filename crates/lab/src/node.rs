@@ -126,6 +126,9 @@ pub(crate) struct NodeInner {
     /// Fault: alarms the local etcd member reports (`NOSPACE`, `CORRUPT`).
     pub etcd_alarms: Mutex<Vec<String>>,
     pending_reply: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Why the last attempt to listen failed (cleared once listening): a node
+    /// that should serve but cannot says so in the lab's report.
+    pub listen_error: Mutex<Option<String>>,
     generation: AtomicU64,
     serving: tokio::sync::Mutex<Option<Serving>>,
     /// What the listener serves (see [`Apid`]).
@@ -193,6 +196,7 @@ impl NodeInner {
             etcd_join_blocked: AtomicBool::new(false),
             etcd_alarms: Mutex::new(Vec::new()),
             pending_reply: Mutex::new(None),
+            listen_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             serving: tokio::sync::Mutex::new(None),
             apid,

@@ -52,6 +52,26 @@ impl NodeInner {
         tokio::time::sleep(REPLY_GRACE).await;
     }
 
+    /// Listens; if that fails (recorded in `listen_error`, shown by the lab's
+    /// report), keeps trying in the background for this lifecycle instead of
+    /// leaving the node silently deaf.
+    async fn serve(self: &Arc<Self>, gen: u64) {
+        if self.start_serving().await.is_ok() {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // A later transition (reboot, power off) owns the listener now.
+                let down = matches!(node.state(), NodeState::Rebooting | NodeState::PoweredOff);
+                if node.gen() != gen || down || node.start_serving().await.is_ok() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Boots: into maintenance without a config, else (installing first if Talos
     /// is not on disk yet) into configured mode.
     pub(crate) fn boot(
@@ -84,9 +104,7 @@ impl NodeInner {
                     d.task_event("runningMaintenance", false, "");
                 }
                 self.set_state(NodeState::Maintenance);
-                if let Err(e) = self.start_serving().await {
-                    tracing::error!(node = %self.ip, "listen: {e}");
-                }
+                self.serve(gen).await;
                 self.commit();
             }
             Some(cfg) => {
@@ -121,9 +139,7 @@ impl NodeInner {
             );
         }
         self.set_state(NodeState::Booting);
-        if let Err(e) = self.start_serving().await {
-            tracing::error!(node = %self.ip, "listen: {e}");
-        }
+        self.serve(gen).await;
         self.commit();
         self.sleep(delay::BOOT).await;
         if self.gen() != gen {
@@ -179,9 +195,7 @@ impl NodeInner {
             }
         }
         self.set_state(NodeState::Installing);
-        if let Err(e) = self.start_serving().await {
-            tracing::error!(node = %self.ip, "listen: {e}");
-        }
+        self.serve(gen).await;
         self.commit();
         self.await_reply().await;
         if self.gen() != gen {
