@@ -52,7 +52,7 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
             let mut w = Wait::new(
                 n.label(),
                 "answering to a dry-run apply",
-                cx.opts.reach_deadline,
+                cx.opts.reach_deadline.min(cx.opts.node_deadline),
             )
             .backoff(Backoff::every(POLL));
             let dry = loop {
@@ -162,6 +162,12 @@ fn short_cause(e: &TalosError) -> String {
     }
 }
 
+/// How long a node may keep answering in maintenance mode (MachineStatus stage
+/// `maintenance`) during the wait before it counts as back in maintenance when
+/// it was never seen configured: leaving maintenance after an apply takes Talos
+/// a moment, never this long.
+const MAINTENANCE_GRACE: Duration = Duration::from_secs(10);
+
 async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
     let step = StepId::WaitConfigured;
     let em = cx.em;
@@ -169,12 +175,16 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
     let t0 = Instant::now();
     let mut last = String::new();
     let mut first_seen: Option<String> = None;
+    // Seen configured (a MachineStatus over mTLS) during this wait; each TLS
+    // refusal of our CA wakes the maintenance check.
+    let configured_seen = std::sync::atomic::AtomicBool::new(false);
+    let (tls_refused, refusals) = tokio::sync::watch::channel(0u64);
     em.waiting(
         step,
         Some(&n.hostname),
         format!("{} to run its config", n.label()),
     );
-    let status = wait_machine(
+    let wait = wait_machine(
         &c,
         n,
         "running",
@@ -182,8 +192,16 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
         |s| s.stage == MachineStage::Running,
         |p| {
             let now = match &p {
-                WaitProgress::Status(s) => s.summary(),
-                WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
+                WaitProgress::Status(s) => {
+                    configured_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    s.summary()
+                }
+                WaitProgress::Away(e) => {
+                    if matches!(e.root(), TalosError::Tls { .. }) {
+                        tls_refused.send_modify(|v| *v += 1);
+                    }
+                    format!("away: {}", short_cause(e))
+                }
             };
             if first_seen.is_none() {
                 first_seen = Some(now.clone());
@@ -200,8 +218,11 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
                 last = now;
             }
         },
-    )
-    .await?;
+    );
+    let status = tokio::select! {
+        r = wait => r?,
+        e = back_in_maintenance(cx, n, refusals, &configured_seen) => return Err(e),
+    };
     em.timing(step, Some(&n.hostname), "node_running", t0.elapsed());
     if first_seen.as_deref() == Some("running") {
         Ok(Outcome::Skipped {
@@ -211,6 +232,53 @@ async fn wait_node_running(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowErro
         Ok(Outcome::Done {
             detail: status.summary(),
         })
+    }
+}
+
+/// Resolves once `n` is seen waiting in maintenance mode for a config (its
+/// MachineStatus read without credentials says stage `maintenance`) after it
+/// was seen configured, or for longer than [`MAINTENANCE_GRACE`]: wiped,
+/// reset, or a reinstalled machine will not run the config it was given.
+/// Checked each time the node refuses our CA, never otherwise.
+async fn back_in_maintenance(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    mut refusals: tokio::sync::watch::Receiver<u64>,
+    configured_seen: &std::sync::atomic::AtomicBool,
+) -> FlowError {
+    let mut since: Option<Instant> = None;
+    loop {
+        if refusals.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let stage = match cx.insecure(n) {
+            Ok(c) => c
+                .with_policy(cx.opts.policy.once())
+                .machine_status()
+                .await
+                .ok()
+                .map(|s| s.stage),
+            Err(_) => None,
+        };
+        if stage != Some(MachineStage::Maintenance) {
+            since = None;
+            continue;
+        }
+        let since = *since.get_or_insert_with(Instant::now);
+        let seen = configured_seen.load(std::sync::atomic::Ordering::SeqCst);
+        if seen || since.elapsed() >= MAINTENANCE_GRACE {
+            return FlowError::BackInMaintenance {
+                node: n.label(),
+                detail: if seen {
+                    "it ran with our CA earlier in this wait".into()
+                } else {
+                    format!(
+                        "waiting for a config for {:?} after its apply",
+                        since.elapsed()
+                    )
+                },
+            };
+        }
     }
 }
 
