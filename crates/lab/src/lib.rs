@@ -40,6 +40,10 @@ pub use tls::{LabConnInfo, MAINTENANCE_CN};
 
 use node::{Fabric, NodeInner};
 
+/// The most nodes one lab runs (500-node labs are measured; 100000 exhausted
+/// memory and file descriptors before failing).
+pub const MAX_NODES: usize = 2000;
+
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
@@ -105,9 +109,23 @@ impl Lab {
                 opts.time_scale
             )));
         }
+        if opts.nodes > MAX_NODES {
+            return Err(LabError::Options(format!(
+                "{} nodes asked for, at most {MAX_NODES}: every node is a listener with its own TLS identity and tasks, and a larger lab runs out of file descriptors and memory long before it is useful",
+                opts.nodes
+            )));
+        }
+        // Loopback only: every address of the lab must stay in 127.0.0.0/8.
         let first = u32::from(opts.first_ip);
-        if first.checked_add(opts.nodes as u32 - 1).is_none() {
-            return Err(LabError::Options("address range overflows".into()));
+        let last = first.checked_add(opts.nodes as u32 - 1).map(Ipv4Addr::from);
+        match last {
+            Some(last) if opts.first_ip.is_loopback() && last.is_loopback() => {}
+            _ => {
+                return Err(LabError::Options(format!(
+                    "{} nodes from {} leave the loopback range 127.0.0.0/8; choose a lower first address",
+                    opts.nodes, opts.first_ip
+                )))
+            }
         }
         let (changed, _) = tokio::sync::watch::channel(0);
         let fabric = Arc::new(Fabric {
@@ -427,5 +445,30 @@ impl LabNode {
             self.inner.power_off().await;
         }
         self.inner.wipe_disk();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lab serve --nodes 100000` grew to 4.2 GB before failing; now it is
+    /// refused before a single node exists, and so is a range leaving loopback.
+    #[tokio::test]
+    async fn oversized_or_non_loopback_labs_are_refused_up_front() {
+        let too_many = LabOptions {
+            nodes: 100_000,
+            first_ip: Ipv4Addr::new(127, 0, 111, 11),
+            ..LabOptions::default()
+        };
+        let e = Lab::start(too_many).await.err().expect("refused");
+        assert!(e.to_string().contains("at most 2000"), "{e}");
+        let leaves = LabOptions {
+            nodes: 10,
+            first_ip: Ipv4Addr::new(127, 255, 255, 250),
+            ..LabOptions::default()
+        };
+        let e = Lab::start(leaves).await.err().expect("refused");
+        assert!(e.to_string().contains("loopback"), "{e}");
     }
 }
