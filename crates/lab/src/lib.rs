@@ -20,6 +20,7 @@
 mod api;
 mod config;
 mod etcd;
+mod flaky;
 mod hardware;
 pub mod identity;
 pub mod kube;
@@ -33,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use etcd::{EtcdError, EtcdMemberInfo};
+pub use flaky::FlakyNetwork;
 pub use hardware::{DiskInfo, Hardware, LinkInfo};
 pub use node::data::NodeState;
 pub use node::membership::EtcdHandle;
@@ -136,6 +138,7 @@ impl Lab {
             bootstrap_calls: Default::default(),
             apply_calls: Default::default(),
             member_removals: Default::default(),
+            flaky: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -247,6 +250,20 @@ impl Lab {
             self.apply_calls()
         ));
         out
+    }
+
+    /// Fault: from now on a share of all calls fails with `Unavailable` or is
+    /// delayed (`None` turns it off).
+    pub fn set_flaky(&self, mode: Option<FlakyNetwork>) {
+        self.fabric.flaky.set(mode);
+    }
+
+    /// How many calls the flaky network failed and delayed so far.
+    pub fn flaky_counts(&self) -> (usize, usize) {
+        (
+            self.fabric.flaky.failed.load(Ordering::Relaxed),
+            self.fabric.flaky.delayed.load(Ordering::Relaxed),
+        )
     }
 
     /// The simulated etcd key-value store.

@@ -66,6 +66,8 @@ pub(crate) struct Fabric {
     pub apply_calls: std::sync::atomic::AtomicUsize,
     /// Every EtcdRemoveMemberByID that removed a member.
     pub member_removals: std::sync::atomic::AtomicUsize,
+    /// The flaky-network fault (off unless set).
+    pub flaky: crate::flaky::Flaky,
 }
 
 impl Fabric {

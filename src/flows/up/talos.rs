@@ -11,8 +11,8 @@ use tonic::Code;
 
 use crate::engine::cluster::wait_machine;
 use crate::engine::{
-    aggregate, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe, Outcome,
-    PlanItem, StepId, Wait,
+    aggregate, classify, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe,
+    Outcome, PlanItem, StepId, Wait,
 };
 use crate::talos::resources::MachineStage;
 use crate::talos::wait::WaitProgress;
@@ -37,15 +37,7 @@ pub fn dry_run_unchanged(details: &str) -> bool {
 async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
     let config = cx.cluster.config_of(n)?;
     match cx.class(n) {
-        NodeProbe::Maintenance => {
-            let c = cx.insecure(n)?;
-            c.apply_configuration(config, ApplyMode::Auto, false)
-                .await?;
-            Ok(Outcome::Done {
-                detail: "applied in maintenance mode (insecure); the node installs and reboots"
-                    .into(),
-            })
-        }
+        NodeProbe::Maintenance => apply_in_maintenance(cx, n, config).await,
         NodeProbe::Ours => {
             let c = cx.mtls(n)?;
             // The node may be between install and reboot: wait that out.
@@ -98,6 +90,62 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
             n.label(),
             other.describe()
         ))),
+    }
+}
+
+/// The insecure apply to a node in maintenance. A connection dropped under it
+/// is retried (the apply is idempotent while the node waits for a config),
+/// after asking the node whether the config landed and only the reply was lost.
+async fn apply_in_maintenance(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    config: &[u8],
+) -> Result<Outcome, FlowError> {
+    let c = cx.insecure(n)?;
+    let deadline = cx.opts.reach_deadline.min(cx.opts.node_deadline);
+    let mut w =
+        Wait::new(n.label(), "accepting its config", deadline).backoff(Backoff::every(POLL));
+    loop {
+        let e = match c.apply_configuration(config, ApplyMode::Auto, false).await {
+            Ok(_) => {
+                return Ok(Outcome::Done {
+                    detail: "applied in maintenance mode (insecure); the node installs and reboots"
+                        .into(),
+                })
+            }
+            Err(e) if e.is_transient() && !w.expired() => e,
+            Err(e) => return Err(e.into()),
+        };
+        cx.em.waiting(
+            StepId::Apply,
+            Some(&n.hostname),
+            format!(
+                "{} to take its config again ({})",
+                n.label(),
+                e.likely_cause()
+            ),
+        );
+        w.seen(e.to_string());
+        let creds = cx.cluster.creds().ok().cloned();
+        let remaining = deadline.saturating_sub(w.elapsed());
+        match classify(
+            cx.em,
+            StepId::Apply,
+            n,
+            creds.as_ref(),
+            cx.opts.probe_timeout,
+            remaining,
+        )
+        .await
+        {
+            NodeProbe::Maintenance => w.pause().await?,
+            NodeProbe::Ours => {
+                return Ok(Outcome::Done {
+                    detail: "applied in maintenance mode (insecure); the reply was lost, and the node now serves our CA".into(),
+                })
+            }
+            _ => return Err(e.into()),
+        }
     }
 }
 
