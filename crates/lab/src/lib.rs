@@ -38,6 +38,7 @@ pub use flaky::FlakyNetwork;
 pub use hardware::{DiskInfo, Hardware, LinkInfo};
 pub use node::data::NodeState;
 pub use node::membership::EtcdHandle;
+pub use node::LabDelay;
 pub use tls::{LabConnInfo, MAINTENANCE_CN};
 
 use node::{Fabric, NodeInner};
@@ -139,6 +140,7 @@ impl Lab {
             apply_calls: Default::default(),
             member_removals: Default::default(),
             flaky: Default::default(),
+            delays: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -264,6 +266,12 @@ impl Lab {
             self.fabric.flaky.failed.load(Ordering::Relaxed),
             self.fabric.flaky.delayed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Every simulated delay run so far, timestamped: the lab's own record of
+    /// the time it spent, against which `demo` measures the tool.
+    pub fn delays(&self) -> Vec<LabDelay> {
+        self.fabric.delays.lock().expect("delays lock").clone()
     }
 
     /// The simulated etcd key-value store.

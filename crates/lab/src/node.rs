@@ -68,6 +68,20 @@ pub(crate) struct Fabric {
     pub member_removals: std::sync::atomic::AtomicUsize,
     /// The flaky-network fault (off unless set).
     pub flaky: crate::flaky::Flaky,
+    /// Every simulated delay the lab ran, timestamped (see [`LabDelay`]).
+    pub delays: Mutex<Vec<LabDelay>>,
+}
+
+/// One simulated delay the lab ran (install, reboot, etcd join, a rollout...):
+/// when it started and ended. What the lab did on its own, against which the
+/// tool's time is measured.
+#[derive(Debug, Clone)]
+pub struct LabDelay {
+    /// The node it ran on (`None`: the Kubernetes API and its controllers).
+    pub node: Option<Ipv4Addr>,
+    pub what: &'static str,
+    pub start: std::time::Instant,
+    pub end: std::time::Instant,
 }
 
 impl Fabric {
@@ -82,6 +96,24 @@ impl Fabric {
             .iter()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// Records a delay (skipped when the time scale makes it zero).
+    pub(crate) fn record_delay(
+        &self,
+        node: Option<Ipv4Addr>,
+        what: &'static str,
+        start: std::time::Instant,
+        end: std::time::Instant,
+    ) {
+        if end > start {
+            self.delays.lock().expect("delays lock").push(LabDelay {
+                node,
+                what,
+                start,
+                end,
+            });
+        }
     }
 
     pub(crate) fn notify(&self) {
@@ -239,10 +271,18 @@ impl NodeInner {
             .unwrap_or_else(|| d.maintenance_hostname.clone())
     }
 
-    pub(crate) async fn sleep(&self, base_secs: f64) {
+    pub(crate) async fn sleep(&self, what: &'static str, base_secs: f64) {
         let d = self.fabric.scaled(base_secs);
+        self.sleep_for(what, d).await;
+    }
+
+    /// Sleeps `d`, recorded as one of the lab's delays.
+    pub(crate) async fn sleep_for(&self, what: &'static str, d: Duration) {
         if !d.is_zero() {
+            let start = std::time::Instant::now();
             tokio::time::sleep(d).await;
+            self.fabric
+                .record_delay(Some(self.ip), what, start, std::time::Instant::now());
         }
     }
 

@@ -141,7 +141,7 @@ impl NodeInner {
         self.set_state(NodeState::Booting);
         self.serve(gen).await;
         self.commit();
-        self.sleep(delay::BOOT).await;
+        self.sleep("boot", delay::BOOT).await;
         if self.gen() != gen {
             return;
         }
@@ -206,7 +206,7 @@ impl NodeInner {
             // Stays installing, the failure visible in MachineStatus.
             return;
         };
-        self.sleep(delay::INSTALL).await;
+        self.sleep("install", delay::INSTALL).await;
         if self.gen() != gen {
             return;
         }
@@ -236,8 +236,8 @@ impl NodeInner {
         self.stop_serving().await;
         let custom = *self.reboot_delay.lock().expect("reboot delay lock");
         match custom {
-            Some(d) => tokio::time::sleep(d).await,
-            None => self.sleep(delay::REBOOT).await,
+            Some(d) => self.sleep_for("reboot", d).await,
+            None => self.sleep("reboot", delay::REBOOT).await,
         }
         if self.gen() != gen {
             return;
@@ -326,7 +326,7 @@ impl NodeInner {
         if graceful && is_cp {
             self.leave_etcd();
         }
-        self.sleep(delay::RESET).await;
+        self.sleep("reset", delay::RESET).await;
         if self.gen() != gen {
             return;
         }
