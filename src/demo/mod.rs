@@ -46,6 +46,9 @@ pub struct DemoOptions {
     pub gitops_timeout: Option<Duration>,
     /// Deadline of the `flux_sync` step (default: the lab's 120 s).
     pub flux_timeout: Option<Duration>,
+    /// Caps every wait of the run (node, etcd, API server, charts, Flux): tests
+    /// set it far below the defaults so a hang fails fast.
+    pub deadline: Option<Duration>,
     /// Called with the lab's Kubernetes API after the run(s), failed or not,
     /// before the lab stops (tests look at what the run left behind).
     pub inspect: Option<Inspect>,
@@ -77,6 +80,7 @@ impl Default for DemoOptions {
             repo: None,
             gitops_timeout: None,
             flux_timeout: None,
+            deadline: None,
             inspect: None,
         }
     }
@@ -337,6 +341,12 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     };
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
+    if let Some(d) = opts.deadline {
+        uo.node_deadline = d;
+        uo.reach_deadline = d;
+        uo.etcd_deadline = d;
+        uo.apiserver_deadline = d;
+    }
     uo.new_cluster = false;
     let repo = match &opts.repo {
         Some(r) => r.clone(),
@@ -378,6 +388,12 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         }
         if let Some(d) = opts.flux_timeout {
             half.flux_deadline = d;
+        }
+        if let Some(d) = opts.deadline {
+            half.nodes_deadline = half.nodes_deadline.min(d);
+            half.chart_deadline = half.chart_deadline.min(d);
+            half.flux_deadline = half.flux_deadline.min(d);
+            half.gitops_deadline = half.gitops_deadline.min(d);
         }
         uo.kube = Some(half);
     }

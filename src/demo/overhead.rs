@@ -82,7 +82,8 @@ impl Overhead {
             .iter()
             .filter(|s| !s.wall.is_zero())
             .map(|s| {
-                let lab = if s.lab.is_zero() {
+                // Under 5 ms the lab's share would print as 0.00 s: left out.
+                let lab = if s.lab < Duration::from_millis(5) {
                     String::new()
                 } else {
                     format!(

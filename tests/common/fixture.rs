@@ -251,8 +251,21 @@ pub fn demo_options(subnet: u8, nodes: usize) -> DemoOptions {
         state_dir: Some(tempfile::tempdir().expect("tempdir").keep()),
         secrets_from: Some(SECRETS.into()),
         helm: helm(),
+        deadline: Some(WAIT_CAP),
         ..DemoOptions::default()
     }
+}
+
+/// Every wait of a test's run is capped at this (node, etcd, charts, Flux).
+pub const WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// Awaits a run with no lab handle (`demo` owns its lab) within
+/// [`TEST_DEADLINE`]; the run's own waits are capped at [`WAIT_CAP`], so
+/// expiry means a hang, not a slow node.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {TEST_DEADLINE:?} although every wait is capped at {WAIT_CAP:?}: a hang"))
 }
 
 /// The layer-1 steps that apply objects: all `Skipped` when nothing changed.
