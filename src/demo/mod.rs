@@ -347,7 +347,9 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         uo.etcd_deadline = d;
         uo.apiserver_deadline = d;
     }
-    uo.new_cluster = false;
+    // The demo's lab is new on every start: a journal an earlier demo left in
+    // the same --state-dir describes a cluster that is gone, not one to protect.
+    uo.new_cluster = true;
     let repo = match &opts.repo {
         Some(r) => r.clone(),
         None => state_dir.join("repo"),
