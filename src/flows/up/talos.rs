@@ -47,43 +47,77 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
                 cx.opts.reach_deadline.min(cx.opts.node_deadline),
             )
             .backoff(Backoff::every(POLL));
-            let dry = loop {
-                match c.apply_configuration(config, ApplyMode::Auto, true).await {
-                    Ok(d) => break d,
-                    Err(e)
-                        if e.code() == Some(Code::FailedPrecondition)
-                            && e.to_string().contains("already applied") =>
-                    {
-                        return Ok(Outcome::Skipped {
-                            reason: "config already applied; the node is rebooting into it".into(),
+            // A dry run first; a real apply whose connection dropped goes back
+            // to it (the dry run then says whether the config landed).
+            let mut retried = false;
+            loop {
+                let dry = loop {
+                    match c.apply_configuration(config, ApplyMode::Auto, true).await {
+                        Ok(d) => break d,
+                        Err(e)
+                            if e.code() == Some(Code::FailedPrecondition)
+                                && e.to_string().contains("already applied") =>
+                        {
+                            return Ok(if retried {
+                                Outcome::Done {
+                                detail: "applied over mTLS; the reply was lost, and the node is rebooting into it".into(),
+                            }
+                            } else {
+                                Outcome::Skipped {
+                                    reason: "config already applied; the node is rebooting into it"
+                                        .into(),
+                                }
+                            })
+                        }
+                        Err(e) if e.is_transient() && !w.expired() => {
+                            cx.em.waiting(
+                                StepId::Apply,
+                                Some(&n.hostname),
+                                format!("{} to answer ({})", n.label(), e.likely_cause()),
+                            );
+                            w.seen(e.to_string());
+                            w.pause().await?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if dry_run_unchanged(&dry.mode_details) {
+                    return Ok(if retried {
+                        Outcome::Done {
+                        detail: "applied over mTLS; the reply was lost, and the node runs the config".into(),
+                    }
+                    } else {
+                        Outcome::Skipped {
+                            reason: "config unchanged".into(),
+                        }
+                    });
+                }
+                match c.apply_configuration(config, ApplyMode::Auto, false).await {
+                    Ok(out) => {
+                        return Ok(Outcome::Done {
+                            detail: format!(
+                                "applied over mTLS (auto: {})",
+                                out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
+                            ),
                         })
                     }
                     Err(e) if e.is_transient() && !w.expired() => {
+                        retried = true;
                         cx.em.waiting(
                             StepId::Apply,
                             Some(&n.hostname),
-                            format!("{} to answer ({})", n.label(), e.likely_cause()),
+                            format!(
+                                "{} to take its config again ({})",
+                                n.label(),
+                                e.likely_cause()
+                            ),
                         );
                         w.seen(e.to_string());
                         w.pause().await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
-            };
-            if dry_run_unchanged(&dry.mode_details) {
-                return Ok(Outcome::Skipped {
-                    reason: "config unchanged".into(),
-                });
             }
-            let out = c
-                .apply_configuration(config, ApplyMode::Auto, false)
-                .await?;
-            Ok(Outcome::Done {
-                detail: format!(
-                    "applied over mTLS (auto: {})",
-                    out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
-                ),
-            })
         }
         other => Err(FlowError::Source(format!(
             "{} cannot be configured: {}",
