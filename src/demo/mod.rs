@@ -99,6 +99,8 @@ pub struct DemoReport {
     pub critical_path: Duration,
     /// The tool's overhead per step and in total, against the lab's record.
     pub overhead: Overhead,
+    /// Peak resident memory of the process (tool and lab together), if known.
+    pub peak_rss: Option<u64>,
     /// Node reaching `running` in the lab → the tool observing it.
     pub lags: Vec<Duration>,
     pub lag_p95: Duration,
@@ -148,7 +150,11 @@ impl DemoReport {
             "{}\nwhole run: {}\n{}\nreaction lag (lab node running -> tool notices): p95 {:.0} ms over {} node(s), max {:.0} ms",
             self.table,
             versus(self.critical_path, self.wall),
-            self.overhead.per_step_text(),
+            self.overhead.per_step_text()
+                + &self
+                    .peak_rss
+                    .map(|b| format!("\npeak memory: {} MiB (tool and lab: one process)", b / (1024 * 1024)))
+                    .unwrap_or_default(),
             self.lag_p95.as_secs_f64() * 1000.0,
             self.lags.len(),
             self.lags.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
@@ -479,6 +485,7 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         wall,
         critical_path,
         overhead,
+        peak_rss: overhead::peak_rss(),
         lag_p95: percentile(&lags, 95.0),
         lags,
         state_dir,

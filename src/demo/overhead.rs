@@ -99,6 +99,15 @@ impl Overhead {
     }
 }
 
+/// This process's peak resident memory (Linux `VmHWM`), lab included: the
+/// demo runs the lab in the same process as the tool.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// How much of `[from, to]` at least one span covers.
 pub fn covered(spans: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration {
     let mut clipped: Vec<(Instant, Instant)> = spans
