@@ -18,7 +18,9 @@ async fn demo_runs_layer1_end_to_end_and_a_rerun_changes_nothing() {
         until: StepId::Layer1Done,
         ..fixture::demo_options(174, 3)
     };
-    let report = run_demo(&opts, &em).await.expect("demo runs layer 1");
+    let report = fixture::within("demo", run_demo(&opts, &em))
+        .await
+        .expect("demo runs layer 1");
     drop(em);
     let events = collected.await.expect("events");
     let first = fixture::steps_of(&report.up);

@@ -67,7 +67,7 @@ async fn run(
     };
     let em = Emitter::new();
     let collected = fixture::collect_events(&em);
-    let r = run_demo(&o, &em).await;
+    let r = fixture::within("demo", run_demo(&o, &em)).await;
     drop(em);
     let events = collected.await.expect("events");
     let seen = seen.lock().expect("lock").clone();

@@ -5,69 +5,74 @@
 #[path = "common/fixture.rs"]
 mod fixture;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 
-use endsys_lab::NodeState;
-use fixture::{start_lab, write_talconfig, SECRETS};
+use endsys_lab::{Lab, NodeState};
+use fixture::{start_lab, within_lab, write_talconfig, NODE_TIMEOUT_SECS, SECRETS};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 
 /// A named kill point: SIGKILL on the first event line it matches.
 type KillPoint = (&'static str, fn(&Value) -> bool);
 
 fn up_cmd(talconfig: &Path, state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_endsys-bootstrap"));
-    c.args(["--output", "json", "up", "--until", "etcd", "--config"])
+    c.args(["--output", "json", "up", "--until", "etcd"])
+        .args(["--node-timeout", NODE_TIMEOUT_SECS, "--config"])
         .arg(talconfig)
         .arg("--secrets")
         .arg(SECRETS)
         .arg("--state-dir")
         .arg(state)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // A test that gives up (its deadline) takes the process with it.
+        .kill_on_drop(true);
     c
 }
 
-/// Runs `up` to the end in a blocking thread; returns (exit code, NDJSON lines).
-async fn run_to_end(talconfig: PathBuf, state: PathBuf) -> (i32, Vec<Value>, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = up_cmd(&talconfig, &state).output().unwrap();
-        let lines = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
-            })
-            .collect();
-        (
-            out.status.code().unwrap_or(-1),
-            lines,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+/// Runs `up` to the end within the test deadline; returns (exit code, NDJSON
+/// lines, stderr). A hang fails with the lab's state.
+async fn run_to_end(lab: &Lab, talconfig: &Path, state: &Path) -> (i32, Vec<Value>, String) {
+    let out = within_lab(lab, "up to finish", up_cmd(talconfig, state).output())
+        .await
+        .expect("run up");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
-/// Runs `up` and SIGKILLs it on the first event line for which `kill_at` holds.
-async fn run_and_kill(talconfig: PathBuf, state: PathBuf, kill_at: fn(&Value) -> bool) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let mut child = up_cmd(&talconfig, &state).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap();
+/// Runs `up` and SIGKILLs it on the first event line for which `kill_at` holds
+/// (within the test deadline); whether the kill point was reached.
+async fn run_and_kill(
+    lab: &Lab,
+    talconfig: &Path,
+    state: &Path,
+    kill_at: fn(&Value) -> bool,
+) -> bool {
+    let mut child = up_cmd(talconfig, state).spawn().expect("spawn up");
+    let stdout = child.stdout.take().expect("stdout");
+    within_lab(lab, "up to reach its kill point", async {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            let v: Value = serde_json::from_str(&line).expect("NDJSON");
             if kill_at(&v) {
-                child.kill().unwrap(); // SIGKILL: no cleanup runs
-                child.wait().unwrap();
+                child.kill().await.expect("SIGKILL"); // no cleanup runs
                 return true;
             }
         }
-        child.wait().unwrap();
+        child.wait().await.expect("wait");
         false
     })
     .await
-    .unwrap()
 }
 
 fn is(v: &Value, event: &str, step: &str) -> bool {
@@ -81,7 +86,7 @@ async fn ndjson_events_cover_every_step_node_and_timing() {
     let lab = start_lab(150, 5, 5, 0.0).await;
     let dir = tempfile::tempdir().unwrap();
     let talconfig = write_talconfig(dir.path(), &lab, 5, "proc");
-    let (code, events, stderr) = run_to_end(talconfig, dir.path().join("state")).await;
+    let (code, events, stderr) = run_to_end(&lab, &talconfig, &dir.path().join("state")).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lab.bootstrap_calls(), 1);
     // Every line has the stable envelope.
@@ -185,13 +190,13 @@ async fn process_killed_at_step_boundaries_converges_with_one_bootstrap() {
     let state = dir.path().join("state");
     // Kill at each boundary in turn, each time resuming the same cluster.
     for (name, at) in points {
-        let killed = run_and_kill(talconfig.clone(), state.clone(), at).await;
+        let killed = run_and_kill(&lab, &talconfig, &state, at).await;
         assert!(
             killed || name == "preflight finished",
             "{name}: never reached"
         );
     }
-    let (code, events, stderr) = run_to_end(talconfig, state).await;
+    let (code, events, stderr) = run_to_end(&lab, &talconfig, &state).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lab.bootstrap_calls(), 1, "Bootstrap calls in total");
     for n in lab.nodes() {
@@ -223,11 +228,8 @@ async fn fresh_cluster_per_kill_point_converges() {
         let dir = tempfile::tempdir().unwrap();
         let talconfig = write_talconfig(dir.path(), &lab, 3, "proc");
         let state = dir.path().join("state");
-        assert!(
-            run_and_kill(talconfig.clone(), state.clone(), at).await,
-            "{name}"
-        );
-        let (code, _, stderr) = run_to_end(talconfig, state).await;
+        assert!(run_and_kill(&lab, &talconfig, &state, at).await, "{name}");
+        let (code, _, stderr) = run_to_end(&lab, &talconfig, &state).await;
         assert_eq!(code, 0, "{name}: {stderr}");
         assert_eq!(lab.bootstrap_calls(), 1, "{name}: Bootstrap calls");
     }

@@ -3,6 +3,9 @@
 //! between a lab node reaching `running` and the tool noticing, and 50 nodes
 //! against 3 (work must not grow with the node count).
 
+#[path = "common/fixture.rs"]
+mod fixture;
+
 use endsys_bootstrap::demo::{run_demo, DemoOptions};
 use endsys_bootstrap::engine::{Emitter, StepId};
 
@@ -14,7 +17,8 @@ fn opts(subnet: u8, nodes: usize, scale: f64) -> DemoOptions {
         first_ip: std::net::Ipv4Addr::new(127, 0, subnet, 11),
         state_dir: Some(tempfile::tempdir().unwrap().keep()),
         until: StepId::Kubeconfig,
-        secrets_from: Some("tests/fixtures/machineconfig/secrets.yaml".into()),
+        secrets_from: Some(fixture::SECRETS.into()),
+        deadline: Some(fixture::WAIT_CAP),
         ..DemoOptions::default()
     }
 }
@@ -22,12 +26,18 @@ fn opts(subnet: u8, nodes: usize, scale: f64) -> DemoOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overhead_lag_and_node_count_scaling() {
     const SCALE: f64 = 0.25;
-    let small = run_demo(&opts(180, 3, SCALE), &Emitter::new())
-        .await
-        .unwrap();
-    let large = run_demo(&opts(181, 50, SCALE), &Emitter::new())
-        .await
-        .unwrap();
+    let small = fixture::within(
+        "3-node demo",
+        run_demo(&opts(180, 3, SCALE), &Emitter::new()),
+    )
+    .await
+    .unwrap();
+    let large = fixture::within(
+        "50-node demo",
+        run_demo(&opts(181, 50, SCALE), &Emitter::new()),
+    )
+    .await
+    .unwrap();
     eprintln!(
         "3 nodes:\n{}\n50 nodes:\n{}",
         small.summary(),

@@ -137,6 +137,8 @@ pub async fn demo(args: DemoArgs, out: &Output) -> Result<(), CliError> {
                 "wall_ms": report.wall.as_millis() as u64,
                 "critical_path_ms": report.critical_path.as_millis() as u64,
                 "overhead_ms": report.overhead().as_millis() as u64,
+                "peak_rss_bytes": report.peak_rss,
+                "overhead_per_step_ms": report.overhead.steps.iter().map(|s| (s.step.name().to_string(), serde_json::json!(s.overhead().as_millis() as u64))).collect::<serde_json::Map<_, _>>(),
                 "kube_half_ms": report.kube_wall.as_millis() as u64,
                 "kube_half_overhead_ms": report.kube_overhead().as_millis() as u64,
                 "lag_p95_ms": report.lag_p95.as_millis() as u64,

@@ -18,28 +18,10 @@ use crate::flows::up::{up, UpOptions, UpReport};
 
 mod definition;
 mod half;
+mod overhead;
 pub use definition::{lab_definition, lab_talconfig, write_lab_files};
 pub use half::kube_half;
-
-/// Lab delays along `up`'s critical path, in seconds at time scale 1
-/// (crates/lab/src/node.rs `delay`): install 4 + reboot 3 + boot 2, then etcd start 1
-/// after Bootstrap, then etcd join 2 for the other control planes.
-pub const LAB_CRITICAL_PATH_SECS: f64 = 4.0 + 3.0 + 2.0 + 1.0 + 2.0;
-
-/// Lab delays along the Kubernetes half's critical path (crates/lab/src/kube: API start
-/// 3, CRD Established 0.5, CNI rollout 8 (nodes Ready with it), then coredns,
-/// spegel and cert-manager rollouts 4 each, cert-manager's CRD 0.5).
-pub const LAB_KUBE_CRITICAL_PATH_SECS: f64 = 3.0 + 0.5 + 8.0 + 4.0 + 4.0 + 0.5 + 4.0;
-
-/// Lab delays along the GitOps path, in seconds at time scale 1
-/// (crates/lab/src/kube/sim.rs, crates/lab/src/kube/flux/): flux-operator's CRD 0.5 and
-/// rollout 4; the FluxInstance's controllers roll out 4, then it turns Ready
-/// after 1.0 (the source fetch and the flux-system, cluster-meta and
-/// cluster-apps applies overlap that rollout in the lab); then the longest app
-/// chain of the lab tree, cert-manager → external-secrets →
-/// external-secrets-stores → pocket-id → immich, each a Kustomization apply 1.0
-/// plus its HelmRelease install 1.5 (`wait: true`).
-pub const LAB_GITOPS_CRITICAL_PATH_SECS: f64 = 0.5 + 4.0 + 4.0 + 1.0 + 5.0 * (1.0 + 1.5);
+pub use overhead::{Overhead, StepOverhead};
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -63,6 +45,9 @@ pub struct DemoOptions {
     pub gitops_timeout: Option<Duration>,
     /// Deadline of the `flux_sync` step (default: the lab's 120 s).
     pub flux_timeout: Option<Duration>,
+    /// Caps every wait of the run (node, etcd, API server, charts, Flux): tests
+    /// set it far below the defaults so a hang fails fast.
+    pub deadline: Option<Duration>,
     /// Called with the lab's Kubernetes API after the run(s), failed or not,
     /// before the lab stops (tests look at what the run left behind).
     pub inspect: Option<Inspect>,
@@ -94,6 +79,7 @@ impl Default for DemoOptions {
             repo: None,
             gitops_timeout: None,
             flux_timeout: None,
+            deadline: None,
             inspect: None,
         }
     }
@@ -107,21 +93,26 @@ pub struct DemoReport {
     pub rerun: Option<UpReport>,
     pub table: String,
     pub wall: Duration,
-    /// The lab's own delays on the critical path (scaled).
+    /// How long the lab was busy (some simulated delay running) during the
+    /// run, from its own timestamps.
     pub critical_path: Duration,
+    /// The tool's overhead per step and in total, against the lab's record.
+    pub overhead: Overhead,
+    /// Peak resident memory of the process (tool and lab together), if known.
+    pub peak_rss: Option<u64>,
     /// Node reaching `running` in the lab → the tool observing it.
     pub lags: Vec<Duration>,
     pub lag_p95: Duration,
     pub state_dir: PathBuf,
     /// The Kubernetes half (kube_api … layer1_done) of the first run, and the
-    /// lab's own delays on its path (API start is in the Talos half's apiserver wait).
+    /// lab's busy time inside its steps.
     pub kube_wall: Duration,
     pub kube_critical_path: Duration,
     /// When each GitOps layer first had every Flux object Ready (since the run
     /// started), from the `layer_progress` events of the first run.
     pub layers_ready: Vec<(u8, Duration)>,
     /// The steps after layer 1 (flux_secrets … adoption) of the first run,
-    /// and the lab's own delays on that path.
+    /// and the lab's busy time inside them.
     pub gitops_wall: Duration,
     pub gitops_critical_path: Duration,
     /// Flux objects whose resourceVersion changed during the re-run (none
@@ -158,9 +149,14 @@ impl DemoReport {
 
     pub fn summary(&self) -> String {
         format!(
-            "{}\nwhole run: {}\nreaction lag (lab node running -> tool notices): p95 {:.0} ms over {} node(s), max {:.0} ms",
+            "{}\nwhole run: {}\n{}\nreaction lag (lab node running -> tool notices): p95 {:.0} ms over {} node(s), max {:.0} ms",
             self.table,
             versus(self.critical_path, self.wall),
+            self.overhead.per_step_text()
+                + &self
+                    .peak_rss
+                    .map(|b| format!("\npeak memory: {} MiB (tool and lab: one process)", b / (1024 * 1024)))
+                    .unwrap_or_default(),
             self.lag_p95.as_secs_f64() * 1000.0,
             self.lags.len(),
             self.lags.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0,
@@ -175,24 +171,16 @@ impl DemoReport {
     }
 }
 
-/// The tool's wall time against the lab's nominal delays on a path. The nominal
-/// figure is a sum of the lab's configured delays; where the lab overlaps them
-/// (controllers rolling out while a source is fetched) the sum over-counts, and
-/// a tool finishing under it says so instead of claiming zero overhead.
+/// The tool's wall time against the lab's busy time on a path (from the lab's
+/// own timestamps, so never more than the wall time).
 fn versus(lab: Duration, tool: Duration) -> String {
     let (l, t) = (lab.as_secs_f64(), tool.as_secs_f64());
-    if tool >= lab {
-        let pct = if l > 0.0 { 100.0 * (t - l) / l } else { 0.0 };
-        format!(
-            "lab delays {l:.2}s, tool {t:.2}s, overhead {:.0} ms ({pct:.1}%)",
-            (t - l) * 1000.0
-        )
-    } else {
-        format!(
-            "lab delays {l:.2}s (nominal sum, over-counts overlapping delays), tool {t:.2}s: {:.0} ms under it, overhead not measurable this way",
-            (l - t) * 1000.0
-        )
-    }
+    let over = tool.saturating_sub(lab).as_secs_f64();
+    let pct = if t > 0.0 { 100.0 * over / t } else { 0.0 };
+    format!(
+        "lab busy {l:.2}s (its own timestamps), tool {t:.2}s, tool overhead {:.0} ms ({pct:.1}% of the run)",
+        over * 1000.0
+    )
 }
 
 /// Records when each lab node enters each state (the lab's side of the lag).
@@ -260,7 +248,15 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let source: &dyn ClusterSource = &files;
     let mut uo = UpOptions::new(state_dir.clone());
     uo.until = opts.until;
-    uo.new_cluster = false;
+    if let Some(d) = opts.deadline {
+        uo.node_deadline = d;
+        uo.reach_deadline = d;
+        uo.etcd_deadline = d;
+        uo.apiserver_deadline = d;
+    }
+    // The demo's lab is new on every start: a journal an earlier demo left in
+    // the same --state-dir describes a cluster that is gone, not one to protect.
+    uo.new_cluster = true;
     let repo = match &opts.repo {
         Some(r) => r.clone(),
         None => state_dir.join("repo"),
@@ -302,6 +298,12 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         if let Some(d) = opts.flux_timeout {
             half.flux_deadline = d;
         }
+        if let Some(d) = opts.deadline {
+            half.nodes_deadline = half.nodes_deadline.min(d);
+            half.chart_deadline = half.chart_deadline.min(d);
+            half.flux_deadline = half.flux_deadline.min(d);
+            half.gitops_deadline = half.gitops_deadline.min(d);
+        }
         uo.kube = Some(half);
     }
     if opts.until > StepId::Layer1Done {
@@ -325,30 +327,14 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
     let layers_ready = layer_times.first_ready();
     // Measured on the first run only; the re-run is a check that nothing changes.
     let wall = ledger.wall().unwrap_or(report.duration);
-    let kube_wall: Duration = ledger
-        .steps()
-        .iter()
-        .filter(|t| (StepId::KubeApi..=StepId::Layer1Done).contains(&t.step))
-        .take(
-            StepId::UP
-                .iter()
-                .filter(|s| (StepId::KubeApi..=StepId::Layer1Done).contains(*s))
-                .count(),
-        )
-        .map(|t| t.duration)
-        .sum();
-    let gitops_wall: Duration = ledger
-        .steps()
-        .iter()
-        .filter(|t| t.step > StepId::Layer1Done)
-        .take(
-            StepId::UP
-                .iter()
-                .filter(|s| **s > StepId::Layer1Done)
-                .count(),
-        )
-        .map(|t| t.duration)
-        .sum();
+    // Against the lab's own record of its delays, for the first run only.
+    let overhead = match ledger.window() {
+        Some(window) => Overhead::measure(&ledger.steps(), &lab.delays(), window),
+        None => Overhead::default(),
+    };
+    let (kube_wall, kube_critical_path) =
+        overhead.part(|s| (StepId::KubeApi..=StepId::Layer1Done).contains(&s));
+    let (gitops_wall, gitops_critical_path) = overhead.part(|s| s > StepId::Layer1Done);
     let before = flux_versions(&lab.kube());
     let rerun = if opts.rerun {
         let r = up(source, &uo, em).await;
@@ -391,36 +377,7 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
             lags.push(tool_at.saturating_duration_since(lab_at));
         }
     }
-    let critical_secs = if opts.until >= StepId::EtcdQuorum {
-        if opts.controlplanes > 1 {
-            LAB_CRITICAL_PATH_SECS
-        } else {
-            LAB_CRITICAL_PATH_SECS - 2.0
-        }
-    } else {
-        4.0 + 3.0 + 2.0
-    };
-    let kube_secs = if opts.until >= StepId::Layer1Done {
-        LAB_KUBE_CRITICAL_PATH_SECS
-    } else {
-        0.0
-    };
-    // The API start (3 s) elapses inside the Talos half's apiserver wait (and
-    // overlaps the etcd joins); the kubelets register 2 s after the API is up,
-    // inside the Kubernetes half.
-    let kube_critical_path = if kube_secs > 0.0 {
-        Duration::from_secs_f64((kube_secs - 3.0 + 2.0) * opts.time_scale)
-    } else {
-        Duration::ZERO
-    };
-    let gitops_secs = if opts.until >= StepId::Gitops {
-        LAB_GITOPS_CRITICAL_PATH_SECS
-    } else {
-        0.0
-    };
-    let gitops_critical_path = Duration::from_secs_f64(gitops_secs * opts.time_scale);
-    let critical_path =
-        Duration::from_secs_f64((critical_secs + kube_secs + gitops_secs) * opts.time_scale);
+    let critical_path = overhead.lab;
     let applied = lab
         .nodes()
         .iter()
@@ -433,6 +390,8 @@ pub async fn run_demo(opts: &DemoOptions, em: &Emitter) -> Result<DemoReport, Fl
         table: ledger.table(),
         wall,
         critical_path,
+        overhead,
+        peak_rss: overhead::peak_rss(),
         lag_p95: percentile(&lags, 95.0),
         lags,
         state_dir,

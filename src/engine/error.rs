@@ -119,6 +119,11 @@ pub enum FlowError {
     #[error("{node}: etcd bootstrap refused: {detail}")]
     BootstrapRefused { node: String, detail: String },
 
+    /// A node that had left maintenance answers in maintenance mode again: its
+    /// config is gone, so waiting for it to run that config cannot succeed.
+    #[error("{node}: back in maintenance mode ({detail}); it will not run its config")]
+    BackInMaintenance { node: String, detail: String },
+
     /// A node said AlreadyExists but its membership could not be verified.
     #[error(
         "{node}: Bootstrap answered AlreadyExists but membership could not be verified: {detail}"
@@ -413,6 +418,7 @@ impl Doctor for FlowError {
             FlowError::Timeout { what, .. } if what.contains("trustd") => "the worker has no apid certificate yet: trustd on the control planes (port 50001, through the cluster endpoint or the API server's addresses) is unreachable from it, or refuses its machine.token".into(),
             FlowError::Timeout { .. } => "the node did not reach the state in time: it may be stuck (install failed, no network, wrong disk) or slower than the deadline".into(),
             FlowError::BootstrapRefused { .. } => "etcd on the control planes is in a state where bootstrapping could create a second cluster or would not work".into(),
+            FlowError::BackInMaintenance { .. } => "the node lost its config: its system disk was wiped or replaced, it was reset, or the machine (or lab) was reinstalled".into(),
             FlowError::AlreadyBootstrappedUnverified { .. } => "etcd on the node was already bootstrapped (by another run, or earlier) and its membership could not be read yet; most often etcd is still starting".into(),
             FlowError::RestoreFailed { .. } => "the snapshot is damaged in a way its checksum did not catch, or is not an etcd snapshot".into(),
             FlowError::Guard { .. } => "the operation would lose etcd quorum, or etcd is already unhealthy, or a member is not in the definition".into(),
@@ -460,6 +466,7 @@ impl Doctor for FlowError {
             FlowError::Talos(e) => e.next_action(),
             FlowError::Timeout { .. } => "look at the node's console or `talos status`; run the same command again: it resumes where it stopped, after checking the real state".into(),
             FlowError::BootstrapRefused { .. } => "inspect with `talos members` and `talos services` on each control plane; run `up` again once etcd waits to join".into(),
+            FlowError::BackInMaintenance { .. } => "run the same command again: preflight sees the node in maintenance and applies its config (a control plane then joins etcd)".into(),
             FlowError::AlreadyBootstrappedUnverified { .. } => "do not reset it: the node may be healthy (etcd bootstrapped by another run, or still starting). Run the same command again in a minute; if it still fails, compare `talos members` and `talos etcd status` on each control plane".into(),
             FlowError::RestoreFailed { .. } => "reset the node's EPHEMERAL partition (`talos reset`), then run `recover` with another snapshot".into(),
             FlowError::Guard { .. } => "bring the named members back (or `node rejoin` them) first; `--force` proceeds anyway, at the risk of losing etcd".into(),

@@ -16,6 +16,8 @@ pub struct StepTiming {
     pub duration: Duration,
     /// Slowest node of the step, when per-node.
     pub slowest: Option<(String, Duration)>,
+    /// When the step finished (it started `duration` earlier).
+    pub finished_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +64,7 @@ impl EventSink for LedgerSink {
                     outcome: outcome.label().to_string(),
                     duration: Duration::from_millis(*duration_ms),
                     slowest,
+                    finished_at: ev.at,
                 });
             }
             (EventKind::StepFinished { duration_ms, .. }, Some(n)) => {
@@ -116,6 +119,12 @@ impl Ledger {
             .iter()
             .find(|(k, _, _)| k == key)
             .map(|(_, _, at)| *at)
+    }
+
+    /// When the run started and finished.
+    pub fn window(&self) -> Option<(Instant, Instant)> {
+        let d = self.lock();
+        Some((d.started?, d.finished?))
     }
 
     pub fn wall(&self) -> Option<Duration> {

@@ -55,6 +55,26 @@ pub async fn start_lab_of(
     .unwrap()
 }
 
+/// Every end-to-end test's own deadline, far below any node timeout: a hang
+/// fails fast, with what the lab was doing in the message.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(100);
+
+/// The `--node-timeout` (seconds) tests give the binary: a node that never
+/// comes up fails the run well inside [`TEST_DEADLINE`].
+pub const NODE_TIMEOUT_SECS: &str = "60";
+
+/// Awaits `f` within [`TEST_DEADLINE`]; on expiry panics naming `what` and
+/// every node of the lab (state, listener, etcd).
+pub async fn within_lab<T>(lab: &Lab, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(TEST_DEADLINE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!(
+            "{what}: no result within {TEST_DEADLINE:?}; the lab now:\n{}",
+            lab.report()
+        ),
+    }
+}
+
 /// Writes the lab's talhelper definition to `dir/talconfig.yaml`.
 pub fn write_talconfig(dir: &Path, lab: &Lab, controlplanes: usize, name: &str) -> PathBuf {
     let def = lab_definition(lab, controlplanes, name);
@@ -231,8 +251,21 @@ pub fn demo_options(subnet: u8, nodes: usize) -> DemoOptions {
         state_dir: Some(tempfile::tempdir().expect("tempdir").keep()),
         secrets_from: Some(SECRETS.into()),
         helm: helm(),
+        deadline: Some(WAIT_CAP),
         ..DemoOptions::default()
     }
+}
+
+/// Every wait of a test's run is capped at this (node, etcd, charts, Flux).
+pub const WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// Awaits a run with no lab handle (`demo` owns its lab) within
+/// [`TEST_DEADLINE`]; the run's own waits are capped at [`WAIT_CAP`], so
+/// expiry means a hang, not a slow node.
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {TEST_DEADLINE:?} although every wait is capped at {WAIT_CAP:?}: a hang"))
 }
 
 /// The layer-1 steps that apply objects: all `Skipped` when nothing changed.

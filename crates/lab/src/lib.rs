@@ -23,6 +23,7 @@
 mod api;
 mod config;
 mod etcd;
+mod flaky;
 mod hardware;
 pub mod identity;
 pub mod kube;
@@ -36,12 +37,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use etcd::{EtcdError, EtcdMemberInfo};
+pub use flaky::FlakyNetwork;
 pub use hardware::{DiskInfo, Hardware, LinkInfo};
 pub use node::data::NodeState;
 pub use node::membership::EtcdHandle;
+pub use node::LabDelay;
 pub use tls::{LabConnInfo, MAINTENANCE_CN};
 
 use node::{Fabric, NodeInner};
+
+/// The most nodes one lab runs (500-node labs are measured; 100000 exhausted
+/// memory and file descriptors before failing).
+pub const MAX_NODES: usize = 2000;
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -108,9 +115,23 @@ impl Lab {
                 opts.time_scale
             )));
         }
+        if opts.nodes > MAX_NODES {
+            return Err(LabError::Options(format!(
+                "{} nodes asked for, at most {MAX_NODES}: every node is a listener with its own TLS identity and tasks, and a larger lab runs out of file descriptors and memory long before it is useful",
+                opts.nodes
+            )));
+        }
+        // Loopback only: every address of the lab must stay in 127.0.0.0/8.
         let first = u32::from(opts.first_ip);
-        if first.checked_add(opts.nodes as u32 - 1).is_none() {
-            return Err(LabError::Options("address range overflows".into()));
+        let last = first.checked_add(opts.nodes as u32 - 1).map(Ipv4Addr::from);
+        match last {
+            Some(last) if opts.first_ip.is_loopback() && last.is_loopback() => {}
+            _ => {
+                return Err(LabError::Options(format!(
+                    "{} nodes from {} leave the loopback range 127.0.0.0/8; choose a lower first address",
+                    opts.nodes, opts.first_ip
+                )))
+            }
         }
         let (changed, _) = tokio::sync::watch::channel(0);
         let fabric = Arc::new(Fabric {
@@ -122,6 +143,8 @@ impl Lab {
             apply_calls: Default::default(),
             member_removals: Default::default(),
             trustd_signed: Default::default(),
+            flaky: Default::default(),
+            delays: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);
         for i in 0..opts.nodes {
@@ -224,6 +247,42 @@ impl Lab {
         self.fabric.changed.subscribe()
     }
 
+    /// One line per node: address, hostname, state, whether it listens (and why
+    /// not), etcd; what an end-to-end test prints when its deadline passes.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            out.push_str(&n.report());
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "calls: {} Bootstrap, {} ApplyConfiguration",
+            self.bootstrap_calls(),
+            self.apply_calls()
+        ));
+        out
+    }
+
+    /// Fault: from now on a share of all calls fails with `Unavailable` or is
+    /// delayed (`None` turns it off).
+    pub fn set_flaky(&self, mode: Option<FlakyNetwork>) {
+        self.fabric.flaky.set(mode);
+    }
+
+    /// How many calls the flaky network failed and delayed so far.
+    pub fn flaky_counts(&self) -> (usize, usize) {
+        (
+            self.fabric.flaky.failed.load(Ordering::Relaxed),
+            self.fabric.flaky.delayed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every simulated delay run so far, timestamped: the lab's own record of
+    /// the time it spent, against which `demo` measures the tool.
+    pub fn delays(&self) -> Vec<LabDelay> {
+        self.fabric.delays.lock().expect("delays lock").clone()
+    }
+
     /// The simulated etcd key-value store.
     pub fn etcd(&self) -> EtcdHandle {
         EtcdHandle {
@@ -284,6 +343,38 @@ impl LabNode {
     /// the latest, and at `time_scale` 0 some states last microseconds).
     pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<NodeState> {
         self.inner.transitions_tx.subscribe()
+    }
+
+    /// Whether the apid listener is up (`None`: it is being changed right now).
+    pub fn listening(&self) -> Option<bool> {
+        self.inner.is_serving()
+    }
+
+    /// Why the node could not listen the last time it tried (cleared once it does).
+    pub fn listen_error(&self) -> Option<String> {
+        self.inner
+            .listen_error
+            .lock()
+            .expect("listen error lock")
+            .clone()
+    }
+
+    /// One line on this node for reports: address, hostname, state, listener, etcd.
+    pub fn report(&self) -> String {
+        let listening = match (self.listening(), self.listen_error()) {
+            (_, Some(e)) => format!("NOT listening: {e}"),
+            (Some(true), None) => "listening".into(),
+            (Some(false), None) => "not listening".into(),
+            (None, None) => "listener changing".into(),
+        };
+        format!(
+            "{} {}: {:?}, {listening}, etcd {}",
+            self.addr(),
+            self.hostname().unwrap_or_else(|| "-".into()),
+            self.state(),
+            self.service_state("etcd")
+                .unwrap_or_else(|| "absent".into()),
+        )
     }
 
     /// Hostname from the applied config, if any.
@@ -417,5 +508,30 @@ impl LabNode {
             self.inner.power_off().await;
         }
         self.inner.wipe_disk();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `lab serve --nodes 100000` grew to 4.2 GB before failing; now it is
+    /// refused before a single node exists, and so is a range leaving loopback.
+    #[tokio::test]
+    async fn oversized_or_non_loopback_labs_are_refused_up_front() {
+        let too_many = LabOptions {
+            nodes: 100_000,
+            first_ip: Ipv4Addr::new(127, 0, 111, 11),
+            ..LabOptions::default()
+        };
+        let e = Lab::start(too_many).await.err().expect("refused");
+        assert!(e.to_string().contains("at most 2000"), "{e}");
+        let leaves = LabOptions {
+            nodes: 10,
+            first_ip: Ipv4Addr::new(127, 255, 255, 250),
+            ..LabOptions::default()
+        };
+        let e = Lab::start(leaves).await.err().expect("refused");
+        assert!(e.to_string().contains("loopback"), "{e}");
     }
 }

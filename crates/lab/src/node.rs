@@ -69,6 +69,22 @@ pub(crate) struct Fabric {
     pub member_removals: std::sync::atomic::AtomicUsize,
     /// Every certificate a control plane's trustd signed for a worker.
     pub trustd_signed: std::sync::atomic::AtomicUsize,
+    /// The flaky-network fault (off unless set).
+    pub flaky: crate::flaky::Flaky,
+    /// Every simulated delay the lab ran, timestamped (see [`LabDelay`]).
+    pub delays: Mutex<Vec<LabDelay>>,
+}
+
+/// One simulated delay the lab ran (install, reboot, etcd join, a rollout...):
+/// when it started and ended. What the lab did on its own, against which the
+/// tool's time is measured.
+#[derive(Debug, Clone)]
+pub struct LabDelay {
+    /// The node it ran on (`None`: the Kubernetes API and its controllers).
+    pub node: Option<Ipv4Addr>,
+    pub what: &'static str,
+    pub start: std::time::Instant,
+    pub end: std::time::Instant,
 }
 
 impl Fabric {
@@ -83,6 +99,24 @@ impl Fabric {
             .iter()
             .filter_map(Weak::upgrade)
             .collect()
+    }
+
+    /// Records a delay (skipped when the time scale makes it zero).
+    pub(crate) fn record_delay(
+        &self,
+        node: Option<Ipv4Addr>,
+        what: &'static str,
+        start: std::time::Instant,
+        end: std::time::Instant,
+    ) {
+        if end > start {
+            self.delays.lock().expect("delays lock").push(LabDelay {
+                node,
+                what,
+                start,
+                end,
+            });
+        }
     }
 
     pub(crate) fn notify(&self) {
@@ -129,6 +163,9 @@ pub(crate) struct NodeInner {
     /// Fault: alarms the local etcd member reports (`NOSPACE`, `CORRUPT`).
     pub etcd_alarms: Mutex<Vec<String>>,
     pending_reply: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Why the last attempt to listen failed (cleared once listening): a node
+    /// that should serve but cannot says so in the lab's report.
+    pub listen_error: Mutex<Option<String>>,
     generation: AtomicU64,
     serving: tokio::sync::Mutex<Option<Serving>>,
     /// trustd's listener on port 50001 (control planes, while up).
@@ -200,6 +237,7 @@ impl NodeInner {
             etcd_join_blocked: AtomicBool::new(false),
             etcd_alarms: Mutex::new(Vec::new()),
             pending_reply: Mutex::new(None),
+            listen_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             serving: tokio::sync::Mutex::new(None),
             trustd: tokio::sync::Mutex::new(None),
@@ -241,10 +279,18 @@ impl NodeInner {
             .unwrap_or_else(|| d.maintenance_hostname.clone())
     }
 
-    pub(crate) async fn sleep(&self, base_secs: f64) {
+    pub(crate) async fn sleep(&self, what: &'static str, base_secs: f64) {
         let d = self.fabric.scaled(base_secs);
+        self.sleep_for(what, d).await;
+    }
+
+    /// Sleeps `d`, recorded as one of the lab's delays.
+    pub(crate) async fn sleep_for(&self, what: &'static str, d: Duration) {
         if !d.is_zero() {
+            let start = std::time::Instant::now();
             tokio::time::sleep(d).await;
+            self.fabric
+                .record_delay(Some(self.ip), what, start, std::time::Instant::now());
         }
     }
 

@@ -371,7 +371,7 @@ pub(crate) fn classify_handshake(node: &str, e: &std::io::Error, asked: bool) ->
             // The node closed during the handshake: a restarting apid looks like this.
             return TalosError::Connect {
                 node: node.to_string(),
-                addr: String::new(),
+                addr: node.to_string(),
                 refused: false,
                 detail: format!("connection closed during TLS handshake: {e}"),
             };

@@ -147,6 +147,20 @@ pub async fn bootstrap(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
         &target.hostname,
     );
     let recover = cx.opts.recover_from.as_deref();
+    if recover.is_none() && !cx.opts.new_cluster {
+        // Every control plane has an empty etcd, yet this cluster ran etcd
+        // before: its data is gone (nodes wiped, a new lab or machines). A
+        // Bootstrap now would quietly start a new, empty cluster.
+        if let Some(when) = cx.journal.get(bootstrapped_before) {
+            return Err(FlowError::BootstrapRefused {
+                node: target.label(),
+                detail: format!(
+                    "the journal {} says etcd was bootstrapped {when}, but every control plane now has an empty etcd: the cluster's data is gone (wiped nodes or new machines). Restore it with `recover --snapshot`, or pass --new-cluster to start an empty cluster",
+                    cx.journal.path().display()
+                ),
+            });
+        }
+    }
     if recover.is_none() {
         // An empty etcd now would bury the snapshot a recovery is restoring.
         let marker = cx.opts.state_dir.join(RECOVER_PENDING);
@@ -231,6 +245,19 @@ pub async fn bootstrap(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// When the journal shows etcd running before (bootstrap or quorum done in
+/// an earlier run), described for the refusal.
+fn bootstrapped_before(j: &crate::engine::Journal<crate::engine::UpFacts>) -> Option<String> {
+    [StepId::Bootstrap, StepId::EtcdQuorum]
+        .into_iter()
+        .filter_map(|s| j.steps.get(s.name()).map(|r| (s, r)))
+        .find(|(_, r)| r.outcome == "done")
+        .map(|(s, r)| {
+            let ago = endsys_core::clock::now_ms().saturating_sub(r.finished_ms) / 1000;
+            format!("({} done {ago} s ago)", s.name())
+        })
 }
 
 /// `AlreadyExists` is success only if the node is now a member of a cluster

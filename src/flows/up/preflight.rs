@@ -45,9 +45,10 @@ pub async fn run(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
             format!("no secrets bundle at {}", source.secrets_location()),
         );
     }
-    // A node may be rebooting into a config an earlier run applied.
+    // A node may be rebooting into a config an earlier run applied; how long
+    // that may take is what --node-timeout says, never more.
     let deadline = if cx.journal.get(|j| j.attempted(StepId::Apply)) {
-        opts.reach_deadline
+        opts.reach_deadline.min(opts.node_deadline)
     } else {
         opts.probe_timeout
     };

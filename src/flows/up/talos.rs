@@ -11,8 +11,8 @@ use tonic::Code;
 
 use crate::engine::cluster::wait_machine;
 use crate::engine::{
-    aggregate, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe, Outcome,
-    PlanItem, StepId, Wait,
+    aggregate, classify, kubeconfig, per_node, Backoff, Doctor, FlowError, NodeDef, NodeProbe,
+    Outcome, PlanItem, StepId, Wait,
 };
 use crate::talos::resources::MachineStage;
 use crate::talos::wait::WaitProgress;
@@ -37,67 +37,149 @@ pub fn dry_run_unchanged(details: &str) -> bool {
 async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
     let config = cx.cluster.config_of(n)?;
     match cx.class(n) {
-        NodeProbe::Maintenance => {
-            let c = cx.insecure(n)?;
-            c.apply_configuration(config, ApplyMode::Auto, false)
-                .await?;
-            Ok(Outcome::Done {
-                detail: "applied in maintenance mode (insecure); the node installs and reboots"
-                    .into(),
-            })
-        }
+        NodeProbe::Maintenance => apply_in_maintenance(cx, n, config).await,
         NodeProbe::Ours => {
             let c = cx.mtls(n)?;
             // The node may be between install and reboot: wait that out.
             let mut w = Wait::new(
                 n.label(),
                 "answering to a dry-run apply",
-                cx.opts.reach_deadline,
+                cx.opts.reach_deadline.min(cx.opts.node_deadline),
             )
             .backoff(Backoff::every(POLL));
-            let dry = loop {
-                match c.apply_configuration(config, ApplyMode::Auto, true).await {
-                    Ok(d) => break d,
-                    Err(e)
-                        if e.code() == Some(Code::FailedPrecondition)
-                            && e.to_string().contains("already applied") =>
-                    {
-                        return Ok(Outcome::Skipped {
-                            reason: "config already applied; the node is rebooting into it".into(),
+            // A dry run first; a real apply whose connection dropped goes back
+            // to it (the dry run then says whether the config landed).
+            let mut retried = false;
+            loop {
+                let dry = loop {
+                    match c.apply_configuration(config, ApplyMode::Auto, true).await {
+                        Ok(d) => break d,
+                        Err(e)
+                            if e.code() == Some(Code::FailedPrecondition)
+                                && e.to_string().contains("already applied") =>
+                        {
+                            return Ok(if retried {
+                                Outcome::Done {
+                                detail: "applied over mTLS; the reply was lost, and the node is rebooting into it".into(),
+                            }
+                            } else {
+                                Outcome::Skipped {
+                                    reason: "config already applied; the node is rebooting into it"
+                                        .into(),
+                                }
+                            })
+                        }
+                        Err(e) if e.is_transient() && !w.expired() => {
+                            cx.em.waiting(
+                                StepId::Apply,
+                                Some(&n.hostname),
+                                format!("{} to answer ({})", n.label(), e.likely_cause()),
+                            );
+                            w.seen(e.to_string());
+                            w.pause().await?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if dry_run_unchanged(&dry.mode_details) {
+                    return Ok(if retried {
+                        Outcome::Done {
+                        detail: "applied over mTLS; the reply was lost, and the node runs the config".into(),
+                    }
+                    } else {
+                        Outcome::Skipped {
+                            reason: "config unchanged".into(),
+                        }
+                    });
+                }
+                match c.apply_configuration(config, ApplyMode::Auto, false).await {
+                    Ok(out) => {
+                        return Ok(Outcome::Done {
+                            detail: format!(
+                                "applied over mTLS (auto: {})",
+                                out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
+                            ),
                         })
                     }
                     Err(e) if e.is_transient() && !w.expired() => {
+                        retried = true;
                         cx.em.waiting(
                             StepId::Apply,
                             Some(&n.hostname),
-                            format!("{} to answer ({})", n.label(), e.likely_cause()),
+                            format!(
+                                "{} to take its config again ({})",
+                                n.label(),
+                                e.likely_cause()
+                            ),
                         );
                         w.seen(e.to_string());
                         w.pause().await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
-            };
-            if dry_run_unchanged(&dry.mode_details) {
-                return Ok(Outcome::Skipped {
-                    reason: "config unchanged".into(),
-                });
             }
-            let out = c
-                .apply_configuration(config, ApplyMode::Auto, false)
-                .await?;
-            Ok(Outcome::Done {
-                detail: format!(
-                    "applied over mTLS (auto: {})",
-                    out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
-                ),
-            })
         }
         other => Err(FlowError::Source(format!(
             "{} cannot be configured: {}",
             n.label(),
             other.describe()
         ))),
+    }
+}
+
+/// The insecure apply to a node in maintenance. A connection dropped under it
+/// is retried (the apply is idempotent while the node waits for a config),
+/// after asking the node whether the config landed and only the reply was lost.
+async fn apply_in_maintenance(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    config: &[u8],
+) -> Result<Outcome, FlowError> {
+    let c = cx.insecure(n)?;
+    let deadline = cx.opts.reach_deadline.min(cx.opts.node_deadline);
+    let mut w =
+        Wait::new(n.label(), "accepting its config", deadline).backoff(Backoff::every(POLL));
+    loop {
+        let e = match c.apply_configuration(config, ApplyMode::Auto, false).await {
+            Ok(_) => {
+                return Ok(Outcome::Done {
+                    detail: "applied in maintenance mode (insecure); the node installs and reboots"
+                        .into(),
+                })
+            }
+            Err(e) if e.is_transient() && !w.expired() => e,
+            Err(e) => return Err(e.into()),
+        };
+        cx.em.waiting(
+            StepId::Apply,
+            Some(&n.hostname),
+            format!(
+                "{} to take its config again ({})",
+                n.label(),
+                e.likely_cause()
+            ),
+        );
+        w.seen(e.to_string());
+        let creds = cx.cluster.creds().ok().cloned();
+        let remaining = deadline.saturating_sub(w.elapsed());
+        match classify(
+            cx.em,
+            StepId::Apply,
+            n,
+            creds.as_ref(),
+            cx.opts.probe_timeout,
+            remaining,
+        )
+        .await
+        {
+            NodeProbe::Maintenance => w.pause().await?,
+            NodeProbe::Ours => {
+                return Ok(Outcome::Done {
+                    detail: "applied in maintenance mode (insecure); the reply was lost, and the node now serves our CA".into(),
+                })
+            }
+            _ => return Err(e.into()),
+        }
     }
 }
 
@@ -183,6 +265,12 @@ pub fn workers_after_bootstrap<'a>(cx: &'a Up<'_>) -> Vec<&'a NodeDef> {
         .collect()
 }
 
+/// How long a node may keep answering in maintenance mode (MachineStatus stage
+/// `maintenance`) during the wait before it counts as back in maintenance when
+/// it was never seen configured: leaving maintenance after an apply takes Talos
+/// a moment, never this long.
+const MAINTENANCE_GRACE: Duration = Duration::from_secs(10);
+
 pub(super) async fn wait_node_running(
     cx: &Up<'_>,
     n: &NodeDef,
@@ -193,12 +281,16 @@ pub(super) async fn wait_node_running(
     let t0 = Instant::now();
     let mut last = String::new();
     let mut first_seen: Option<String> = None;
+    // Seen configured (a MachineStatus over mTLS) during this wait; each TLS
+    // refusal of our CA wakes the maintenance check.
+    let configured_seen = std::sync::atomic::AtomicBool::new(false);
+    let (tls_refused, refusals) = tokio::sync::watch::channel(0u64);
     em.waiting(
         step,
         Some(&n.hostname),
         format!("{} to run its config", n.label()),
     );
-    let status = wait_machine(
+    let wait = wait_machine(
         &c,
         n,
         if n.control_plane {
@@ -210,8 +302,16 @@ pub(super) async fn wait_node_running(
         |s| s.stage == MachineStage::Running,
         |p| {
             let now = match &p {
-                WaitProgress::Status(s) => s.summary(),
-                WaitProgress::Away(e) => format!("away: {}", short_cause(e)),
+                WaitProgress::Status(s) => {
+                    configured_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                    s.summary()
+                }
+                WaitProgress::Away(e) => {
+                    if matches!(e.root(), TalosError::Tls { .. }) {
+                        tls_refused.send_modify(|v| *v += 1);
+                    }
+                    format!("away: {}", short_cause(e))
+                }
             };
             if first_seen.is_none() {
                 first_seen = Some(now.clone());
@@ -228,8 +328,11 @@ pub(super) async fn wait_node_running(
                 last = now;
             }
         },
-    )
-    .await?;
+    );
+    let status = tokio::select! {
+        r = wait => r?,
+        e = back_in_maintenance(cx, n, refusals, &configured_seen) => return Err(e),
+    };
     em.timing(step, Some(&n.hostname), "node_running", t0.elapsed());
     if first_seen.as_deref() == Some("running") {
         Ok(Outcome::Skipped {
@@ -239,6 +342,53 @@ pub(super) async fn wait_node_running(
         Ok(Outcome::Done {
             detail: status.summary(),
         })
+    }
+}
+
+/// Resolves once `n` is seen waiting in maintenance mode for a config (its
+/// MachineStatus read without credentials says stage `maintenance`) after it
+/// was seen configured, or for longer than [`MAINTENANCE_GRACE`]: wiped,
+/// reset, or a reinstalled machine will not run the config it was given.
+/// Checked each time the node refuses our CA, never otherwise.
+async fn back_in_maintenance(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    mut refusals: tokio::sync::watch::Receiver<u64>,
+    configured_seen: &std::sync::atomic::AtomicBool,
+) -> FlowError {
+    let mut since: Option<Instant> = None;
+    loop {
+        if refusals.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let stage = match cx.insecure(n) {
+            Ok(c) => c
+                .with_policy(cx.opts.policy.once())
+                .machine_status()
+                .await
+                .ok()
+                .map(|s| s.stage),
+            Err(_) => None,
+        };
+        if stage != Some(MachineStage::Maintenance) {
+            since = None;
+            continue;
+        }
+        let since = *since.get_or_insert_with(Instant::now);
+        let seen = configured_seen.load(std::sync::atomic::Ordering::SeqCst);
+        if seen || since.elapsed() >= MAINTENANCE_GRACE {
+            return FlowError::BackInMaintenance {
+                node: n.label(),
+                detail: if seen {
+                    "it ran with our CA earlier in this wait".into()
+                } else {
+                    format!(
+                        "waiting for a config for {:?} after its apply",
+                        since.elapsed()
+                    )
+                },
+            };
+        }
     }
 }
 

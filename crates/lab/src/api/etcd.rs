@@ -148,7 +148,7 @@ impl LabApi {
                 let n = node.clone();
                 let gen = n.gen();
                 tokio::spawn(async move {
-                    n.sleep(delay::ETCD_START).await;
+                    n.sleep("etcd start", delay::ETCD_START).await;
                     if n.gen() == gen {
                         finish(&n);
                     }

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 
 use super::gate::LabApi;
+use crate::flaky::Fate;
 use crate::node::data::NodeState;
 use crate::node::lifecycle::ReplySent;
 use crate::node::NodeInner;
@@ -181,16 +182,53 @@ where
         tower::Service::<http::Request<B>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let hold = match self.node.fabric.flaky.draw() {
+            Fate::Pass => None,
+            Fate::Delay(d) => Some(d),
+            Fate::Fail => {
+                return Box::pin(async {
+                    Ok(status_response(Status::unavailable(
+                        "connection error: lab flaky network dropped this call",
+                    )))
+                })
+            }
+        };
+        if let Some(d) = hold {
+            // Held back, then handled as usual (the decision is taken after the wait).
+            // (Routes is always ready: no poll_ready needed after the wait.)
+            let mut this = self.clone();
+            return Box::pin(async move {
+                tokio::time::sleep(d).await;
+                this.route(req).await
+            });
+        }
+        self.route(req)
+    }
+}
+
+impl Routing {
+    fn route<B>(
+        &mut self,
+        mut req: http::Request<B>,
+    ) -> Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
         match decide(&self.node, &req) {
             Decision::Local => {
-                let fut = self.inner.call(req);
+                let fut = tower::Service::call(&mut self.inner, req);
                 Box::pin(async move { fut.await.map(track_reply) })
             }
             Decision::Forward(dest, info) => {
                 req.extensions_mut().insert(info);
                 let mut routes = LabApi { node: dest }.routes();
-                Box::pin(async move { routes.call(req).await.map(track_reply) })
+                Box::pin(async move {
+                    tower::Service::call(&mut routes, req)
+                        .await
+                        .map(track_reply)
+                })
             }
             Decision::Fail(status) => Box::pin(async move { Ok(status_response(status)) }),
         }

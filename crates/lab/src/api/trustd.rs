@@ -170,15 +170,18 @@ impl NodeInner {
     }
 
     /// Closes trustd's listener and cuts its connections.
+    /// Holds the slot until the socket is gone, as `stop_serving` does: a boot racing
+    /// this stop must not bind while the old listener still holds port 50001.
     pub(crate) async fn stop_trustd(&self) {
-        let serving = self.trustd.lock().await.take();
-        if let Some(s) = serving {
+        let mut guard = self.trustd.lock().await;
+        if let Some(s) = guard.take() {
             s.accept.abort();
             let _ = s.accept.await;
             s.conns.kill_all();
             s.server.abort();
             let _ = s.server.await;
         }
+        drop(guard);
     }
 
     /// [`Self::stop_trustd`] without awaiting (for `Drop`).

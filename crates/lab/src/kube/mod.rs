@@ -335,7 +335,10 @@ async fn supervise(fabric: Arc<Fabric>, sup: Arc<Supervisor>) {
             if let Some(w) = want {
                 // kube-apiserver takes a while to come up after etcd; the port
                 // refuses connections meanwhile.
+                let since = std::time::Instant::now();
                 tokio::time::sleep(fabric.scaled(API_START)).await;
+                let end = std::time::Instant::now();
+                fabric.record_delay(None, "kube-apiserver start", since, end);
                 let Some(w) = desired(&fabric).filter(|x| x.addr == w.addr) else {
                     continue;
                 };

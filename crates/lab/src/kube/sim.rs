@@ -89,12 +89,24 @@ fn meta(v: &Value) -> (Option<String>, String) {
 /// Schedules a pass for when `key`'s current generation is due; true once it is.
 fn is_due(api: &Api, fabric: &Fabric, st: &mut State, key: String, gen: i64, base: f64) -> bool {
     let delay = fabric.scaled(base);
-    let entry = st
-        .due
-        .entry(key.clone())
-        .or_insert((gen, Instant::now() + delay));
+    let now = Instant::now();
+    let entry = st.due.entry(key.clone()).or_insert_with(|| {
+        fabric.record_delay(
+            None,
+            "kube controller",
+            now.into_std(),
+            (now + delay).into_std(),
+        );
+        (gen, now + delay)
+    });
     if entry.0 != gen {
-        *entry = (gen, Instant::now() + delay);
+        *entry = (gen, now + delay);
+        fabric.record_delay(
+            None,
+            "kube controller",
+            now.into_std(),
+            (now + delay).into_std(),
+        );
     }
     let at = entry.1;
     if Instant::now() >= at {
@@ -277,6 +289,12 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
     if !kubelets_up {
         let at = st.started + fabric.scaled(KUBELET_START);
         if st.scheduled.insert(("kubelet".into(), 0)) {
+            fabric.record_delay(
+                None,
+                "kubelet start",
+                Instant::now().into_std(),
+                at.into_std(),
+            );
             let wake = api.sim_wake.clone();
             tokio::spawn(async move {
                 tokio::time::sleep_until(at).await;

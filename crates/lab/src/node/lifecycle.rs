@@ -52,6 +52,26 @@ impl NodeInner {
         tokio::time::sleep(REPLY_GRACE).await;
     }
 
+    /// Listens; if that fails (recorded in `listen_error`, shown by the lab's
+    /// report), keeps trying in the background for this lifecycle instead of
+    /// leaving the node silently deaf.
+    pub(super) async fn serve(self: &Arc<Self>, gen: u64) {
+        if self.start_serving().await.is_ok() {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // A later transition (reboot, power off) owns the listener now.
+                let down = matches!(node.state(), NodeState::Rebooting | NodeState::PoweredOff);
+                if node.gen() != gen || down || node.start_serving().await.is_ok() {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Boots: into maintenance without a config, else (installing first if Talos
     /// is not on disk yet) into configured mode.
     pub(crate) fn boot(
@@ -84,9 +104,7 @@ impl NodeInner {
                     d.task_event("runningMaintenance", false, "");
                 }
                 self.set_state(NodeState::Maintenance);
-                if let Err(e) = self.start_serving().await {
-                    tracing::error!(node = %self.ip, "listen: {e}");
-                }
+                self.serve(gen).await;
                 self.commit();
             }
             Some(cfg) => {
@@ -133,9 +151,7 @@ impl NodeInner {
             if let Err(e) = self.start_trustd().await {
                 tracing::error!(node = %self.ip, "trustd listen: {e}");
             }
-            if let Err(e) = self.start_serving().await {
-                tracing::error!(node = %self.ip, "listen: {e}");
-            }
+            self.serve(gen).await;
         } else {
             // No certificate yet, so no apid: connection refused until trustd signs.
             self.stop_serving().await;
@@ -157,7 +173,7 @@ impl NodeInner {
 
     /// Services come up after the boot delay; the node runs.
     async fn services_up(self: &Arc<Self>, gen: u64, is_cp: bool) {
-        self.sleep(delay::BOOT).await;
+        self.sleep("boot", delay::BOOT).await;
         if self.gen() != gen {
             return;
         }
@@ -214,9 +230,7 @@ impl NodeInner {
             }
         }
         self.set_state(NodeState::Installing);
-        if let Err(e) = self.start_serving().await {
-            tracing::error!(node = %self.ip, "listen: {e}");
-        }
+        self.serve(gen).await;
         self.commit();
         self.await_reply().await;
         if self.gen() != gen {
@@ -227,7 +241,7 @@ impl NodeInner {
             // Stays installing, the failure visible in MachineStatus.
             return;
         };
-        self.sleep(delay::INSTALL).await;
+        self.sleep("install", delay::INSTALL).await;
         if self.gen() != gen {
             return;
         }
@@ -257,8 +271,8 @@ impl NodeInner {
         self.stop_serving().await;
         let custom = *self.reboot_delay.lock().expect("reboot delay lock");
         match custom {
-            Some(d) => tokio::time::sleep(d).await,
-            None => self.sleep(delay::REBOOT).await,
+            Some(d) => self.sleep_for("reboot", d).await,
+            None => self.sleep("reboot", delay::REBOOT).await,
         }
         if self.gen() != gen {
             return;
@@ -347,7 +361,7 @@ impl NodeInner {
         if graceful && is_cp {
             self.leave_etcd();
         }
-        self.sleep(delay::RESET).await;
+        self.sleep("reset", delay::RESET).await;
         if self.gen() != gen {
             return;
         }

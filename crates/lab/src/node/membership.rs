@@ -214,7 +214,7 @@ impl NodeInner {
     }
 
     async fn join_etcd(self: Arc<Self>, gen: u64) {
-        self.sleep(delay::ETCD_JOIN).await;
+        self.sleep("etcd join", delay::ETCD_JOIN).await;
         if self.gen() != gen {
             return;
         }

@@ -14,13 +14,31 @@ use super::{Acceptor, NodeInner, Serving};
 use crate::config::NodeConfig;
 use crate::tls::{self, ApiIdentity, ApiMode, ConnSet, LabConn, LabConnInfo};
 
+/// How long a bind keeps retrying `AddrInUse` before the node reports it.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
 impl NodeInner {
+    /// Listens on the node's address. A failure is never only logged: it is kept
+    /// in [`NodeInner::listen_error`] (the lab's report shows it) and the caller
+    /// gets it; an address still held by a listener that is closing is waited
+    /// for briefly.
     pub(super) async fn start_serving(self: &Arc<Self>) -> std::io::Result<()> {
         let mut guard = self.serving.lock().await;
         if guard.is_some() {
             return Ok(());
         }
-        let listener = tokio::net::TcpListener::bind(self.addr()).await?;
+        let listener = match self.bind_listener().await {
+            Ok(l) => {
+                *self.listen_error.lock().expect("listen error lock") = None;
+                l
+            }
+            Err(e) => {
+                tracing::error!(node = %self.ip, "listen: {e}");
+                *self.listen_error.lock().expect("listen error lock") = Some(e.to_string());
+                self.fabric.notify();
+                return Err(e);
+            }
+        };
         let conns = Arc::new(ConnSet::default());
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<LabConn, std::io::Error>>(64);
         let node = self.clone();
@@ -74,18 +92,46 @@ impl NodeInner {
         Ok(())
     }
 
+    /// Binds the apid address; `AddrInUse` is retried for a while (another
+    /// process's socket on a shared machine, or the kernel letting go).
+    async fn bind_listener(&self) -> std::io::Result<tokio::net::TcpListener> {
+        let mut pause = Duration::from_millis(5);
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::net::TcpListener::bind(self.addr()).await {
+                Ok(l) => return Ok(l),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && started.elapsed() < BIND_RETRY =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Closes the listener (connection refused from now on) and cuts every open
-    /// connection.
+    /// connection. The serving lock is held until the listener is gone: a boot
+    /// racing this stop (a transition started by a call still in flight) must not
+    /// find the slot empty while the old socket still listens, or its bind fails.
     pub(super) async fn stop_serving(&self) {
         self.stop_trustd().await;
-        let serving = self.serving.lock().await.take();
-        if let Some(s) = serving {
+        let mut guard = self.serving.lock().await;
+        if let Some(s) = guard.take() {
             s.accept.abort();
             let _ = s.accept.await;
             s.conns.kill_all();
             s.server.abort();
             let _ = s.server.await;
         }
+        drop(guard);
+    }
+
+    /// Whether the listener is up (for the lab's report).
+    pub(crate) fn is_serving(&self) -> Option<bool> {
+        self.serving.try_lock().ok().map(|g| g.is_some())
     }
 
     /// Stops everything without awaiting (for `Drop`): lifecycle tasks end, the
@@ -148,5 +194,86 @@ impl NodeInner {
             wrong_ca: Some(wrong),
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use crate::{Lab, LabOptions};
+
+    /// A boot that starts listening while a stop still closes the old listener
+    /// (two transitions overlapping: one started by a call still in flight) must
+    /// end up listening. Before the stop held the lock until the socket was
+    /// gone, the bind failed with `AddrInUse` and the node stayed deaf, said only
+    /// in a log line.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_racing_a_stop_still_listens() {
+        let lab = Lab::start(LabOptions {
+            nodes: 1,
+            first_ip: Ipv4Addr::new(127, 0, 110, 11),
+            time_scale: 0.0,
+            ..LabOptions::default()
+        })
+        .await
+        .expect("lab");
+        let node = lab.nodes()[0].clone();
+        for round in 0..50 {
+            let (_, started) = tokio::join!(node.inner.stop_serving(), node.inner.start_serving());
+            assert!(started.is_ok(), "round {round}: {started:?}");
+            assert!(
+                tokio::net::TcpStream::connect(node.addr()).await.is_ok(),
+                "round {round}: {}",
+                node.report()
+            );
+            assert_eq!(node.listen_error(), None);
+        }
+    }
+
+    /// A node that cannot listen says so in the lab's report, and listens as soon
+    /// as the address is free again instead of staying deaf.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_cannot_listen_says_so_and_recovers() {
+        let lab = Lab::start(LabOptions {
+            nodes: 1,
+            first_ip: Ipv4Addr::new(127, 0, 110, 21),
+            time_scale: 0.0,
+            ..LabOptions::default()
+        })
+        .await
+        .expect("lab");
+        let node = lab.nodes()[0].clone();
+        node.power_off().await;
+        // Someone else takes the address (no SO_REUSEADDR: the lab's bind fails).
+        let squatter = std::net::TcpListener::bind(node.addr()).expect("squat");
+        let mut changes = lab.changes();
+        let on = tokio::spawn({
+            let node = node.clone();
+            async move { node.power_on().await }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while node.listen_error().is_none() {
+                changes.changed().await.expect("lab alive");
+            }
+        })
+        .await
+        .expect("the failed bind is reported");
+        assert!(lab.report().contains("NOT listening"), "{}", lab.report());
+        drop(squatter);
+        on.await.expect("power on");
+        let mut states = node.watch_state();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if tokio::net::TcpStream::connect(node.addr()).await.is_ok() {
+                    break;
+                }
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(100), states.changed())
+                        .await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("listens again: {}", lab.report()));
     }
 }

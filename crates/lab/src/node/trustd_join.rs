@@ -193,9 +193,7 @@ impl NodeInner {
         if self.gen() != gen {
             return false;
         }
-        if let Err(e) = self.start_serving().await {
-            tracing::error!(node = %self.ip, "listen: {e}");
-        }
+        self.serve(gen).await;
         self.commit();
         true
     }

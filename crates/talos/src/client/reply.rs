@@ -107,7 +107,7 @@ pub(crate) fn status_to_error(node: &str, rpc: &'static str, status: Status) -> 
             ) {
                 return TalosError::Connect {
                     node: node.to_string(),
-                    addr: String::new(),
+                    addr: node.to_string(),
                     refused: io.kind() == std::io::ErrorKind::ConnectionRefused,
                     detail: format!("connection lost: {io}"),
                 };
@@ -126,7 +126,7 @@ pub(crate) fn status_to_error(node: &str, rpc: &'static str, status: Status) -> 
         // The node dropped the HTTP/2 connection under the call.
         return TalosError::Connect {
             node: node.to_string(),
-            addr: String::new(),
+            addr: node.to_string(),
             refused: false,
             detail: format!("connection closed by the node during {rpc}: {message}"),
         };
@@ -136,5 +136,26 @@ pub(crate) fn status_to_error(node: &str, rpc: &'static str, status: Status) -> 
         rpc,
         code: status.code(),
         message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection cut under a call names where it was going: the message
+    /// read "cannot connect to : connection lost" before.
+    #[test]
+    fn a_lost_connection_names_its_address() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify",
+        );
+        let status = Status::from_error(Box::new(io));
+        let e = status_to_error("127.0.20.11", "ApplyConfiguration", status);
+        let text = e.to_string();
+        assert!(matches!(e, TalosError::Connect { .. }), "{e:?}");
+        assert!(text.contains("cannot connect to 127.0.20.11"), "{text}");
+        assert!(!text.contains("to :"), "{text}");
     }
 }
