@@ -126,7 +126,7 @@ fn main() {
                     let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
                         .map_err(|e| CliError::Config(Box::new(e)))?;
                     for w in &report.warnings {
-                        out.warn("validate", &w.to_string());
+                        out.warn(&w.subject, &w.message);
                     }
                     for f in &report.files {
                         out.result(
@@ -145,7 +145,7 @@ fn main() {
                     let findings = gen::run_validate(&args, &s, Vars::from_process_env())
                         .map_err(|e| CliError::Config(Box::new(e)))?;
                     for w in &findings {
-                        out.warn("validate", &w.to_string());
+                        out.warn(&w.subject, &w.message);
                     }
                     out.result(
                         "validate",

@@ -20,6 +20,8 @@
 //! Go templates in patches and image-factory lookups are not supported (refused with
 //! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
 
+pub mod checks;
+pub mod config_file;
 pub mod contract;
 pub mod envsubst;
 pub mod error;

@@ -306,8 +306,11 @@ pub struct ClusterDefinition {
 #[derive(Debug, Clone)]
 pub struct DefinitionPaths {
     pub talconfig: PathBuf,
-    /// talenv files to read; missing ones are skipped.
+    /// talenv files to read; missing ones are skipped unless `talenv_required`.
     pub talenv: Vec<PathBuf>,
+    /// True when the talenv files were named explicitly (`--env`): a missing one is
+    /// then an error, not silently skipped.
+    pub talenv_required: bool,
 }
 
 impl DefinitionPaths {
@@ -320,12 +323,14 @@ impl DefinitionPaths {
                 .iter()
                 .map(|n| dir.join(n))
                 .collect(),
+            talenv_required: false,
         }
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))
+    crate::limits::read_text(path, crate::limits::MAX_INPUT_BYTES)
+        .map_err(|p| ConfigError::unreadable(path, p))
 }
 
 impl ClusterDefinition {
@@ -334,14 +339,14 @@ impl ClusterDefinition {
     pub fn load(paths: &DefinitionPaths, base_vars: Vars) -> Result<Self, ConfigError> {
         let mut vars = base_vars;
         for env in &paths.talenv {
-            if env.exists() {
+            if paths.talenv_required || env.symlink_metadata().is_ok() {
                 let text = read(env)?;
                 if text.contains("sops:") && text.contains("ENC[") {
                     return Err(ConfigError::input(
                         env,
                         locate_line(&text, &["sops"]),
                         "this talenv file is SOPS-encrypted",
-                        "decrypt it first (the sops room does that), then pass the plain text",
+                        "decrypt it first (`sops -d`), then pass the plain file with --env",
                     ));
                 }
                 vars.load_talenv(&text, env)?;
@@ -358,6 +363,8 @@ impl ClusterDefinition {
         vars: &Vars,
         reader: &dyn PatchReader,
     ) -> Result<Self, ConfigError> {
+        crate::limits::check_text(raw, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| ConfigError::unreadable(source, p))?;
         let text = substitute(raw, vars, source)?;
         let config: TalConfig = parse_strict(&text, source)?;
         let mut def = ClusterDefinition {
@@ -420,6 +427,27 @@ impl ClusterDefinition {
                 "set clusterName, e.g. `kubernetes`",
             ));
         }
+        super::checks::cluster_name(&c.cluster_name).map_err(|m| {
+            self.err(
+                &["clusterName"],
+                m,
+                "use a plain name such as `kubernetes`; output goes to `<clusterName>-<hostname>.yaml`",
+            )
+        })?;
+        for (path, v) in [
+            ("talosVersion", c.talos_version.as_deref().unwrap_or("")),
+            ("kubernetesVersion", c.kubernetes_version.as_str()),
+            ("endpoint", c.endpoint.as_str()),
+            ("domain", c.domain.as_deref().unwrap_or("")),
+        ] {
+            super::checks::single_line(path, v).map_err(|m| {
+                self.err(
+                    &[path],
+                    m,
+                    "a talenv value or variable holds a line break; keep it on one line",
+                )
+            })?;
+        }
         if let Some(v) = &c.talos_version {
             super::contract::Contract::parse(v).map_err(|m| {
                 self.err(
@@ -429,15 +457,44 @@ impl ClusterDefinition {
                 )
             })?;
         }
-        if parse_k8s_version(&c.kubernetes_version).is_none() {
-            return Err(self.err(
-                &["kubernetesVersion"],
-                format!(
-                    "kubernetesVersion `{}` is not a version like v1.35.3",
-                    c.kubernetes_version
-                ),
-                "write it as vMAJOR.MINOR.PATCH",
-            ));
+        match parse_k8s_version(&c.kubernetes_version) {
+            None => {
+                return Err(self.err(
+                    &["kubernetesVersion"],
+                    format!(
+                        "kubernetesVersion `{}` is not a version like v1.35.3",
+                        c.kubernetes_version.escape_debug()
+                    ),
+                    "write it as vMAJOR.MINOR.PATCH",
+                ))
+            }
+            // Talos runs Kubernetes 1.x only (compatibility/kubernetes.go).
+            Some((major, ..)) if major != 1 => {
+                return Err(self.err(
+                    &["kubernetesVersion"],
+                    format!(
+                        "kubernetesVersion `{}`: there is no Kubernetes {major}.x; Talos runs Kubernetes 1.x",
+                        c.kubernetes_version
+                    ),
+                    "write a Kubernetes 1.x release, e.g. v1.35.3",
+                ))
+            }
+            Some(_) => {}
+        }
+        for (field, list) in [
+            ("additionalMachineCertSans", &c.additional_machine_cert_sans),
+            (
+                "additionalApiServerCertSans",
+                &c.additional_api_server_cert_sans,
+            ),
+        ] {
+            check_sans(list).map_err(|m| {
+                self.err(
+                    &[field],
+                    format!("{field}: {m}"),
+                    "list IP addresses or DNS names",
+                )
+            })?;
         }
         if let Err(m) = super::net::check_endpoint(&c.endpoint) {
             return Err(self.err(
@@ -523,6 +580,20 @@ impl ClusterDefinition {
                     "set the address the tool reaches the node on",
                 ));
             }
+            // The addresses go into talosconfig and are dialled: IPs or DNS names only.
+            for a in n
+                .ip_address
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+            {
+                super::checks::node_address(a).map_err(|m| {
+                    bad(
+                        format!("node {}: {m}", n.hostname),
+                        "write the node's IP address (e.g. 10.0.0.11), several separated by commas",
+                    )
+                })?;
+            }
             let (group, group_patches) = if n.control_plane {
                 (c.control_plane.clone().unwrap_or_default(), &cp_patches)
             } else {
@@ -542,6 +613,40 @@ impl ClusterDefinition {
                     "keep only one of them",
                 ));
             }
+            for (field, v) in [
+                ("installDisk", node.install_disk.as_deref()),
+                (
+                    "machineSpec.mode",
+                    node.machine_spec.as_ref().and_then(|m| m.mode.as_deref()),
+                ),
+            ] {
+                let v = v.unwrap_or("");
+                let ok = super::checks::single_line(field, v).and_then(|_| {
+                    if field == "machineSpec.mode"
+                        && !v
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    {
+                        Err(format!(
+                            "machineSpec.mode `{v}` is not a platform name such as metal"
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
+                ok.map_err(|m| {
+                    bad(
+                        format!("node {}: {m}", n.hostname),
+                        "keep the value on one line, without spaces",
+                    )
+                })?;
+            }
+            check_sans(&node.cert_sans).map_err(|m| {
+                bad(
+                    format!("node {}: certSANs: {m}", n.hostname),
+                    "list IP addresses or DNS names",
+                )
+            })?;
             if let Some(url) = &node.talos_image_url {
                 let last = url.rsplit('/').next().unwrap_or("");
                 if last.contains(':') || url.contains('@') {
@@ -553,6 +658,12 @@ impl ClusterDefinition {
                         "drop the `:tag`; the tag is talosVersion",
                     ));
                 }
+                super::checks::image_repository(url).map_err(|m| {
+                    bad(
+                        format!("node {}: {m}", n.hostname),
+                        "write the installer repository, e.g. factory.talos.dev/installer/<schematic>",
+                    )
+                })?;
             }
             for (j, dev) in node.network_interfaces.iter().enumerate() {
                 if dev.interface.is_some() == dev.device_selector.is_some() {
@@ -633,8 +744,22 @@ impl ClusterDefinition {
                         format!("patch file `{f}` cannot be read: {source}"),
                         "check the path; it is relative to talconfig.yaml's folder",
                     ),
+                    // The reader's own verdict (a folder, a loop, binary…), said from
+                    // the line that names the patch.
+                    ConfigError::Input {
+                        location,
+                        message,
+                        hint,
+                    } if location.line == 0 => ConfigError::input(
+                        &self.source,
+                        line,
+                        format!("patch file `{f}` cannot be read: {message}"),
+                        hint,
+                    ),
                     other => other,
                 })?;
+                crate::limits::check_text(&raw, crate::limits::MAX_INPUT_BYTES)
+                    .map_err(|p| ConfigError::unreadable(&path, p))?;
                 if raw.trim().is_empty() {
                     continue; // talhelper skips blank patch files
                 }
@@ -722,6 +847,18 @@ fn fold_group(node: &mut Node, g: &NodeGroup) {
     let mut sans = g.cert_sans.clone();
     sans.append(&mut node.cert_sans);
     node.cert_sans = sans;
+}
+
+/// certSANs lists: IPs or DNS names, and not more than a certificate can carry.
+fn check_sans(list: &[String]) -> Result<(), String> {
+    if list.len() > crate::limits::MAX_LIST_ENTRIES {
+        return Err(format!(
+            "{} entries, over the limit of {}",
+            list.len(),
+            crate::limits::MAX_LIST_ENTRIES
+        ));
+    }
+    list.iter().try_for_each(|s| super::checks::cert_san(s))
 }
 
 /// RFC 1123 hostname.
