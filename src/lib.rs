@@ -29,6 +29,7 @@ pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod flows;
+pub mod fuzz_targets;
 pub mod gitops;
 pub mod kube;
 pub mod snapshot;

@@ -37,7 +37,7 @@ impl InputProblem {
     /// What is wrong, to follow the path in a message.
     pub fn message(&self) -> String {
         match self {
-            InputProblem::NotFound => "no such file".into(),
+            InputProblem::NotFound => "does not exist".into(),
             InputProblem::IsDirectory => "is a folder, not a file".into(),
             InputProblem::SymlinkLoop => "is a symbolic link that loops back on itself".into(),
             InputProblem::PermissionDenied => {
@@ -51,7 +51,7 @@ impl InputProblem {
                 format!("is not UTF-8 text (binary data at byte {offset})")
             }
             InputProblem::TooDeep { line, max } => {
-                format!("line {line}: nests `[`/`{{` more than {max} levels deep")
+                format!("nests `[`/`{{` more than {max} levels deep (line {line})")
             }
             InputProblem::Other(e) => format!("cannot be read: {e}"),
         }

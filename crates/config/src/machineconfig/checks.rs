@@ -104,7 +104,10 @@ pub fn node_address(a: &str) -> Result<(), String> {
     if a.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
-    if a.contains('/') {
+    let cidr = a
+        .split_once('/')
+        .is_some_and(|(ip, len)| ip.parse::<IpAddr>().is_ok() && len.parse::<u8>().is_ok());
+    if cidr {
         return Err(format!(
             "ipAddress `{a}` carries a prefix length: it is the address the tool dials, not the node's network"
         ));

@@ -127,9 +127,12 @@ impl ConfigError {
         use crate::limits::InputProblem;
         match problem {
             InputProblem::Other(e) => ConfigError::io(path, e),
-            InputProblem::TooDeep { line, .. } => {
-                ConfigError::input(path, line, problem.message(), problem.hint())
-            }
+            InputProblem::TooDeep { line, max } => ConfigError::input(
+                path,
+                line,
+                format!("nests `[`/`{{` more than {max} levels deep"),
+                problem.hint(),
+            ),
             p => ConfigError::input(path, 0, p.message(), p.hint()),
         }
     }

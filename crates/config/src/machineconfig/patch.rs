@@ -48,6 +48,8 @@ impl LoadedPatch {
     /// Parses a patch the way Talos's `LoadPatch` detects formats.
     pub fn load(src: &PatchSource) -> Result<Self, ConfigError> {
         let err = |line: usize, m: String, hint: &str| ConfigError::input(&src.file, line, m, hint);
+        crate::limits::check_text(&src.text, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| ConfigError::unreadable(&src.file, p))?;
         let mut docs = Vec::new();
         for de in serde_yaml_ng::Deserializer::from_str(&src.text) {
             let v: Value = serde::Deserialize::deserialize(de).map_err(|e| {

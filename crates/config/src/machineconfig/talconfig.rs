@@ -648,6 +648,12 @@ impl ClusterDefinition {
                 )
             })?;
             if let Some(url) = &node.talos_image_url {
+                super::checks::single_line("talosImageURL", url).map_err(|m| {
+                    bad(
+                        format!("node {}: {m}", n.hostname),
+                        "a talenv value or variable holds a line break; keep it on one line",
+                    )
+                })?;
                 let last = url.rsplit('/').next().unwrap_or("");
                 if last.contains(':') || url.contains('@') {
                     return Err(bad(
