@@ -23,6 +23,7 @@
 pub mod checks;
 pub mod config_file;
 pub mod contract;
+mod def_checks;
 pub mod envsubst;
 pub mod error;
 pub mod net;
