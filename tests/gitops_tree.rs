@@ -405,3 +405,19 @@ fn a_kustomization_whose_path_is_its_own_folder_is_named_as_applying_itself() {
     // Its HelmRelease is still found (the build of the folder includes app/).
     assert!(g.nodes.contains_key(&key("network", "cloudflare-dns")));
 }
+
+/// A symbolic link back to a parent folder inside an app folder without a
+/// kustomization.yaml used to send the walker round the loop until the stack
+/// overflowed; linked folders are not followed.
+#[test]
+fn a_link_to_a_parent_folder_does_not_loop_the_walk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    endsys_tree(dir.path());
+    let app = dir
+        .path()
+        .join("kubernetes/apps/network/cloudflare-dns/app");
+    std::os::unix::fs::symlink("..", app.join("up")).expect("symlink");
+    let g = walk(dir.path(), "kubernetes/flux/cluster", LayerMap::endsys()).expect("walk");
+    assert!(g.problems.is_empty(), "{:?}", g.problems);
+    assert!(g.nodes.contains_key(&key("network", "cloudflare-dns")));
+}

@@ -92,7 +92,8 @@ fn validate_passes_on_endsys_and_explicit_env_paths_work() {
     .unwrap_err();
     assert_eq!(e.exit_code(), 2);
     assert!(
-        e.to_string().contains("does-not-exist.yaml: does not exist"),
+        e.to_string()
+            .contains("does-not-exist.yaml: does not exist"),
         "{e}"
     );
 }

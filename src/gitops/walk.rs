@@ -478,9 +478,13 @@ fn build(
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitopsError> {
+    // Symbolic links to folders are not followed (as kustomize-controller's
+    // generator walks): a link to a parent folder would otherwise never end.
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| e.ok())
+        .filter(|e| !(e.file_type().is_ok_and(|t| t.is_symlink()) && e.path().is_dir()))
+        .map(|e| e.path())
         .collect();
     entries.sort();
     for p in entries {
