@@ -201,8 +201,11 @@ pub fn machine_config(data: &[u8]) {
     }
 }
 
+/// A target body: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the corpus test and the fuzz script.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("talconfig", talconfig),
     ("talenv", talenv),
     ("secrets_bundle", secrets_bundle),
