@@ -234,9 +234,12 @@ impl SecretsBundle {
                 return Err(err(path, format!("{} is empty", path.join("."))));
             }
         }
-        // Formats the nodes enforce (Talos pkg/machinery/config/types/v1alpha1
-        // validation, kubeadm bootstrap-token format): a bundle that breaks them
-        // renders fine and fails only on the node, mid-install.
+        // Formats the nodes rely on (Talos's secrets bundle generator, see
+        // reference talos-config.md "secrets bundle"): tokens are kubeadm bootstrap
+        // tokens `[a-z0-9]{6}.[a-z0-9]{16}` (the apiserver's bootstrap authenticator
+        // rejects anything else), cluster id/secret and the secretbox/aescbc keys
+        // are base64 of 32 bytes (kube-apiserver's secretbox provider takes only 32).
+        // A bundle that breaks them renders fine and fails on the node, mid-install.
         for (path, v) in [
             (
                 &["secrets", "bootstraptoken"][..],
