@@ -37,7 +37,11 @@ trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s"
   mkdir -p "$scratch/$t" "fuzz/artifacts/$t"
-  cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "fuzz/seeds/$t" -- \
+  dict=()
+  if [ -f "fuzz/dicts/$t.dict" ]; then
+    dict=(-dict="fuzz/dicts/$t.dict")
+  fi
+  cargo fuzz run "${flags[@]}" "$t" "$scratch/$t" "fuzz/seeds/$t" -- "${dict[@]}" \
     -max_total_time="$secs" -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
     -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/"
 done

@@ -196,6 +196,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_folder_is_named_as_such() {
+        // Tests run as root here, which reads through any mode: the mapping is
+        // checked on the error itself.
+        let p = InputProblem::from_io(std::io::Error::from(ErrorKind::PermissionDenied));
+        assert!(p.message().contains("permission denied"), "{}", p.message());
+        assert!(p.hint().contains("folders above"));
+        assert!(p.is_input_error());
+        let other = InputProblem::from_io(std::io::Error::other("disk on fire"));
+        assert!(!other.is_input_error());
+    }
+
+    #[test]
     fn folders_loops_binary_and_size_are_named() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
