@@ -54,8 +54,10 @@ fn definition_pipeline(def: &ClusterDefinition) {
         assert_input_error(&e, "talconfig.yaml");
         return;
     }
-    // What passes validation must give files inside the output folder.
+    // What passes validation must give files inside the output folder, and
+    // text that reads back as the documents it was written from.
     for c in &configs {
+        assert_reads_back(&c.yaml, &c.documents);
         assert!(
             !c.file_name.contains('/') && !c.file_name.starts_with('.'),
             "output file name {:?} escapes the folder",
@@ -65,6 +67,18 @@ fn definition_pipeline(def: &ClusterDefinition) {
     if let Err(e) = talosconfig::for_cluster(def, secrets()) {
         panic!("talosconfig of a valid definition failed: {e}");
     }
+}
+
+/// The emitted YAML parses back to `docs` (the emitter is this tool's own).
+fn assert_reads_back(text: &str, docs: &[serde_yaml_ng::Value]) {
+    let back: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d))
+        .collect::<Result<_, serde_yaml_ng::Error>>()
+        .unwrap_or_else(|e| panic!("emitted YAML does not parse: {e}\n{text}"));
+    assert!(
+        back.as_slice() == docs,
+        "emitted YAML reads back differently:\n{text}\nwant {docs:?}\ngot  {back:?}"
+    );
 }
 
 /// `talconfig.yaml` (with talhelper substitution, empty environment).
@@ -143,7 +157,15 @@ pub fn patch(data: &[u8]) {
     };
     let mut docs = base_configs()[0].documents.clone();
     if let Err(e) = loaded.apply(&mut docs) {
-        assert_input_error(&e, "patch.yaml");
+        return assert_input_error(&e, "patch.yaml");
+    }
+    // What a patch leaves must be written out faithfully (NaN never equals itself).
+    if !format!("{docs:?}").contains("NaN") {
+        for d in docs.iter_mut() {
+            crate::machineconfig::yaml::canonicalize(d);
+        }
+        let text = crate::machineconfig::yaml::emit_documents(&docs, 2);
+        assert_reads_back(&text, &docs);
     }
 }
 

@@ -280,6 +280,13 @@ pub fn run_gen_secrets_cli(args: &GenSecretsArgs) -> Result<PathBuf, super::CliE
     if args.out.exists() {
         return run_gen_secrets(args).map_err(|e| super::CliError::Config(Box::new(e)));
     }
+    // The readers fall back to the plain bundle: a new encrypted one beside it
+    // would silently replace the bundle a cluster may be bound to.
+    if args.out == Path::new(DEFAULT_SECRETS) && Path::new(DEFAULT_PLAIN_SECRETS).exists() {
+        return Err(super::CliError::Usage(format!(
+            "{DEFAULT_PLAIN_SECRETS}: a plain secrets bundle already exists; refusing to make a second one\n  next action: encrypt it in place (`sops -e {DEFAULT_PLAIN_SECRETS} > {DEFAULT_SECRETS}`, then remove the plain file), or move it away if you really mean to start a new cluster"
+        )));
+    }
     let rule = match sops_rule_for(&args.out)? {
         Ok(rule) => rule,
         // The default target without a rule: a plain bundle beside it, said so.

@@ -63,6 +63,16 @@ impl LoadedPatch {
                     "fix the YAML syntax",
                 )
             })?;
+            // A custom tag (`!foo`) has no meaning in a machine config and the
+            // emitter cannot write it back: refused rather than silently dropped
+            // (found by the patch fuzz target).
+            if let Some(tag) = first_tag(&v) {
+                return Err(err(
+                    locate_text_line(&src.text, &tag) + src.line.saturating_sub(1),
+                    format!("YAML tag `{tag}` is not supported in a patch"),
+                    "remove the tag; write the value plainly (quote it to keep it a string)",
+                ));
+            }
             if !v.is_null() {
                 docs.push(v);
             }
@@ -595,6 +605,25 @@ fn apply_json_op(doc: &mut Value, op: &JsonOp) -> Result<(), String> {
         }
         other => Err(format!("unknown op `{other}`")),
     }
+}
+
+/// The first YAML tag (`!name`) anywhere in a value.
+fn first_tag(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) => Some(t.tag.to_string()),
+        Value::Sequence(s) => s.iter().find_map(first_tag),
+        Value::Mapping(m) => m
+            .iter()
+            .find_map(|(k, v)| first_tag(k).or_else(|| first_tag(v))),
+        _ => None,
+    }
+}
+
+fn locate_text_line(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(0)
 }
 
 /// For callers that only have a path and text.
