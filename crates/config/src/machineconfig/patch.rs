@@ -73,6 +73,15 @@ impl LoadedPatch {
                     "remove the tag; write the value plainly (quote it to keep it a string)",
                 ));
             }
+            // YAML caps plain (simple) keys at 1024 characters; no config key
+            // comes near, and the emitter writes only simple keys.
+            if let Some(k) = first_long_key(&v) {
+                return Err(err(
+                    src.line,
+                    format!("a key of {} characters: keys are limited to 1024", k),
+                    "check the patch: no machine config key is this long",
+                ));
+            }
             if !v.is_null() {
                 docs.push(v);
             }
@@ -615,6 +624,23 @@ fn first_tag(v: &Value) -> Option<String> {
         Value::Mapping(m) => m
             .iter()
             .find_map(|(k, v)| first_tag(k).or_else(|| first_tag(v))),
+        _ => None,
+    }
+}
+
+/// The length of the first mapping key longer than 1024 characters.
+fn first_long_key(v: &Value) -> Option<usize> {
+    match v {
+        Value::Tagged(t) => first_long_key(&t.value),
+        Value::Sequence(s) => s.iter().find_map(first_long_key),
+        Value::Mapping(m) => m.iter().find_map(|(k, v)| {
+            let n = k.as_str().map(|s| s.chars().count()).unwrap_or(0);
+            if n > 1024 {
+                Some(n)
+            } else {
+                first_long_key(v)
+            }
+        }),
         _ => None,
     }
 }

@@ -47,7 +47,7 @@ fn emit_block(v: &Value, indent: usize, level: usize, out: &mut String, path: &m
                     out.push_str(&" ".repeat(level));
                 }
                 first = false;
-                let key = scalar_text(k, &[]);
+                let key = key_scalar(k);
                 out.push_str(&key);
                 out.push(':');
                 path.push(k.as_str().unwrap_or_default().to_string());
@@ -129,6 +129,18 @@ fn emit_literal(text: &str, level: usize, out: &mut String) {
             out.push_str(line);
         }
         out.push('\n');
+    }
+}
+
+/// A mapping key: like any scalar, except that a line break cannot be written
+/// as a block there, so such a key is double-quoted with escapes (found by the
+/// patch fuzz target: a plain multi-line key broke the emitted YAML).
+fn key_scalar(k: &Value) -> String {
+    match k {
+        Value::String(s) if s.contains(['\n', '\r']) => {
+            serde_json::to_string(s).unwrap_or_default()
+        }
+        other => scalar_text(other, &[]),
     }
 }
 
@@ -566,6 +578,13 @@ mod tests {
     fn emitted_text_reads_back_identically() {
         let v =
             y("a: \"-x\"\nb: \"x: y\"\nc: \"#c\"\nd: '*'\ne: \"yes\"\nf: ' lead'\ng: \"a\\tb\"\n");
+        let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn keys_with_line_breaks_read_back() {
+        let v = y("\"a\\nb\": 1\nc:\n  \"x\\ny\": [1]\n");
         let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
         assert_eq!(back, v);
     }
