@@ -73,13 +73,14 @@ impl LoadedPatch {
                     "remove the tag; write the value plainly (quote it to keep it a string)",
                 ));
             }
-            // YAML caps plain (simple) keys at 1024 characters; no config key
-            // comes near, and the emitter writes only simple keys.
-            if let Some(k) = first_long_key(&v) {
+            // Keys the emitter cannot write back, which no config has: over
+            // YAML's 1024-character simple-key limit, or a mapping or list used
+            // as a key (`? {a: b}`); both found by the patch fuzz target.
+            if let Some(m) = first_bad_key(&v) {
                 return Err(err(
                     src.line,
-                    format!("a key of {} characters: keys are limited to 1024", k),
-                    "check the patch: no machine config key is this long",
+                    m,
+                    "check the patch: machine config keys are short plain names",
                 ));
             }
             if !v.is_null() {
@@ -628,18 +629,20 @@ fn first_tag(v: &Value) -> Option<String> {
     }
 }
 
-/// The length of the first mapping key longer than 1024 characters.
-fn first_long_key(v: &Value) -> Option<usize> {
+/// What is wrong with the first key that is not a short scalar.
+fn first_bad_key(v: &Value) -> Option<String> {
     match v {
-        Value::Tagged(t) => first_long_key(&t.value),
-        Value::Sequence(s) => s.iter().find_map(first_long_key),
+        Value::Tagged(t) => first_bad_key(&t.value),
+        Value::Sequence(s) => s.iter().find_map(first_bad_key),
         Value::Mapping(m) => m.iter().find_map(|(k, v)| {
+            if matches!(k, Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_)) {
+                return Some("a mapping or list is used as a key".into());
+            }
             let n = k.as_str().map(|s| s.chars().count()).unwrap_or(0);
             if n > 1024 {
-                Some(n)
-            } else {
-                first_long_key(v)
+                return Some(format!("a key of {n} characters: keys are limited to 1024"));
             }
+            first_bad_key(v)
         }),
         _ => None,
     }
