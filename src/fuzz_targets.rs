@@ -72,7 +72,7 @@ fn definition_pipeline(def: &ClusterDefinition) {
 /// The emitted YAML parses back to `docs` (the emitter is this tool's own).
 fn assert_reads_back(text: &str, docs: &[serde_yaml_ng::Value]) {
     let back: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d))
+        .map(serde::Deserialize::deserialize)
         .collect::<Result<_, serde_yaml_ng::Error>>()
         .unwrap_or_else(|e| panic!("emitted YAML does not parse: {e}\n{text}"));
     assert!(
