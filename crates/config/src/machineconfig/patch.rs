@@ -638,9 +638,13 @@ fn first_bad_key(v: &Value) -> Option<String> {
             if matches!(k, Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_)) {
                 return Some("a mapping or list is used as a key".into());
             }
-            let n = k.as_str().map(|s| s.chars().count()).unwrap_or(0);
-            if n > 1024 {
-                return Some(format!("a key of {n} characters: keys are limited to 1024"));
+            // Measured as written (quotes and escapes count): that is what
+            // the parser of the rendered config will see.
+            let n = super::yaml::key_scalar(k).chars().count();
+            if n > 1000 {
+                return Some(format!(
+                    "a key of {n} characters: keys are limited to 1000 (YAML allows 1024 as written)"
+                ));
             }
             first_bad_key(v)
         }),

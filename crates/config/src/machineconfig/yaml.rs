@@ -135,7 +135,7 @@ fn emit_literal(text: &str, level: usize, out: &mut String) {
 /// A mapping key: like any scalar, except that a line break cannot be written
 /// as a block there, so such a key is double-quoted with escapes (found by the
 /// patch fuzz target: a plain multi-line key broke the emitted YAML).
-fn key_scalar(k: &Value) -> String {
+pub(crate) fn key_scalar(k: &Value) -> String {
     match k {
         Value::String(s) if s.contains(['\n', '\r']) => {
             serde_json::to_string(s).unwrap_or_default()
