@@ -31,3 +31,7 @@ tools:
 # Criterion benchmarks.
 bench:
     cargo bench
+
+# Every fuzz target for SECS seconds each (stable toolchain; installs cargo-fuzz).
+fuzz secs="30":
+    bash scripts/fuzz.sh {{secs}}

@@ -18,7 +18,7 @@
 //!   - [`cli`]: argument types and output for the binary.
 //!   - `demo` (feature `lab`): the whole flow against `endsys-lab`'s simulated cluster.
 
-pub use endsys_config::{machineconfig, sops};
+pub use endsys_config::{limits, machineconfig, sops};
 pub use endsys_core::doctor::{self, Doctor};
 pub use endsys_core::pki;
 pub use endsys_talos as talos;
@@ -29,6 +29,7 @@ pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod flows;
+pub mod fuzz_targets;
 pub mod gitops;
 pub mod kube;
 pub mod snapshot;

@@ -288,7 +288,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
                 let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
                     .map_err(|e| CliError::Config(Box::new(e)))?;
                 for w in &report.warnings {
-                    out.warn("validate", &w.to_string());
+                    out.warn(&w.subject, &w.message);
                 }
                 for f in &report.files {
                     out.result(
@@ -307,7 +307,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
                 let findings = gen::run_validate(&args, &s, Vars::from_process_env())
                     .map_err(|e| CliError::Config(Box::new(e)))?;
                 for w in &findings {
-                    out.warn("validate", &w.to_string());
+                    out.warn(&w.subject, &w.message);
                 }
                 out.result(
                     "validate",

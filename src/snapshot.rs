@@ -173,9 +173,9 @@ pub fn check_snapshot(path: &Path) -> Result<CheckedSnapshot, SnapshotFileError>
         sidecar: side.clone(),
         detail,
     };
-    let text = match std::fs::read(&side) {
+    let text = match crate::limits::read_text(&side, crate::limits::MAX_MANIFEST_BYTES) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(crate::limits::InputProblem::NotFound) => {
             return Ok(CheckedSnapshot {
                 path: path.to_path_buf(),
                 size,
@@ -183,16 +183,14 @@ pub fn check_snapshot(path: &Path) -> Result<CheckedSnapshot, SnapshotFileError>
                 sidecar: None,
             })
         }
-        Err(e) => return Err(sidecar_err(format!("cannot read the sidecar: {e}"))),
+        Err(p) => {
+            return Err(sidecar_err(format!(
+                "cannot read the sidecar: it {}",
+                p.message()
+            )))
+        }
     };
-    let meta: BackupMeta = serde_json::from_slice(&text)
-        .map_err(|e| sidecar_err(format!("not a backup sidecar: {e}")))?;
-    if meta.format != META_FORMAT {
-        return Err(sidecar_err(format!(
-            "unknown sidecar format {:?}",
-            meta.format
-        )));
-    }
+    let meta = parse_sidecar(&text).map_err(sidecar_err)?;
     if meta.size != size || meta.sha256 != sha256 {
         return Err(SnapshotFileError::Mismatch {
             snapshot: path.to_path_buf(),
@@ -209,6 +207,16 @@ pub fn check_snapshot(path: &Path) -> Result<CheckedSnapshot, SnapshotFileError>
         sha256,
         sidecar: Some(meta),
     })
+}
+
+/// Parses a sidecar's text: JSON of the current format. Public for the fuzz target.
+pub fn parse_sidecar(text: &str) -> Result<BackupMeta, String> {
+    let meta: BackupMeta =
+        serde_json::from_str(text).map_err(|e| format!("not a backup sidecar: {e}"))?;
+    if meta.format != META_FORMAT {
+        return Err(format!("unknown sidecar format {:?}", meta.format));
+    }
+    Ok(meta)
 }
 
 #[cfg(test)]

@@ -360,3 +360,64 @@ fn missing_sync_path_and_bad_yaml_are_errors_with_location() {
         "{e}"
     );
 }
+
+/// endsys-gitops quirk: network/cloudflare-dns's spec.path is its own folder, so
+/// Flux's generated kustomization of that folder includes its own ks.yaml. It is
+/// reported as what it is (a Kustomization that applies itself), with the fix,
+/// not as "defined twice" at one and the same place.
+#[test]
+fn a_kustomization_whose_path_is_its_own_folder_is_named_as_applying_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    endsys_tree(dir.path());
+    let ks = dir
+        .path()
+        .join("kubernetes/apps/network/cloudflare-dns/ks.yaml");
+    let text = std::fs::read_to_string(&ks).expect("ks");
+    write(
+        &ks,
+        &text.replace(
+            "path: ./kubernetes/apps/network/cloudflare-dns/app",
+            "path: ./kubernetes/apps/network/cloudflare-dns",
+        ),
+    );
+    let g = walk(dir.path(), "kubernetes/flux/cluster", LayerMap::endsys()).expect("walk");
+    let text: Vec<String> = g.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(g.problems.len(), 1, "{text:#?}");
+    assert!(
+        matches!(g.problems[0].kind, ProblemKind::AppliesItself { .. }),
+        "{text:#?}"
+    );
+    let msg = &text[0];
+    assert!(
+        msg.starts_with("kubernetes/apps/network/cloudflare-dns/ks.yaml:"),
+        "{msg}"
+    );
+    assert!(!msg.contains("defined twice"), "{msg}");
+    assert!(
+        msg.contains("network/cloudflare-dns applies itself"),
+        "{msg}"
+    );
+    assert!(msg.contains("prune"), "{msg}");
+    assert!(
+        msg.contains("\"./kubernetes/apps/network/cloudflare-dns/app\""),
+        "{msg}"
+    );
+    // Its HelmRelease is still found (the build of the folder includes app/).
+    assert!(g.nodes.contains_key(&key("network", "cloudflare-dns")));
+}
+
+/// A symbolic link back to a parent folder inside an app folder without a
+/// kustomization.yaml used to send the walker round the loop until the stack
+/// overflowed; linked folders are not followed.
+#[test]
+fn a_link_to_a_parent_folder_does_not_loop_the_walk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    endsys_tree(dir.path());
+    let app = dir
+        .path()
+        .join("kubernetes/apps/network/cloudflare-dns/app");
+    std::os::unix::fs::symlink("..", app.join("up")).expect("symlink");
+    let g = walk(dir.path(), "kubernetes/flux/cluster", LayerMap::endsys()).expect("walk");
+    assert!(g.problems.is_empty(), "{:?}", g.problems);
+    assert!(g.nodes.contains_key(&key("network", "cloudflare-dns")));
+}

@@ -79,7 +79,8 @@ fn validate_passes_on_endsys_and_explicit_env_paths_work() {
     )
     .unwrap();
     assert!(w.is_empty());
-    // Without the talenv file the variables are unset: input error, exit code 2.
+    // A talenv file named with --env that does not exist is an error naming it
+    // (it used to be skipped silently, leaving the variables unset).
     d.env = vec![root().join("does-not-exist.yaml")];
     let e = run_validate(
         &ValidateArgs {
@@ -90,7 +91,11 @@ fn validate_passes_on_endsys_and_explicit_env_paths_work() {
     )
     .unwrap_err();
     assert_eq!(e.exit_code(), 2);
-    assert!(e.to_string().contains("talosVersion"));
+    assert!(
+        e.to_string()
+            .contains("does-not-exist.yaml: does not exist"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -23,16 +23,35 @@ pub struct DefinitionArgs {
     /// talenv file(s) with the variables talconfig refers to; default: talenv.yaml beside it.
     #[arg(long = "env")]
     pub env: Vec<PathBuf>,
-    /// Secrets bundle (plain YAML, or SOPS-encrypted once decrypted by the caller).
-    #[arg(long = "secrets", default_value = "talos/talsecret.sops.yaml")]
+    /// Secrets bundle, SOPS-encrypted or plain (talos/talsecret.yaml is read when only it exists).
+    #[arg(long = "secrets", default_value = DEFAULT_SECRETS)]
     pub secrets: PathBuf,
 }
 
+/// The one default secrets bundle path: `gen secrets` writes it, every other verb
+/// reads it (talhelper's layout, encrypted for the repository's `.sops.yaml`).
+pub const DEFAULT_SECRETS: &str = "talos/talsecret.sops.yaml";
+/// Where `gen secrets` writes when no `.sops.yaml` rule covers [`DEFAULT_SECRETS`].
+pub const DEFAULT_PLAIN_SECRETS: &str = "talos/talsecret.yaml";
+
 impl DefinitionArgs {
+    /// The bundle to read: `--secrets`, except that the default falls back to the
+    /// plain `talos/talsecret.yaml` that `gen secrets` writes without a SOPS rule.
+    pub fn secrets_path(&self) -> PathBuf {
+        if self.secrets == Path::new(DEFAULT_SECRETS)
+            && self.secrets.symlink_metadata().is_err()
+            && Path::new(DEFAULT_PLAIN_SECRETS).is_file()
+        {
+            return PathBuf::from(DEFAULT_PLAIN_SECRETS);
+        }
+        self.secrets.clone()
+    }
+
     pub fn paths(&self) -> DefinitionPaths {
         let mut p = DefinitionPaths::beside(&self.config);
         if !self.env.is_empty() {
             p.talenv = self.env.clone();
+            p.talenv_required = true;
         }
         p
     }
@@ -40,8 +59,8 @@ impl DefinitionArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct GenSecretsArgs {
-    /// Where to write the bundle; refused if it exists.
-    #[arg(long = "out", default_value = "talos/talsecret.yaml")]
+    /// Where to write the bundle; refused if it exists. A `*.sops.yaml` target is encrypted for its `.sops.yaml` rule; by default, without a rule, the bundle goes to talos/talsecret.yaml in plain text (said so).
+    #[arg(long = "out", default_value = DEFAULT_SECRETS)]
     pub out: PathBuf,
 }
 
@@ -179,17 +198,21 @@ pub fn secrets_input(
     definition: &DefinitionArgs,
     age_key: Option<&Path>,
 ) -> Result<SecretsInput, super::CliError> {
-    if !definition.config.is_file() {
-        return Err(super::CliError::Usage(format!(
-            "{}: cluster definition not found\n  next action: run from the repository root (talos/talconfig.yaml) or pass --config",
-            definition.config.display()
-        )));
+    if let Some(e) = definition_problem(&definition.config) {
+        return Err(super::CliError::Usage(e));
     }
-    let path = definition.secrets.as_path();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let path = &definition.secrets_path();
+    let text = crate::limits::read_text(path, crate::limits::MAX_INPUT_BYTES).map_err(|p| {
+        let next = match p {
+            crate::limits::InputProblem::NotFound => {
+                "pass --secrets, or create one with `gen secrets`"
+            }
+            _ => p.hint(),
+        };
         super::CliError::Usage(format!(
-            "{}: cannot read the secrets bundle: {e}\n  next action: pass --secrets, or create one with `gen secrets`",
-            path.display()
+            "{}: cannot read the secrets bundle: it {}\n  next action: {next}",
+            path.display(),
+            p.message()
         ))
     })?;
     if !crate::sops::is_sops_yaml(&text) {
@@ -208,6 +231,24 @@ pub fn secrets_input(
     })
 }
 
+/// Why the cluster definition at `config` cannot be read (not found, a folder, a
+/// link loop, no permission), as a message with its next action; None when it can.
+pub fn definition_problem(config: &Path) -> Option<String> {
+    let p = crate::limits::check_file(config)?;
+    Some(match p {
+        crate::limits::InputProblem::NotFound => format!(
+            "{}: cluster definition not found\n  next action: run from the repository root (talos/talconfig.yaml) or pass --config",
+            config.display()
+        ),
+        p => format!(
+            "{}: the cluster definition {}\n  next action: {}",
+            config.display(),
+            p.message(),
+            p.hint()
+        ),
+    })
+}
+
 /// Finds the `.sops.yaml` that governs `file`: in its folder or any parent.
 pub fn find_sops_config(file: &Path) -> Option<PathBuf> {
     let abs = std::path::absolute(file).ok()?;
@@ -220,6 +261,25 @@ pub fn find_sops_config(file: &Path) -> Option<PathBuf> {
         dir = d.parent();
     }
     None
+}
+
+/// The `.sops.yaml` creation rule for `out`, or why there is none (no
+/// `.sops.yaml` above it, or no rule matching it). A `.sops.yaml` that cannot be
+/// read is an error.
+fn sops_rule_for(out: &Path) -> Result<Result<crate::sops::CreationRule, String>, super::CliError> {
+    let Some(cfg_path) = find_sops_config(out) else {
+        return Ok(Err("no .sops.yaml found in its folder or above".into()));
+    };
+    let sops_cfg =
+        crate::sops::SopsConfig::load(&cfg_path).map_err(|e| super::CliError::Sops(Box::new(e)))?;
+    match sops_cfg.rule_for(out) {
+        Ok(rule) => Ok(Ok(rule.clone())),
+        Err(crate::sops::SopsError::NoMatchingRule { .. }) => Ok(Err(format!(
+            "no creation rule in {} matches it",
+            cfg_path.display()
+        ))),
+        Err(e) => Err(super::CliError::Sops(Box::new(e))),
+    }
 }
 
 /// `gen secrets`: writes a new bundle; a `*.sops.yaml` target is encrypted for the
@@ -236,17 +296,34 @@ pub fn run_gen_secrets_cli(args: &GenSecretsArgs) -> Result<PathBuf, super::CliE
     if args.out.exists() {
         return run_gen_secrets(args).map_err(|e| super::CliError::Config(Box::new(e)));
     }
-    let cfg_path = find_sops_config(&args.out).ok_or_else(|| {
-        super::CliError::Usage(format!(
-            "{}: no .sops.yaml found in its folder or above, so there are no recipients to encrypt for\n  next action: add a .sops.yaml creation rule, or write a plain bundle (e.g. --out talos/talsecret.yaml)",
-            args.out.display()
-        ))
-    })?;
-    let sops_cfg =
-        crate::sops::SopsConfig::load(&cfg_path).map_err(|e| super::CliError::Sops(Box::new(e)))?;
-    let rule = sops_cfg
-        .rule_for(&args.out)
-        .map_err(|e| super::CliError::Sops(Box::new(e)))?;
+    // The readers fall back to the plain bundle: a new encrypted one beside it
+    // would silently replace the bundle a cluster may be bound to.
+    if args.out == Path::new(DEFAULT_SECRETS) && Path::new(DEFAULT_PLAIN_SECRETS).exists() {
+        return Err(super::CliError::Usage(format!(
+            "{DEFAULT_PLAIN_SECRETS}: a plain secrets bundle already exists; refusing to make a second one\n  next action: encrypt it in place (`sops -e {DEFAULT_PLAIN_SECRETS} > {DEFAULT_SECRETS}`, then remove the plain file), or move it away if you really mean to start a new cluster"
+        )));
+    }
+    let rule = match sops_rule_for(&args.out)? {
+        Ok(rule) => rule,
+        // The default target without a rule: a plain bundle beside it, said so.
+        Err(why) if args.out == Path::new(DEFAULT_SECRETS) => {
+            let plain = GenSecretsArgs {
+                out: PathBuf::from(DEFAULT_PLAIN_SECRETS),
+            };
+            eprintln!(
+                "note: {why}; writing the bundle unencrypted to {} (every verb reads it when {} is absent). Encrypt it with sops before committing it.",
+                plain.out.display(),
+                DEFAULT_SECRETS
+            );
+            return run_gen_secrets(&plain).map_err(|e| super::CliError::Config(Box::new(e)));
+        }
+        Err(why) => {
+            return Err(super::CliError::Usage(format!(
+                "{}: {why}, so there are no recipients to encrypt for\n  next action: add a .sops.yaml creation rule for it, or write a plain bundle (e.g. --out {DEFAULT_PLAIN_SECRETS})",
+                args.out.display()
+            )))
+        }
+    };
     let bundle = SecretsBundle::generate().map_err(|e| super::CliError::Config(Box::new(e)))?;
     let encrypted = crate::sops::encrypt_yaml_named(
         &bundle.to_yaml(),

@@ -76,7 +76,7 @@ pub async fn run(args: RecoverArgs, out: &Output) -> Result<(), CliError> {
             "recover never creates new secrets (--new-cluster): it rebuilds the cluster with the existing bundle so talosconfig, kubeconfig and workloads keep working; use `up --new-cluster` for a new cluster".into(),
         ));
     }
-    let mut source = TalhelperSource::new(&args.definition.config, &args.definition.secrets);
+    let mut source = TalhelperSource::new(&args.definition.config, &args.definition.secrets_path());
     source.paths = args.definition.paths();
     source.age_key = args.age_key.clone();
     let def = source.definition().map_err(flow_error)?;

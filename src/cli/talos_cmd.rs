@@ -194,6 +194,14 @@ fn connect(args: &ConnectArgs) -> Result<Target, CliError> {
 }
 
 pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
+    // The file is checked before any node is dialled: its errors name the file.
+    let apply_data = match &args.command {
+        TalosCommand::Apply { file, .. } => Some(
+            crate::machineconfig::config_file::read_machine_config(file)
+                .map_err(|e| CliError::Config(Box::new(e)))?,
+        ),
+        _ => None,
+    };
     let t = connect(&args.connect)?;
     let c = &t.client;
     let talos = |e| CliError::Talos(Box::new(e));
@@ -235,17 +243,8 @@ pub async fn run(args: TalosArgs, out: &Output) -> Result<(), CliError> {
                 serde_json::json!({"tag": v.tag, "sha": v.sha, "os": v.os, "arch": v.arch, "platform": v.platform, "configured": v.configured}),
             );
         }
-        TalosCommand::Apply {
-            file,
-            mode,
-            dry_run,
-        } => {
-            let data = std::fs::read(&file).map_err(|e| {
-                CliError::Usage(format!(
-                    "{}: cannot read machine config: {e}",
-                    file.display()
-                ))
-            })?;
+        TalosCommand::Apply { mode, dry_run, .. } => {
+            let data = apply_data.unwrap_or_default();
             let r = c
                 .apply_configuration(&data, mode.into(), dry_run)
                 .await

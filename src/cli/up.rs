@@ -69,7 +69,7 @@ pub struct UpArgs {
 
 impl UpArgs {
     fn source(&self) -> TalhelperSource {
-        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets);
+        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets_path());
         s.paths = self.definition.paths();
         s.age_key = self.age_key.clone();
         s

@@ -21,7 +21,13 @@ pub struct TalhelperSource {
     pub vars: Vars,
 }
 
+/// The file named is the one the error is in (a talenv, a patch), when it says;
+/// `file` otherwise.
 fn config_err(e: ConfigError, file: &Path) -> FlowError {
+    let file = e
+        .location()
+        .map(|l| l.file.clone())
+        .unwrap_or_else(|| file.to_path_buf());
     FlowError::Definition {
         file: file.display().to_string(),
         detail: e.explain(),
@@ -39,12 +45,17 @@ impl TalhelperSource {
     }
 
     fn load(&self) -> Result<ClusterDefinition, FlowError> {
-        if !self.paths.talconfig.is_file() {
+        if let Some(p) = crate::limits::check_file(&self.paths.talconfig) {
+            let detail = match p {
+                crate::limits::InputProblem::NotFound => {
+                    "cluster definition not found (run from the repository root, or pass --config)"
+                        .into()
+                }
+                p => format!("the cluster definition {} ({})", p.message(), p.hint()),
+            };
             return Err(FlowError::Definition {
                 file: self.paths.talconfig.display().to_string(),
-                detail:
-                    "cluster definition not found (run from the repository root, or pass --config)"
-                        .into(),
+                detail,
             });
         }
         ClusterDefinition::load(&self.paths, self.vars.clone())
@@ -53,9 +64,11 @@ impl TalhelperSource {
 
     fn bundle(&self) -> Result<SecretsBundle, FlowError> {
         let path = &self.secrets;
-        let text = std::fs::read_to_string(path).map_err(|e| FlowError::Local {
-            path: path.display().to_string(),
-            detail: format!("cannot read the secrets bundle: {e}"),
+        let text = crate::limits::read_text(path, crate::limits::MAX_INPUT_BYTES).map_err(|p| {
+            FlowError::Local {
+                path: path.display().to_string(),
+                detail: format!("cannot read the secrets bundle: it {}", p.message()),
+            }
         })?;
         let text = if crate::sops::is_sops_yaml(&text) {
             let ids = crate::sops::AgeIdentities::load(self.age_key.as_deref())

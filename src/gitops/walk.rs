@@ -54,6 +54,9 @@ pub enum ProblemKind {
     MissingPath { key: Key, path: String },
     /// Two documents define the same Kustomization.
     Duplicate { key: Key, first: Loc },
+    /// A Kustomization whose `spec.path` builds its own definition (the folder of
+    /// its `ks.yaml`): it reconciles itself. Flux allows it; prune can then delete it.
+    AppliesItself { key: Key, path: String },
 }
 
 /// A problem and where it is written.
@@ -86,6 +89,11 @@ impl fmt::Display for Problem {
             ProblemKind::Duplicate { key, first } => write!(
                 f,
                 "{}: Kustomization {key} is defined twice (first at {first})",
+                self.loc
+            ),
+            ProblemKind::AppliesItself { key, path } => write!(
+                f,
+                "{}: Kustomization {key} applies itself: its spec.path {path:?} is the folder of its own definition, so Flux's build of that folder includes this file. Flux allows it, but the Kustomization then reconciles (and with prune: true can delete) itself; point spec.path at the app's own folder, e.g. \"./{path}/app\"",
                 self.loc
             ),
         }
@@ -160,10 +168,12 @@ impl Graph {
     }
 }
 
-struct Doc {
-    value: Value,
-    text: String,
-    loc: Loc,
+/// One YAML document of a manifest file and where it starts.
+#[derive(Debug)]
+pub struct Doc {
+    pub value: Value,
+    pub text: String,
+    pub loc: Loc,
 }
 
 /// Walks the tree under `repo` from `sync_path` (e.g. `kubernetes/flux/cluster`).
@@ -249,6 +259,16 @@ pub fn walk(repo: &Path, sync_path: &str, layers: LayerMap) -> Result<Graph, Git
                 });
             }
             let node = ks_node(&doc, Key::new(ns, name), &parent.key)?;
+            if node.key == parent.key {
+                g.problems.push(Problem {
+                    loc: node.loc.clone(),
+                    kind: ProblemKind::AppliesItself {
+                        key: node.key.clone(),
+                        path: path.clone(),
+                    },
+                });
+                continue;
+            }
             if let Some(first) = g.nodes.get(&node.key) {
                 g.problems.push(Problem {
                     loc: node.loc.clone(),
@@ -409,7 +429,7 @@ fn build(
         }
         return Ok(());
     };
-    let text = std::fs::read_to_string(&kfile).map_err(io(&kfile))?;
+    let text = read_manifest(repo, &kfile)?;
     let k: Value = serde_yaml_ng::from_str(&text).map_err(|e| GitopsError::Yaml {
         loc: Loc {
             file: rel(repo, &kfile),
@@ -458,9 +478,13 @@ fn build(
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitopsError> {
+    // Symbolic links to folders are not followed (as kustomize-controller's
+    // generator walks): a link to a parent folder would otherwise never end.
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|e| e.ok())
+        .filter(|e| !(e.file_type().is_ok_and(|t| t.is_symlink()) && e.path().is_dir()))
+        .map(|e| e.path())
         .collect();
     entries.sort();
     for p in entries {
@@ -486,8 +510,39 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), GitopsError> {
 
 /// Splits a file into YAML documents, remembering where each starts.
 fn docs(repo: &Path, file: &Path) -> Result<Vec<Doc>, GitopsError> {
-    let text = std::fs::read_to_string(file).map_err(io(file))?;
-    let relf = rel(repo, file);
+    let text = read_manifest(repo, file)?;
+    split_docs(&rel(repo, file), &text)
+}
+
+/// Reads a manifest within the size and nesting limits; a file that breaks them
+/// is named with what is wrong.
+fn read_manifest(repo: &Path, file: &Path) -> Result<String, GitopsError> {
+    use crate::limits::{read_text, InputProblem, MAX_MANIFEST_BYTES};
+    read_text(file, MAX_MANIFEST_BYTES).map_err(|p| match p {
+        InputProblem::Other(e) => io(file)(e),
+        p => GitopsError::Invalid {
+            loc: Loc {
+                file: rel(repo, file),
+                line: 0,
+            },
+            message: format!("{} ({})", p.message(), p.hint()),
+        },
+    })
+}
+
+/// Splits the text of a manifest file (`relf`, for locations) into YAML
+/// documents, remembering where each starts. Public for the fuzz targets.
+pub fn split_docs(relf: &Path, text: &str) -> Result<Vec<Doc>, GitopsError> {
+    if let Err(p) = crate::limits::check_text(text, crate::limits::MAX_MANIFEST_BYTES) {
+        return Err(GitopsError::Invalid {
+            loc: Loc {
+                file: relf.to_path_buf(),
+                line: 0,
+            },
+            message: p.message(),
+        });
+    }
+    let relf = relf.to_path_buf();
     let mut out = Vec::new();
     let mut start = 1;
     let mut cur = String::new();

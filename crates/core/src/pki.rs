@@ -602,6 +602,23 @@ impl CertInfo {
     }
 }
 
+/// Whether `key` is the private half of the first certificate in `cert_pem`
+/// (compares the key's public part with the certificate's subjectPublicKey).
+pub fn key_matches_cert(cert_pem: &[u8], key: &PrivateKey, what: &str) -> Result<bool, PkiError> {
+    use x509_parser::prelude::*;
+    let block = ::pem::parse(cert_pem).map_err(|e| PkiError::BadPem {
+        what: what.into(),
+        reason: e.to_string(),
+    })?;
+    let (_, cert) =
+        X509Certificate::from_der(block.contents()).map_err(|e| PkiError::BadCertificate {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
+    let public = key.key_pair()?.public_key_raw().to_vec();
+    Ok(cert.public_key().subject_public_key.data.as_ref() == public.as_slice())
+}
+
 /// Every certificate in a PEM bundle, as DER.
 pub fn certs_from_pem(pem_text: &[u8], what: &str) -> Result<Vec<Vec<u8>>, PkiError> {
     let blocks = pem::parse_many(pem_text).map_err(|e| PkiError::BadPem {

@@ -13,15 +13,12 @@ pub struct Contract {
 
 impl Contract {
     pub fn parse(version: &str) -> Result<Self, String> {
-        let v = version.trim().strip_prefix('v').unwrap_or(version.trim());
-        let mut it = v.split('.');
-        let major = it.next().and_then(|s| s.parse().ok());
-        let minor = it
-            .next()
-            .and_then(|s| s.split(['-', '+']).next()?.parse().ok());
-        let (Some(major), Some(minor)) = (major, minor) else {
+        // The version is the installer image's tag: only a strict release version
+        // (no spaces, no shell, no `v1.13.banana`) may get there.
+        let Some((major, minor, _)) = super::checks::release_version(version) else {
             return Err(format!(
-                "talosVersion `{version}` is not a version like v1.12.6"
+                "talosVersion `{}` is not a release version like v1.13.9",
+                version.escape_debug()
             ));
         };
         let c = Contract { major, minor };
@@ -42,13 +39,8 @@ impl Contract {
     }
 }
 
-/// `v1.35.3` → (1, 35, 3).
+/// `v1.35.3` → (1, 35, 3); None unless a strict release version (it becomes the
+/// tag of the kubelet and control-plane images).
 pub fn parse_k8s_version(v: &str) -> Option<(u32, u32, u32)> {
-    let v = v.strip_prefix('v').unwrap_or(v);
-    let mut it = v.splitn(3, '.');
-    let a = it.next()?.parse().ok()?;
-    let b = it.next()?.parse().ok()?;
-    let c_raw = it.next()?;
-    let c = c_raw.split(['-', '+']).next()?.parse().ok()?;
-    Some((a, b, c))
+    super::checks::release_version(v)
 }

@@ -114,6 +114,16 @@ fn subst_line(
     let mut i = 0;
     let lookup = |name: &str, default: Option<(&str, bool)>| -> Result<String, ConfigError> {
         let val = vars.get(name);
+        // A line break substituted into YAML adds lines (another key, a second
+        // line in install.image); no value of a talconfig field spans lines.
+        if let Some(c) = val.and_then(|v| v.chars().find(|c| c.is_control() && *c != '\t')) {
+            return Err(ConfigError::input(
+                source,
+                lineno,
+                format!("variable `{name}` contains the control character {c:?}; substituted here it would inject text into the config"),
+                format!("keep `{name}` on one line in talenv.yaml or the environment"),
+            ));
+        }
         match (val, default) {
             (Some(v), _) if !v.is_empty() => Ok(v.to_string()),
             // `:-` applies when unset or empty, `-` only when unset.

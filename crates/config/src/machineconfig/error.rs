@@ -120,6 +120,23 @@ impl ConfigError {
         }
     }
 
+    /// A file that could not be taken as input, named with what is wrong with it
+    /// (a folder, a link loop, binary, too large…): an input error, except a
+    /// failure of the machine itself.
+    pub fn unreadable(path: &Path, problem: crate::limits::InputProblem) -> Self {
+        use crate::limits::InputProblem;
+        match problem {
+            InputProblem::Other(e) => ConfigError::io(path, e),
+            InputProblem::TooDeep { line, max } => ConfigError::input(
+                path,
+                line,
+                format!("nests `[`/`{{` more than {max} levels deep"),
+                problem.hint(),
+            ),
+            p => ConfigError::input(path, 0, p.message(), p.hint()),
+        }
+    }
+
     /// Process exit code: 2 for anything the operator must fix in the input
     /// ([`Doctor::is_input_error`]), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
@@ -182,7 +199,11 @@ impl Doctor for ConfigError {
     fn is_input_error(&self) -> bool {
         match self {
             ConfigError::Input { .. } | ConfigError::Validation { .. } => true,
-            ConfigError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            // Binary data is the operator's file, as much as a syntax error is.
+            ConfigError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+            ),
             ConfigError::Crypto(_) | ConfigError::Pki(_) => false,
         }
     }

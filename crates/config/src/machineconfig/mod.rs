@@ -20,7 +20,10 @@
 //! Go templates in patches and image-factory lookups are not supported (refused with
 //! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
 
+pub mod checks;
+pub mod config_file;
 pub mod contract;
+mod def_checks;
 pub mod envsubst;
 pub mod error;
 pub mod net;

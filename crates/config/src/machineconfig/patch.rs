@@ -48,6 +48,8 @@ impl LoadedPatch {
     /// Parses a patch the way Talos's `LoadPatch` detects formats.
     pub fn load(src: &PatchSource) -> Result<Self, ConfigError> {
         let err = |line: usize, m: String, hint: &str| ConfigError::input(&src.file, line, m, hint);
+        crate::limits::check_text(&src.text, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| ConfigError::unreadable(&src.file, p))?;
         let mut docs = Vec::new();
         for de in serde_yaml_ng::Deserializer::from_str(&src.text) {
             let v: Value = serde::Deserialize::deserialize(de).map_err(|e| {
@@ -61,6 +63,26 @@ impl LoadedPatch {
                     "fix the YAML syntax",
                 )
             })?;
+            // A custom tag (`!foo`) has no meaning in a machine config and the
+            // emitter cannot write it back: refused rather than silently dropped
+            // (found by the patch fuzz target).
+            if let Some(tag) = first_tag(&v) {
+                return Err(err(
+                    locate_text_line(&src.text, &tag) + src.line.saturating_sub(1),
+                    format!("YAML tag `{tag}` is not supported in a patch"),
+                    "remove the tag; write the value plainly (quote it to keep it a string)",
+                ));
+            }
+            // Keys the emitter cannot write back, which no config has: over
+            // YAML's 1024-character simple-key limit, or a mapping or list used
+            // as a key (`? {a: b}`); both found by the patch fuzz target.
+            if let Some(m) = first_bad_key(&v) {
+                return Err(err(
+                    src.line,
+                    m,
+                    "check the patch: machine config keys are short plain names",
+                ));
+            }
             if !v.is_null() {
                 docs.push(v);
             }
@@ -593,6 +615,48 @@ fn apply_json_op(doc: &mut Value, op: &JsonOp) -> Result<(), String> {
         }
         other => Err(format!("unknown op `{other}`")),
     }
+}
+
+/// The first YAML tag (`!name`) anywhere in a value.
+fn first_tag(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) => Some(t.tag.to_string()),
+        Value::Sequence(s) => s.iter().find_map(first_tag),
+        Value::Mapping(m) => m
+            .iter()
+            .find_map(|(k, v)| first_tag(k).or_else(|| first_tag(v))),
+        _ => None,
+    }
+}
+
+/// What is wrong with the first key that is not a short scalar.
+fn first_bad_key(v: &Value) -> Option<String> {
+    match v {
+        Value::Tagged(t) => first_bad_key(&t.value),
+        Value::Sequence(s) => s.iter().find_map(first_bad_key),
+        Value::Mapping(m) => m.iter().find_map(|(k, v)| {
+            if matches!(k, Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_)) {
+                return Some("a mapping or list is used as a key".into());
+            }
+            // Measured as written (quotes and escapes count): that is what
+            // the parser of the rendered config will see.
+            let n = super::yaml::key_scalar(k).chars().count();
+            if n > 1000 {
+                return Some(format!(
+                    "a key of {n} characters: keys are limited to 1000 (YAML allows 1024 as written)"
+                ));
+            }
+            first_bad_key(v)
+        }),
+        _ => None,
+    }
+}
+
+fn locate_text_line(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or(0)
 }
 
 /// For callers that only have a path and text.

@@ -205,6 +205,8 @@ impl SecretsBundle {
                 "decrypt it first (SOPS_AGE_KEY_FILE / --age-key), then load the plain YAML",
             ));
         }
+        crate::limits::check_text(text, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| ConfigError::unreadable(source, p))?;
         let b: SecretsBundle = parse_strict(text, source)?;
         b.check(text, source)?;
         Ok(b)
@@ -230,6 +232,55 @@ impl SecretsBundle {
         ] {
             if v.is_empty() {
                 return Err(err(path, format!("{} is empty", path.join("."))));
+            }
+        }
+        // Formats the nodes rely on (Talos's secrets bundle generator, see
+        // reference talos-config.md "secrets bundle"): tokens are kubeadm bootstrap
+        // tokens `[a-z0-9]{6}.[a-z0-9]{16}` (the apiserver's bootstrap authenticator
+        // rejects anything else), cluster id/secret and the secretbox/aescbc keys
+        // are base64 of 32 bytes (kube-apiserver's secretbox provider takes only 32).
+        // A bundle that breaks them renders fine and fails on the node, mid-install.
+        for (path, v) in [
+            (
+                &["secrets", "bootstraptoken"][..],
+                &self.secrets.bootstraptoken,
+            ),
+            (&["trustdinfo", "token"][..], &self.trustdinfo.token),
+        ] {
+            if !is_token(v) {
+                return Err(err(
+                    path,
+                    format!(
+                        "{} is not a token of the form [a-z0-9]{{6}}.[a-z0-9]{{16}}",
+                        path.join(".")
+                    ),
+                ));
+            }
+        }
+        for (path, v, url) in [
+            (&["cluster", "id"][..], Some(&self.cluster.id), true),
+            (
+                &["cluster", "secret"][..],
+                Some(&self.cluster.secret),
+                false,
+            ),
+            (
+                &["secrets", "secretboxencryptionsecret"][..],
+                self.secrets.secretboxencryptionsecret.as_ref(),
+                false,
+            ),
+            (
+                &["secrets", "aescbcencryptionsecret"][..],
+                self.secrets.aescbcencryptionsecret.as_ref(),
+                false,
+            ),
+        ] {
+            let Some(v) = v else { continue };
+            if decoded_len(v, url) != Some(32) {
+                return Err(err(
+                    path,
+                    format!("{} is not base64 of 32 bytes", path.join(".")),
+                ));
             }
         }
         if self.secrets.aescbcencryptionsecret.is_some()
@@ -261,8 +312,19 @@ impl SecretsBundle {
                     format!("certs.{name}.key is not base64 PEM"),
                 )
             })?;
-            PrivateKey::from_pem(key.as_bytes(), &format!("certs.{name}.key"))
+            let what = format!("certs.{name}.key");
+            let k = PrivateKey::from_pem(key.as_bytes(), &what)
                 .map_err(|e| err(&["certs", name, "key"], e.to_string()))?;
+            // A key swapped with another CA's parses, then every certificate it
+            // signs fails verification on the nodes.
+            let matches = endsys_core::pki::key_matches_cert(crt.as_bytes(), &k, &what)
+                .map_err(|e| err(&["certs", name, "key"], e.to_string()))?;
+            if !matches {
+                return Err(err(
+                    &["certs", name, "key"],
+                    format!("certs.{name}.key does not belong to certs.{name}.crt (a key of another CA?)"),
+                ));
+            }
         }
         let sa = decode_pem(&self.certs.k8sserviceaccount.key).ok_or_else(|| {
             err(
@@ -325,6 +387,28 @@ impl SecretsBundle {
             "certs.os",
         )?)
     }
+}
+
+/// kubeadm's bootstrap token shape, which Talos uses for both tokens.
+fn is_token(t: &str) -> bool {
+    let ok = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    matches!(t.split_once('.'), Some((a, b)) if ok(a, 6) && ok(b, 16))
+}
+
+/// Decoded length of a base64 value (URL alphabet for cluster.id, as Talos writes it).
+fn decoded_len(v: &str, url: bool) -> Option<usize> {
+    let r = if url {
+        URL_SAFE
+            .decode(v.trim())
+            .or_else(|_| STANDARD.decode(v.trim()))
+    } else {
+        STANDARD.decode(v.trim())
+    };
+    r.ok().map(|b| b.len())
 }
 
 fn decode_pem(b: &str) -> Option<String> {

@@ -306,8 +306,11 @@ pub struct ClusterDefinition {
 #[derive(Debug, Clone)]
 pub struct DefinitionPaths {
     pub talconfig: PathBuf,
-    /// talenv files to read; missing ones are skipped.
+    /// talenv files to read; missing ones are skipped unless `talenv_required`.
     pub talenv: Vec<PathBuf>,
+    /// True when the talenv files were named explicitly (`--env`): a missing one is
+    /// then an error, not silently skipped.
+    pub talenv_required: bool,
 }
 
 impl DefinitionPaths {
@@ -320,12 +323,14 @@ impl DefinitionPaths {
                 .iter()
                 .map(|n| dir.join(n))
                 .collect(),
+            talenv_required: false,
         }
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))
+    crate::limits::read_text(path, crate::limits::MAX_INPUT_BYTES)
+        .map_err(|p| ConfigError::unreadable(path, p))
 }
 
 impl ClusterDefinition {
@@ -334,14 +339,14 @@ impl ClusterDefinition {
     pub fn load(paths: &DefinitionPaths, base_vars: Vars) -> Result<Self, ConfigError> {
         let mut vars = base_vars;
         for env in &paths.talenv {
-            if env.exists() {
+            if paths.talenv_required || env.symlink_metadata().is_ok() {
                 let text = read(env)?;
                 if text.contains("sops:") && text.contains("ENC[") {
                     return Err(ConfigError::input(
                         env,
                         locate_line(&text, &["sops"]),
                         "this talenv file is SOPS-encrypted",
-                        "decrypt it first (the sops room does that), then pass the plain text",
+                        "decrypt it first (`sops -d`), then pass the plain file with --env",
                     ));
                 }
                 vars.load_talenv(&text, env)?;
@@ -358,6 +363,8 @@ impl ClusterDefinition {
         vars: &Vars,
         reader: &dyn PatchReader,
     ) -> Result<Self, ConfigError> {
+        crate::limits::check_text(raw, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| ConfigError::unreadable(source, p))?;
         let text = substitute(raw, vars, source)?;
         let config: TalConfig = parse_strict(&text, source)?;
         let mut def = ClusterDefinition {
@@ -378,7 +385,7 @@ impl ClusterDefinition {
             .unwrap_or_else(|| PathBuf::from("."))
     }
 
-    fn err(&self, path: &[&str], message: String, hint: &str) -> ConfigError {
+    pub(super) fn err(&self, path: &[&str], message: String, hint: &str) -> ConfigError {
         ConfigError::input(&self.source, locate_line(&self.text, path), message, hint)
     }
 
@@ -410,85 +417,6 @@ impl ClusterDefinition {
         locate_line(&self.text, &["nodes"])
     }
 
-    /// talhelper's own checks on the definition (before any rendering).
-    fn check_basics(&self) -> Result<(), ConfigError> {
-        let c = &self.config;
-        if c.cluster_name.trim().is_empty() {
-            return Err(self.err(
-                &["clusterName"],
-                "clusterName is empty".into(),
-                "set clusterName, e.g. `kubernetes`",
-            ));
-        }
-        if let Some(v) = &c.talos_version {
-            super::contract::Contract::parse(v).map_err(|m| {
-                self.err(
-                    &["talosVersion"],
-                    m,
-                    "use a Talos release such as v1.12.6 or v1.13.9",
-                )
-            })?;
-        }
-        if parse_k8s_version(&c.kubernetes_version).is_none() {
-            return Err(self.err(
-                &["kubernetesVersion"],
-                format!(
-                    "kubernetesVersion `{}` is not a version like v1.35.3",
-                    c.kubernetes_version
-                ),
-                "write it as vMAJOR.MINOR.PATCH",
-            ));
-        }
-        if let Err(m) = super::net::check_endpoint(&c.endpoint) {
-            return Err(self.err(
-                &["endpoint"],
-                m,
-                "write it as https://<VIP or DNS name>:6443",
-            ));
-        }
-        for (field, nets) in [
-            ("clusterPodNets", &c.cluster_pod_nets),
-            ("clusterSvcNets", &c.cluster_svc_nets),
-        ] {
-            for n in nets {
-                if super::net::parse_cidr(n).is_none() {
-                    return Err(self.err(
-                        &[field],
-                        format!("{field}: `{n}` is not a CIDR"),
-                        "write networks as address/prefix, e.g. 10.42.0.0/16",
-                    ));
-                }
-            }
-        }
-        if let Some(cni) = &c.cni_config {
-            if !["flannel", "custom", "none"].contains(&cni.name.as_str()) {
-                return Err(self.err(
-                    &["cniConfig", "name"],
-                    format!(
-                        "cniConfig.name `{}` is not flannel, custom or none",
-                        cni.name
-                    ),
-                    "Talos knows only these three CNI settings",
-                ));
-            }
-            if cni.name != "custom" && !cni.urls.is_empty() {
-                return Err(self.err(
-                    &["cniConfig", "urls"],
-                    "cniConfig.urls is only allowed with name: custom".into(),
-                    "remove the urls or set name: custom",
-                ));
-            }
-        }
-        if c.nodes.is_empty() {
-            return Err(self.err(
-                &["nodes"],
-                "no nodes defined".into(),
-                "add at least one control-plane node under `nodes:`",
-            ));
-        }
-        Ok(())
-    }
-
     fn resolve_nodes(
         &self,
         vars: &Vars,
@@ -507,22 +435,6 @@ impl ClusterDefinition {
         let mut out = Vec::new();
         for (i, n) in c.nodes.iter().enumerate() {
             let line = self.node_line(i);
-            let bad = |m: String, hint: &str| ConfigError::input(&self.source, line, m, hint);
-            if !valid_hostname(&n.hostname) {
-                return Err(bad(
-                    format!(
-                        "nodes[{i}]: hostname `{}` is not a valid hostname",
-                        n.hostname
-                    ),
-                    "use lowercase letters, digits and `-` (RFC 1123)",
-                ));
-            }
-            if n.ip_address.trim().is_empty() {
-                return Err(bad(
-                    format!("node {}: ipAddress is empty", n.hostname),
-                    "set the address the tool reaches the node on",
-                ));
-            }
             let (group, group_patches) = if n.control_plane {
                 (c.control_plane.clone().unwrap_or_default(), &cp_patches)
             } else {
@@ -530,57 +442,7 @@ impl ClusterDefinition {
             };
             let mut node = n.clone();
             fold_group(&mut node, &group);
-            if node.install_disk.is_none() && node.install_disk_selector.is_none() {
-                return Err(bad(format!("node {}: neither installDisk nor installDiskSelector is set", n.hostname), "Talos needs to know where to install: set installDiskSelector (e.g. serial) or installDisk"));
-            }
-            if node.install_disk.is_some() && node.install_disk_selector.is_some() {
-                return Err(bad(
-                    format!(
-                        "node {}: both installDisk and installDiskSelector are set",
-                        n.hostname
-                    ),
-                    "keep only one of them",
-                ));
-            }
-            if let Some(url) = &node.talos_image_url {
-                let last = url.rsplit('/').next().unwrap_or("");
-                if last.contains(':') || url.contains('@') {
-                    return Err(bad(
-                        format!(
-                            "node {}: talosImageURL `{url}` carries a tag or digest",
-                            n.hostname
-                        ),
-                        "drop the `:tag`; the tag is talosVersion",
-                    ));
-                }
-            }
-            for (j, dev) in node.network_interfaces.iter().enumerate() {
-                if dev.interface.is_some() == dev.device_selector.is_some() {
-                    return Err(bad(format!("node {}: networkInterfaces[{j}] needs exactly one of interface or deviceSelector", n.hostname), "select the NIC either by name or by hardwareAddr"));
-                }
-                for a in &dev.addresses {
-                    if super::net::parse_cidr(a).is_none() && a.parse::<std::net::IpAddr>().is_err()
-                    {
-                        return Err(bad(format!("node {}: networkInterfaces[{j}] address `{a}` is not an address or CIDR", n.hostname), "write it as 10.0.0.5/24"));
-                    }
-                }
-                for r in &dev.routes {
-                    if r.gateway.is_none() && r.network.is_none() {
-                        return Err(bad(format!("node {}: networkInterfaces[{j}] has a route with neither network nor gateway", n.hostname), "a route needs a gateway (default route) or a network"));
-                    }
-                }
-                if let Some(v) = &dev.vip {
-                    if v.ip.parse::<std::net::IpAddr>().is_err() {
-                        return Err(bad(
-                            format!(
-                                "node {}: networkInterfaces[{j}] vip `{}` is not an IP address",
-                                n.hostname, v.ip
-                            ),
-                            "the VIP is a single address without prefix",
-                        ));
-                    }
-                }
-            }
+            self.check_node(i, &node, line)?;
             let mut patches = Vec::new();
             if !node.override_patches {
                 patches.extend(group_patches.iter().cloned());
@@ -633,8 +495,22 @@ impl ClusterDefinition {
                         format!("patch file `{f}` cannot be read: {source}"),
                         "check the path; it is relative to talconfig.yaml's folder",
                     ),
+                    // The reader's own verdict (a folder, a loop, binary…), said from
+                    // the line that names the patch.
+                    ConfigError::Input {
+                        location,
+                        message,
+                        hint,
+                    } if location.line == 0 => ConfigError::input(
+                        &self.source,
+                        line,
+                        format!("patch file `{f}` cannot be read: {message}"),
+                        hint,
+                    ),
                     other => other,
                 })?;
+                crate::limits::check_text(&raw, crate::limits::MAX_INPUT_BYTES)
+                    .map_err(|p| ConfigError::unreadable(&path, p))?;
                 if raw.trim().is_empty() {
                     continue; // talhelper skips blank patch files
                 }

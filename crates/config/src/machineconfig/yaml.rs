@@ -47,7 +47,7 @@ fn emit_block(v: &Value, indent: usize, level: usize, out: &mut String, path: &m
                     out.push_str(&" ".repeat(level));
                 }
                 first = false;
-                let key = scalar_text(k, &[]);
+                let key = key_scalar(k);
                 out.push_str(&key);
                 out.push(':');
                 path.push(k.as_str().unwrap_or_default().to_string());
@@ -68,7 +68,7 @@ fn emit_block(v: &Value, indent: usize, level: usize, out: &mut String, path: &m
                     out.push_str(&scalar_text(item, path));
                     out.push('\n');
                 } else if let Value::String(text) = item {
-                    emit_literal(text, level + 2, out);
+                    emit_literal(text, level + 2, 2, out);
                 } else {
                     emit_block(item, indent, level + 2, out, path);
                 }
@@ -96,7 +96,7 @@ fn emit_value_after_key(
         return;
     }
     match val {
-        Value::String(text) => emit_literal(text, level + indent, out),
+        Value::String(text) => emit_literal(text, level + indent, indent, out),
         Value::Mapping(_) | Value::Sequence(_) => {
             out.push('\n');
             out.push_str(&" ".repeat(level + indent));
@@ -108,7 +108,10 @@ fn emit_value_after_key(
 }
 
 /// A multi-line string as a literal block, with the chomping indicator yaml.v3 picks.
-fn emit_literal(text: &str, level: usize, out: &mut String) {
+/// `level` is the content's column, `rel` its indentation relative to the parent
+/// node, which is what an indentation indicator states (YAML 1.2 §8.1.1.1; the
+/// patch fuzz target found the absolute column written there).
+fn emit_literal(text: &str, level: usize, rel: usize, out: &mut String) {
     let chomp = if !text.ends_with('\n') {
         "-"
     } else if text.ends_with("\n\n") {
@@ -117,7 +120,7 @@ fn emit_literal(text: &str, level: usize, out: &mut String) {
         ""
     };
     let lead = if text.starts_with(' ') {
-        level.to_string()
+        rel.to_string()
     } else {
         String::new()
     };
@@ -129,6 +132,18 @@ fn emit_literal(text: &str, level: usize, out: &mut String) {
             out.push_str(line);
         }
         out.push('\n');
+    }
+}
+
+/// A mapping key: like any scalar, except that a line break cannot be written
+/// as a block there, so such a key is double-quoted with escapes (found by the
+/// patch fuzz target: a plain multi-line key broke the emitted YAML).
+pub(crate) fn key_scalar(k: &Value) -> String {
+    match k {
+        Value::String(s) if s.contains(['\n', '\r']) => {
+            serde_json::to_string(s).unwrap_or_default()
+        }
+        other => scalar_text(other, &[]),
     }
 }
 
@@ -566,6 +581,20 @@ mod tests {
     fn emitted_text_reads_back_identically() {
         let v =
             y("a: \"-x\"\nb: \"x: y\"\nc: \"#c\"\nd: '*'\ne: \"yes\"\nf: ' lead'\ng: \"a\\tb\"\n");
+        let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn keys_with_line_breaks_read_back() {
+        let v = y("\"a\\nb\": 1\nc:\n  \"x\\ny\": [1]\n");
+        let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn nested_blocks_with_leading_spaces_read_back() {
+        let v = y("a:\n  b:\n    c: \"  x\\ny\\n\"\n  d:\n    - \" z\\nw\"\n");
         let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
         assert_eq!(back, v);
     }

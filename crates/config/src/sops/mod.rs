@@ -546,6 +546,12 @@ fn typed_value(plain: Vec<u8>, ty: ValueType) -> Result<Value, String> {
 }
 
 fn parse_docs(input: &str, file: &Path) -> Result<Vec<Value>, SopsError> {
+    crate::limits::check_text(input, crate::limits::MAX_MANIFEST_BYTES).map_err(|p| {
+        SopsError::Yaml {
+            file: file.to_path_buf(),
+            reason: p.message(),
+        }
+    })?;
     let mut docs = Vec::new();
     for de in serde_yaml_ng::Deserializer::from_str(input) {
         let v = serde::Deserialize::deserialize(de).map_err(|e: serde_yaml_ng::Error| {
@@ -627,6 +633,10 @@ fn rfc3339_now() -> String {
 /// True when the text is a SOPS-encrypted YAML file (its first document has a
 /// top-level `sops` mapping with a `mac`).
 pub fn is_sops_yaml(text: &str) -> bool {
+    // Input beyond the limits is not parsed here; whoever reads it next says why.
+    if crate::limits::check_text(text, crate::limits::MAX_MANIFEST_BYTES).is_err() {
+        return false;
+    }
     let Some(doc) = serde_yaml_ng::Deserializer::from_str(text).next() else {
         return false;
     };

@@ -183,6 +183,8 @@ impl SopsConfig {
             file: path.to_path_buf(),
             reason,
         };
+        crate::limits::check_text(text, crate::limits::MAX_INPUT_BYTES)
+            .map_err(|p| yerr(p.message()))?;
         let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| yerr(e.to_string()))?;
         let rules = match doc.get("creation_rules") {
             Some(Value::Sequence(s)) => s.clone(),
