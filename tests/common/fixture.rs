@@ -221,10 +221,14 @@ where
     *handle.lock().unwrap() = Some(task.abort_handle());
     go_tx.send(()).unwrap();
     let r = task.await;
-    assert!(
-        fired.load(Ordering::SeqCst),
-        "{at:?}: kill point never reached"
-    );
+    if !fired.load(Ordering::SeqCst) {
+        let how = match &r {
+            Ok(Ok(_)) => "the run completed without passing it".to_string(),
+            Ok(Err(e)) => format!("the run failed first:\n{}", e.explain()),
+            Err(e) => format!("the task ended: {e}"),
+        };
+        panic!("{at:?}: kill point never reached: {how}");
+    }
     match r {
         Err(e) => {
             assert!(e.is_cancelled(), "{at:?}: {e}");

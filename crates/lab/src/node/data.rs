@@ -84,7 +84,7 @@ pub(crate) struct NodeData {
     /// An apply in REBOOT mode was accepted; the node is going down.
     pub rebooting_after_apply: bool,
     /// A worker's apid certificate from trustd (in memory: asked again each boot).
-    pub api_cert: Option<Arc<super::trustd_join::IssuedCert>>,
+    pub api_cert: Option<Arc<IssuedCert>>,
     /// Why the last trustd request of this worker failed, while it has none.
     pub join_error: Option<String>,
 }
@@ -209,4 +209,11 @@ impl NodeData {
         };
         self.queue_event(any("ServiceStateEvent", &ev), "");
     }
+}
+
+/// What trustd returned to a worker: the signed certificate (with the worker's own
+/// key) and the CAs its apid then accepts client certificates from.
+pub(crate) struct IssuedCert {
+    pub cert: endsys_core::pki::CertAndKey,
+    pub accepted_cas_pem: Vec<u8>,
 }

@@ -28,12 +28,12 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 
-use super::data::NodeState;
+use super::data::{IssuedCert, NodeState};
 use super::NodeInner;
 use crate::api::TRUSTD_PORT;
 use crate::config::NodeConfig;
 use crate::tls;
-use endsys_core::pki::{certs_from_pem, CertAndKey, CsrAndKey, KeyAlgorithm, LeafSpec, Usage};
+use endsys_core::pki::{certs_from_pem, CsrAndKey, KeyAlgorithm, LeafSpec, Usage};
 use endsys_talos::api::security::security_service_client::SecurityServiceClient;
 use endsys_talos::api::security::CertificateRequest;
 
@@ -43,13 +43,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retry pacing when nothing in the lab changes (a change retries at once).
 const RETRY_MIN: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_secs(1);
-
-/// What trustd returned: the signed certificate (with the worker's own key) and
-/// the CAs apid then accepts client certificates from.
-pub(crate) struct IssuedCert {
-    pub cert: CertAndKey,
-    pub accepted_cas_pem: Vec<u8>,
-}
 
 /// The host of `https://host:port/...`.
 fn endpoint_host(url: &str) -> &str {
