@@ -132,6 +132,25 @@ pub(crate) struct Serving {
     pub(crate) conns: Arc<ConnSet>,
 }
 
+impl Serving {
+    /// Stops accepting, cuts every open connection and waits until the socket is
+    /// closed (so the port can be bound again at once).
+    pub(crate) async fn shut_down(self) {
+        self.accept.abort();
+        let _ = self.accept.await;
+        self.conns.kill_all();
+        self.server.abort();
+        let _ = self.server.await;
+    }
+
+    /// [`Self::shut_down`] without waiting (for `Drop`).
+    pub(crate) fn halt(self) {
+        self.accept.abort();
+        self.conns.kill_all();
+        self.server.abort();
+    }
+}
+
 /// The TLS setup new connections get.
 #[derive(Clone)]
 pub(crate) struct Acceptor {

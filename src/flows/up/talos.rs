@@ -103,16 +103,7 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
                     }
                     Err(e) if e.is_transient() && !w.expired() => {
                         retried = true;
-                        cx.em.waiting(
-                            StepId::Apply,
-                            Some(&n.hostname),
-                            format!(
-                                "{} to take its config again ({})",
-                                n.label(),
-                                e.likely_cause()
-                            ),
-                        );
-                        w.seen(e.to_string());
+                        retrying_apply(cx, n, &mut w, &e);
                         w.pause().await?;
                     }
                     Err(e) => return Err(e.into()),
@@ -150,16 +141,7 @@ async fn apply_in_maintenance(
             Err(e) if e.is_transient() && !w.expired() => e,
             Err(e) => return Err(e.into()),
         };
-        cx.em.waiting(
-            StepId::Apply,
-            Some(&n.hostname),
-            format!(
-                "{} to take its config again ({})",
-                n.label(),
-                e.likely_cause()
-            ),
-        );
-        w.seen(e.to_string());
+        retrying_apply(cx, n, &mut w, &e);
         let creds = cx.cluster.creds().ok().cloned();
         let remaining = deadline.saturating_sub(w.elapsed());
         match classify(
@@ -181,6 +163,20 @@ async fn apply_in_maintenance(
             _ => return Err(e.into()),
         }
     }
+}
+
+/// Says an apply whose connection dropped is about to be sent again.
+fn retrying_apply(cx: &Up<'_>, n: &NodeDef, w: &mut Wait, e: &TalosError) {
+    cx.em.waiting(
+        StepId::Apply,
+        Some(&n.hostname),
+        format!(
+            "{} to take its config again ({})",
+            n.label(),
+            e.likely_cause()
+        ),
+    );
+    w.seen(e.to_string());
 }
 
 pub async fn apply(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {

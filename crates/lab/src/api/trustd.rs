@@ -175,11 +175,7 @@ impl NodeInner {
     pub(crate) async fn stop_trustd(&self) {
         let mut guard = self.trustd.lock().await;
         if let Some(s) = guard.take() {
-            s.accept.abort();
-            let _ = s.accept.await;
-            s.conns.kill_all();
-            s.server.abort();
-            let _ = s.server.await;
+            s.shut_down().await;
         }
         drop(guard);
     }
@@ -188,9 +184,7 @@ impl NodeInner {
     pub(crate) fn halt_trustd(&self) {
         if let Ok(mut guard) = self.trustd.try_lock() {
             if let Some(s) = guard.take() {
-                s.accept.abort();
-                s.conns.kill_all();
-                s.server.abort();
+                s.halt();
             }
         }
     }

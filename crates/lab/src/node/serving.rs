@@ -120,11 +120,7 @@ impl NodeInner {
         self.stop_trustd().await;
         let mut guard = self.serving.lock().await;
         if let Some(s) = guard.take() {
-            s.accept.abort();
-            let _ = s.accept.await;
-            s.conns.kill_all();
-            s.server.abort();
-            let _ = s.server.await;
+            s.shut_down().await;
         }
         drop(guard);
     }
@@ -141,9 +137,7 @@ impl NodeInner {
         self.halt_trustd();
         if let Ok(mut guard) = self.serving.try_lock() {
             if let Some(s) = guard.take() {
-                s.accept.abort();
-                s.conns.kill_all();
-                s.server.abort();
+                s.halt();
             }
         }
     }
