@@ -4,12 +4,11 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, docs, gen, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, docs, gen, process, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
 use endsys_bootstrap::machineconfig::Vars;
-use endsys_bootstrap::Doctor;
 
 /// Provision and bootstrap Talos Linux clusters on bare metal, then hand off to Flux.
 #[derive(Debug, Parser)]
@@ -112,63 +111,6 @@ enum LabCommand {
     Walkthrough(lab_cmd::LabArgs),
 }
 
-/// `--output json` / `-o json` among the raw arguments: known before parsing,
-/// so that argument errors and panics can answer in JSON too.
-fn wants_json(args: &[std::ffi::OsString]) -> bool {
-    let args: Vec<&str> = args.iter().filter_map(|a| a.to_str()).collect();
-    args.windows(2)
-        .any(|w| (w[0] == "--output" || w[0] == "-o") && w[1] == "json")
-        || args
-            .iter()
-            .any(|a| *a == "--output=json" || *a == "-ojson" || *a == "-o=json")
-}
-
-/// Any panic, on any thread, ends the process with exit code 101 and says so:
-/// a panicked worker must never leave a run waiting forever on what it would
-/// have done.
-fn exit_on_panic(json: bool) {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default(info);
-        let msg = "internal error (a bug in endsys-bootstrap; the message above says where); the run stopped";
-        let next = "run the same command again (it resumes from the real state); report the message above if it repeats";
-        if json {
-            println!(
-                "{}",
-                serde_json::json!({"event": "error", "error": msg, "likely_cause": info.to_string(), "next_action": next, "exit_code": 101})
-            );
-        } else {
-            eprintln!("error: {msg}\n  next action:  {next}");
-        }
-        std::process::exit(101);
-    }));
-}
-
-/// The first SIGINT or SIGTERM; never resolves if signals cannot be watched.
-async fn signalled() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        match tokio::signal::ctrl_c().await {
-            Ok(()) => "SIGINT",
-            Err(_) => std::future::pending().await,
-        }
-    }
-}
-
 /// The verb as the operator typed it, for messages.
 fn verb_of(c: &Command) -> &'static str {
     match c {
@@ -202,25 +144,11 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let json = wants_json(&raw);
-    exit_on_panic(json);
+    let json = process::wants_json(&raw);
+    process::exit_on_panic(json);
     let cli = match Cli::try_parse_from(&raw) {
         Ok(c) => c,
-        Err(e) if json && e.use_stderr() => {
-            let text = e.render().to_string();
-            let error = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ")
-                .to_string();
-            println!(
-                "{}",
-                serde_json::json!({"event": "error", "error": error, "likely_cause": "the command line does not match what the verb accepts",
-                    "next_action": "see `--help` of the verb", "exit_code": e.exit_code()})
-            );
-            std::process::exit(e.exit_code());
-        }
+        Err(e) if json && e.use_stderr() => process::exit_with_json_usage_error(&e),
         Err(e) => e.exit(),
     };
     let out = Output { format: cli.output };
@@ -234,7 +162,7 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             let e = CliError::Failed(format!("cannot start the async runtime: {e}"));
-            report(&e, &out);
+            process::report(&e, &out);
             std::process::exit(1);
         }
     };
@@ -246,7 +174,7 @@ fn main() {
         }
         tokio::select! {
             r = &mut work => r,
-            signal = signalled() => {
+            signal = process::signalled() => {
                 // The run's lock is still held here (`work` is alive): its open
                 // run records are this process's to close.
                 let journals = endsys_bootstrap::engine::lock::held()
@@ -258,16 +186,8 @@ fn main() {
         }
     });
     if let Err(e) = result {
-        report(&e, &out);
+        process::report(&e, &out);
         std::process::exit(e.exit_code());
-    }
-}
-
-/// A failure: text on stderr, or exactly one JSON object on stdout.
-fn report(e: &CliError, out: &Output) {
-    match out.format {
-        OutputFormat::Json => println!("{}", e.to_json()),
-        OutputFormat::Text => eprintln!("error: {}", e.explain()),
     }
 }
 
