@@ -119,7 +119,11 @@ fn emit_literal(text: &str, level: usize, rel: usize, out: &mut String) {
     } else {
         ""
     };
-    let lead = if text.starts_with(' ') {
+    // The indentation is detected from the first line with content, so a block whose
+    // first such line starts with a space needs the indicator, even after empty lines
+    // (the patch fuzz target found "\n  x" read back without its leading spaces).
+    let first_content = text.split('\n').find(|l| !l.is_empty());
+    let lead = if first_content.is_some_and(|l| l.starts_with(' ')) {
         rel.to_string()
     } else {
         String::new()
@@ -595,6 +599,13 @@ mod tests {
     #[test]
     fn nested_blocks_with_leading_spaces_read_back() {
         let v = y("a:\n  b:\n    c: \"  x\\ny\\n\"\n  d:\n    - \" z\\nw\"\n");
+        let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn blocks_whose_first_content_line_is_indented_after_empty_lines_read_back() {
+        let v = y("a:\n  b: \"\\n  x\\ny\"\n  c: \"\\n\\n z\\n\"\n");
         let back: Value = serde_yaml_ng::from_str(&emit(&v, 2)).unwrap();
         assert_eq!(back, v);
     }
