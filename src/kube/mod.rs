@@ -256,6 +256,38 @@ impl std::fmt::Display for Tally {
     }
 }
 
+/// What an apply did to the object. The resourceVersion alone is not enough:
+/// a controller writing the object's status between our read and our apply
+/// bumps it too (a restored cluster's controllers do exactly that), and that
+/// is not a change of ours. So an object that already held every field we
+/// sent is unchanged whatever its resourceVersion says.
+fn classify(before: Option<&DynamicObject>, after: &DynamicObject, sent: &Value) -> Change {
+    let Some(b) = before else {
+        return Change::Created;
+    };
+    if b.metadata.resource_version == after.metadata.resource_version {
+        return Change::Unchanged;
+    }
+    match serde_json::to_value(b) {
+        Ok(held) if holds(&held, sent) => Change::Unchanged,
+        _ => Change::Changed,
+    }
+}
+
+/// Whether `held` carries every value of `want` (objects by key, lists item by
+/// item, scalars equal); extra fields in `held` (defaults, status) don't count.
+fn holds(held: &Value, want: &Value) -> bool {
+    match (held, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, v)| v.is_null() || h.get(k).is_some_and(|hv| holds(hv, v))),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| holds(hv, wv))
+        }
+        (h, w) => h == w,
+    }
+}
+
 /// Apply order within one batch: 0 namespaces, 1 CRDs, then Helm's install
 /// order for the rest (config before workloads).
 pub fn order_rank(kind: &str) -> u8 {
@@ -410,16 +442,10 @@ impl Applier {
             detail: e.to_string(),
         })?;
         let after = api
-            .patch(&name, &pp, &Patch::Apply(body))
+            .patch(&name, &pp, &Patch::Apply(&body))
             .await
             .map_err(|e| KubeError::from_kube(e, &label, "apply"))?;
-        let change = match before {
-            None => Change::Created,
-            Some(b) if b.metadata.resource_version == after.metadata.resource_version => {
-                Change::Unchanged
-            }
-            Some(_) => Change::Changed,
-        };
+        let change = classify(before.as_ref(), &after, &body);
         Ok(Applied {
             gvk: GroupVersionKind::gvk(&ar.group, &ar.version, &ar.kind),
             resource: ar,
@@ -464,6 +490,45 @@ mod tests {
             Err(KubeError::Manifest { doc, .. }) => assert_eq!(doc, 1),
             other => panic!("expected a manifest error, got {other:?}"),
         }
+    }
+
+    fn object(rv: &str, replicas: u64, status: &str) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "n", "resourceVersion": rv},
+            "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+            "status": {"phase": status}
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn a_status_write_between_read_and_apply_is_not_our_change() {
+        let sent = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "namespace": "n"},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}
+        });
+        let before = object("5", 2, "Pending");
+        // A controller wrote status (rv 5 → 6) before our apply landed.
+        assert_eq!(
+            classify(Some(&before), &object("6", 2, "Ready"), &sent),
+            Change::Unchanged
+        );
+        assert_eq!(
+            classify(Some(&before), &object("5", 2, "Pending"), &sent),
+            Change::Unchanged
+        );
+        // Our own field differed: a change, whatever else happened.
+        assert_eq!(
+            classify(
+                Some(&object("5", 1, "Pending")),
+                &object("6", 2, "Pending"),
+                &sent
+            ),
+            Change::Changed
+        );
+        assert_eq!(classify(None, &before, &sent), Change::Created);
     }
 
     #[test]
