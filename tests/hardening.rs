@@ -532,3 +532,32 @@ async fn a_broken_kubeconfig_is_named_and_json_errors_are_one_object() {
     assert!(v["next_action"].as_str().unwrap().contains("up"), "{v}");
     assert!(!v["likely_cause"].as_str().unwrap().is_empty(), "{v}");
 }
+
+#[tokio::test]
+async fn a_cluster_flag_that_is_a_path_is_refused_before_any_file_is_read() {
+    // `--cluster` becomes a folder under the state directory: `../x` would read
+    // (and for `kubeconfig --merge`, write) outside it.
+    let home = tempfile::tempdir().unwrap();
+    // <state>/endsys-bootstrap/../x is <state>/x: a kubeconfig planted there.
+    let outside = home.path().join("state").join("x");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(home.path().join("state").join("endsys-bootstrap")).unwrap();
+    std::fs::write(outside.join("kubeconfig"), "secret").unwrap();
+    for args in [
+        &["kubeconfig", "--cluster", "../x"][..],
+        &["status", "--cluster", "../x"][..],
+        &["kubeconfig", "--cluster", "/etc"][..],
+    ] {
+        let mut c = bin();
+        c.env("XDG_STATE_HOME", home.path().join("state"))
+            .args(args);
+        let o = output(c).await;
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--cluster") && err.contains("plain name"),
+            "{err}"
+        );
+        assert!(!text(&o.stdout).contains("secret"), "{args:?}");
+    }
+}

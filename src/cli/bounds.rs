@@ -48,6 +48,14 @@ pub fn time_scale(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// `--cluster NAME`: the same plain-name rule as `clusterName`, because it
+/// becomes a folder under the state directory (`../x` would escape it).
+pub fn cluster_name(s: &str) -> Result<String, String> {
+    endsys_config::machineconfig::checks::cluster_name(s)
+        .map(|()| s.to_string())
+        .map_err(|e| e.replacen("clusterName", "--cluster", 1))
+}
+
 /// A node count: at least one.
 pub fn node_count(s: &str) -> Result<usize, String> {
     let v: usize = s

@@ -80,7 +80,7 @@ impl UpArgs {
 #[derive(Debug, clap::Args)]
 pub struct KubeconfigArgs {
     /// Cluster name (the state directory's last component).
-    #[arg(long)]
+    #[arg(long, value_parser = super::bounds::cluster_name)]
     pub cluster: String,
     /// State directory (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
     #[arg(long)]
@@ -553,7 +553,7 @@ fn graph_json(g: &crate::gitops::Graph) -> serde_json::Value {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Cluster name: reads the kubeconfig `up` wrote to its state directory.
-    #[arg(long, required_unless_present_any = ["kubeconfig", "state_dir"])]
+    #[arg(long, required_unless_present_any = ["kubeconfig", "state_dir"], value_parser = super::bounds::cluster_name)]
     pub cluster: Option<String>,
     /// State directory holding the kubeconfig (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
     #[arg(long)]
