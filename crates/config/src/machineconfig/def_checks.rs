@@ -170,15 +170,6 @@ impl ClusterDefinition {
         if n.install_disk.is_none() && n.install_disk_selector.is_none() {
             return Err(bad(format!("node {}: neither installDisk nor installDiskSelector is set", n.hostname), "Talos needs to know where to install: set installDiskSelector (e.g. serial) or installDisk"));
         }
-        if n.install_disk.is_some() && n.install_disk_selector.is_some() {
-            return Err(bad(
-                format!(
-                    "node {}: both installDisk and installDiskSelector are set",
-                    n.hostname
-                ),
-                "keep only one of them",
-            ));
-        }
         for (field, v) in [
             ("installDisk", n.install_disk.as_deref()),
             (
@@ -238,8 +229,15 @@ impl ClusterDefinition {
             })?;
         }
         for (j, dev) in n.network_interfaces.iter().enumerate() {
-            if dev.interface.is_some() == dev.device_selector.is_some() {
-                return Err(bad(format!("node {}: networkInterfaces[{j}] needs exactly one of interface or deviceSelector", n.hostname), "select the NIC either by name or by hardwareAddr"));
+            // talhelper's checkNodeNetworkInterfaces (validator.go@v3.1.16), same texts.
+            let name = dev.interface.as_deref().unwrap_or("");
+            if dev.bond.is_some() && dev.bridge.is_some() {
+                return Err(bad(format!("node {}: networkInterfaces[{j}]: interface has both bridge and bond section set \"{name}\"", n.hostname), "a link is either a bond or a bridge"));
+            }
+            if let Some(b) = &dev.bond {
+                if !b.interfaces.is_empty() && !b.device_selectors.is_empty() {
+                    return Err(bad(format!("node {}: networkInterfaces[{j}]: interface \"{name}\" has both interfaces and selectors set", n.hostname), "list the bond members either by name (interfaces) or by deviceSelectors"));
+                }
             }
             for a in &dev.addresses {
                 if super::net::parse_cidr(a).is_none() && a.parse::<std::net::IpAddr>().is_err() {

@@ -348,7 +348,10 @@ const GO_NAMES: &[(&str, &str)] = &[
     ("ExtraArgsConfig", "extraArgs"),
     ("ContainerImage", "image"),
     ("EtcdConfig", "etcd"),
-    ("AllowSchedulingOnControlPlanes", "allowSchedulingOnControlPlanes"),
+    (
+        "AllowSchedulingOnControlPlanes",
+        "allowSchedulingOnControlPlanes",
+    ),
 ];
 
 struct Eval<'a> {

@@ -28,6 +28,7 @@ pub mod devices;
 pub mod envsubst;
 pub mod error;
 pub mod gotmpl;
+pub mod loader;
 pub mod net;
 pub mod nodeconfigs;
 pub mod patch;
@@ -37,6 +38,7 @@ pub mod schematic;
 pub mod secrets;
 pub mod talconfig;
 pub mod talosconfig;
+pub mod unknown_keys;
 pub mod validate;
 pub mod yaml;
 

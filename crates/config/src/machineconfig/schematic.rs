@@ -383,7 +383,17 @@ mod tests {
             "my.registry.io/metal-installer-secureboot/abc:v1.12.1"
         );
         assert_eq!(
-            image_url(&f, &Spec { secureboot: true, use_uki: true, ..spec("metal", true) }, id, "v1.13.0").unwrap(),
+            image_url(
+                &f,
+                &Spec {
+                    secureboot: true,
+                    use_uki: true,
+                    ..spec("metal", true)
+                },
+                id,
+                "v1.13.0"
+            )
+            .unwrap(),
             format!("https://factory.talos.dev/image/{id}/v1.13.0/metal-amd64-secureboot-uki.efi")
         );
     }

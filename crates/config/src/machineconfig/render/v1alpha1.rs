@@ -3,6 +3,8 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
+use crate::machineconfig::gotmpl;
+
 use super::{installer_image, map, pair, s, seq, set, talos_version, Contract};
 use crate::machineconfig::secrets::SecretsBundle;
 use crate::machineconfig::talconfig::{ClusterDefinition, ResolvedNode};
@@ -52,8 +54,8 @@ pub(super) fn base_documents(
         &["machine", "kubelet", "disableManifestsDirectory"],
         Value::Bool(true),
     );
-    if contract.minor == 12 {
-        // Contract 1.12 still emits an empty legacy network block; 1.13 drops it.
+    if !contract.kubespan_multidoc_config() {
+        // Up to 1.12 the generator still emits an empty legacy network block.
         set(
             &mut d,
             &["machine", "network"],
@@ -80,11 +82,19 @@ pub(super) fn base_documents(
         s(&installer_image(def, node, &version)),
     );
     set(&mut d, &["machine", "install", "wipe"], Value::Bool(false));
-    set(
-        &mut d,
-        &["machine", "install", "grubUseUKICmdline"],
-        Value::Bool(true),
-    );
+    if contract.grub_use_uki_cmdline_default() {
+        set(
+            &mut d,
+            &["machine", "install", "grubUseUKICmdline"],
+            Value::Bool(true),
+        );
+    }
+    if !contract.hide_rbac_and_key_usage() {
+        // Contracts up to 1.11 (gen/controlplane.go, gen/network.go@v1.13.9).
+        for f in ["rbac", "stableHostname", "apidCheckExtKeyUsage"] {
+            set(&mut d, &["machine", "features", f], Value::Bool(true));
+        }
+    }
     set(
         &mut d,
         &["machine", "features", "diskQuotaSupport"],
@@ -113,20 +123,35 @@ pub(super) fn base_documents(
             s(""),
         );
     }
-    for (k, v) in &node.node.node_labels {
-        labels.insert(s(k), s(v));
+    // talhelper replaces the generated labels and annotations with the node's
+    // entries that are not templates (`applyNodeOverride`); templates come later.
+    let plain = |m: &std::collections::BTreeMap<String, String>| -> Mapping {
+        m.iter()
+            .filter(|(_, v)| !gotmpl::is_template(v))
+            .map(|(k, v)| (s(k), s(v)))
+            .collect()
+    };
+    if !node.node.node_labels.is_empty() {
+        labels = plain(&node.node.node_labels);
     }
-    if !labels.is_empty() {
+    if !labels.is_empty() || !node.node.node_labels.is_empty() {
         set(&mut d, &["machine", "nodeLabels"], Value::Mapping(labels));
     }
-    for (field, m) in [
-        ("nodeAnnotations", &node.node.node_annotations),
-        ("nodeTaints", &node.node.node_taints),
-    ] {
-        if !m.is_empty() {
-            let mm: Mapping = m.iter().map(|(k, v)| (s(k), s(v))).collect();
-            set(&mut d, &["machine", field], Value::Mapping(mm));
-        }
+    if !node.node.node_annotations.is_empty() {
+        set(
+            &mut d,
+            &["machine", "nodeAnnotations"],
+            Value::Mapping(plain(&node.node.node_annotations)),
+        );
+    }
+    if !node.node.node_taints.is_empty() {
+        let mm: Mapping = node
+            .node
+            .node_taints
+            .iter()
+            .map(|(k, v)| (s(k), s(v)))
+            .collect();
+        set(&mut d, &["machine", "nodeTaints"], Value::Mapping(mm));
     }
 
     set(&mut d, &["cluster", "id"], s(&sec.cluster.id));
@@ -142,6 +167,9 @@ pub(super) fn base_documents(
         m.insert(s("name"), s(&cni.name));
         if !cni.urls.is_empty() {
             m.insert(s("urls"), seq(&cni.urls));
+        }
+        if let Some(f) = &cni.flannel {
+            m.insert(s("flannel"), f.clone());
         }
         set(&mut d, &["cluster", "network", "cni"], Value::Mapping(m));
     }
@@ -192,11 +220,23 @@ pub(super) fn base_documents(
             &["cluster", "apiServer", "image"],
             s(&format!("registry.k8s.io/kube-apiserver:v{k8s}")),
         );
-        if !c.additional_api_server_cert_sans.is_empty() {
+        let mut api_sans = Vec::new();
+        if contract.populate_cluster_sans_from_endpoint() {
+            api_sans.push(crate::machineconfig::net::endpoint_host(&c.endpoint));
+        }
+        api_sans.extend(c.additional_api_server_cert_sans.iter().cloned());
+        if !api_sans.is_empty() {
             set(
                 &mut d,
                 &["cluster", "apiServer", "certSANs"],
-                seq(&c.additional_api_server_cert_sans),
+                seq(&api_sans),
+            );
+        }
+        if !contract.hide_disable_psp() {
+            set(
+                &mut d,
+                &["cluster", "apiServer", "disablePodSecurityPolicy"],
+                Value::Bool(true),
             );
         }
         set(
@@ -262,6 +302,10 @@ pub(super) fn base_documents(
                 Value::Bool(true),
             );
         }
+    }
+    if !contract.multidoc_network_config_supported() {
+        // Up to 1.11: no HostnameConfig, the stable hostname is a legacy feature.
+        return vec![d];
     }
     let hostname = map(&[
         ("apiVersion", s("v1alpha1")),
