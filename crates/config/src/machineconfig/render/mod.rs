@@ -207,9 +207,15 @@ pub fn render_node(
         ));
     }
     let text = yaml::emit_documents(&docs, 2);
+    let file_name = output_file_name(def, node).map_err(|m| {
+        at_node(
+            format!("node {}: filenameTmpl: {m}", node.hostname()),
+            "the template must give a plain file name such as `{{.ClusterName}}-{{.Hostname}}.yaml`",
+        )
+    })?;
     Ok(RenderedConfig {
         hostname: node.hostname().to_string(),
-        file_name: def.file_name(node),
+        file_name,
         control_plane: node.is_control_plane(),
         documents: docs,
         yaml: text,
@@ -288,6 +294,36 @@ fn leftover_template(v: &Value, path: &mut Vec<String>) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// talhelper's output file name (`GetOutputFileName`): `filenameTmpl` rendered
+/// with ClusterName, Hostname, IPAddress and Role; `<cluster>-<hostname>.yaml` without.
+fn output_file_name(def: &ClusterDefinition, node: &ResolvedNode) -> Result<String, String> {
+    let Some(t) = node.node.filename_tmpl.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(def.file_name(node));
+    };
+    let mut data = Mapping::new();
+    for (k, v) in [
+        ("ClusterName", def.cluster_name()),
+        ("Hostname", node.hostname()),
+        ("IPAddress", node.node.ip_address.as_str()),
+        (
+            "Role",
+            if node.is_control_plane() {
+                "controlplane"
+            } else {
+                "worker"
+            },
+        ),
+    ] {
+        data.insert(s(k), s(v));
+    }
+    let name = gotmpl::render(t, &Value::Mapping(data), &gotmpl::Names::Plain)?;
+    // The name is joined to the output folder: it must stay inside it.
+    if name.is_empty() || name.contains(['/', '\\', '\0']) || name.starts_with('.') {
+        return Err(format!("`{name}` is not a plain file name"));
+    }
+    Ok(name)
 }
 
 /// The node's installer image, as talhelper chooses it (`installerURL`): the
