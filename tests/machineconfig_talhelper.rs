@@ -576,7 +576,10 @@ fn every_talhelper_field_at_once() {
         find(cp, "ExtensionServiceConfig", "tailscale")["environment"],
         y("[TS_AUTHKEY=tskey-example]")
     );
-    assert_eq!(cp.documents.last().unwrap()["name"], y("remote-controlplane"));
+    assert_eq!(
+        cp.documents.last().unwrap()["name"],
+        y("remote-controlplane")
+    );
     assert!(!cp.yaml.contains("{{"));
     let w1 = &r[1].documents[0]["machine"];
     assert_eq!(
@@ -584,4 +587,49 @@ fn every_talhelper_field_at_once() {
         y("factory.talos.dev/metal-installer/abc:v1.13.0")
     );
     assert!(r[1].documents[0]["cluster"]["apiServer"].is_null());
+}
+
+/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, text: &str) {
+    let p = root().join("golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&p, text).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("missing golden {}", p.display()));
+    assert_eq!(text, want, "{name} differs from its golden file");
+}
+
+/// Byte-stable output per contract: the every-field definition at 1.13 and the same
+/// nodes at 1.11 (legacy network path), read by eye against talhelper's
+/// pkg/talos/testdata/node*_expected.yaml@v3.1.16 shapes.
+#[test]
+fn talhelper_outputs_match_golden_files() {
+    let dir = root().join("talhelper/every-field");
+    let def = ClusterDefinition::load(
+        &DefinitionPaths::beside(&dir.join("talconfig.yaml")),
+        Vars::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for r in render(&def) {
+        golden(&format!("c113-{}", r.file_name), &r.yaml);
+    }
+    let text = std::fs::read_to_string(dir.join("talconfig.yaml"))
+        .unwrap()
+        .replace("talosVersion: v1.13.0", "talosVersion: v1.11.5")
+        .replace("kubernetesVersion: v1.36.0", "kubernetesVersion: v1.34.1");
+    let mut vars = Vars::new();
+    vars.load_talenv(
+        &std::fs::read_to_string(dir.join("talenv.yaml")).unwrap(),
+        &dir.join("talenv.yaml"),
+    )
+    .unwrap();
+    let def =
+        ClusterDefinition::from_text(&text, &dir.join("talconfig.yaml"), &vars, &FsPatchReader)
+            .unwrap_or_else(|e| panic!("{e}"));
+    let r = render(&def);
+    for c in &r {
+        golden(&format!("c111-{}", c.file_name), &c.yaml);
+    }
+    validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
 }

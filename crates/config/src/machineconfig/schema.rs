@@ -377,7 +377,13 @@ fn scalar_to_string(v: &mut Y) {
 
 fn coerce_walk(v: &mut Y, node: &'static J) {
     let node = resolve(node);
-    if accepts_string(node) {
+    // A number stays a number where the type also takes one (PortRange: a single
+    // port marshals as an integer, port_range.go@v1.13.9).
+    let takes_integer = node.get("oneOf").and_then(J::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|x| resolve(x).get("type").and_then(J::as_str) == Some("integer"))
+    });
+    if accepts_string(node) && !(takes_integer && v.is_number()) {
         scalar_to_string(v);
         return;
     }

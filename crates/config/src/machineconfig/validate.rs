@@ -197,6 +197,19 @@ pub fn validate_config(subject: &str, docs: &[Value]) -> Vec<Finding> {
             if get(main, &["machine", "features", "kubernetesTalosAPIAccess"]).is_some() {
                 e("kubernetesTalosAPIAccess is only allowed on control planes".into());
             }
+            // The legacy interfaces (contracts <= 1.11): Talos's own refusal
+            // (v1alpha1_validation.go@v1.11.5, TypeWorker).
+            let devices =
+                get(main, &["machine", "network", "interfaces"]).and_then(Value::as_sequence);
+            for d in devices.into_iter().flatten() {
+                let vlan_vip = d
+                    .get("vlans")
+                    .and_then(Value::as_sequence)
+                    .is_some_and(|v| v.iter().any(|x| x.get("vip").is_some()));
+                if d.get("vip").is_some() || vlan_vip {
+                    e("virtual (shared) IP is not allowed on non-controlplane nodes".into());
+                }
+            }
         }
         other => e(format!("unknown machine.type `{other}`")),
     }

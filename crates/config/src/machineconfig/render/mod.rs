@@ -5,6 +5,7 @@
 use serde_yaml_ng::{Mapping, Value};
 
 pub mod netdocs;
+mod order;
 mod talhelper_docs;
 mod v1alpha1;
 
@@ -193,6 +194,7 @@ pub fn render_node(
         fill_go_zero_values(d);
         schema::coerce(d);
         yaml::canonicalize(d);
+        order::apply(d);
     }
     if let Some(path) = docs
         .iter()
