@@ -228,6 +228,32 @@ impl ClusterDefinition {
                 )
             })?;
         }
+        // talhelper's checkNodeSchematic (validator.go@v3.1.16), where it runs: the
+        // public factory, unless noSchematicValidate. The extension catalogue check
+        // (talos-extensions.json) is not made here: the image factory itself refuses
+        // unknown extensions when the image is built.
+        if self.config.image_factory.registry() == super::nodeconfigs::DEFAULT_REGISTRY
+            && !n.no_schematic_validate
+        {
+            for sc in [&n.schematic, &n.image_schematic].into_iter().flatten() {
+                let exts = &sc.customization.system_extensions.official_extensions;
+                for (k, e) in exts.iter().enumerate() {
+                    if exts[..k].contains(e) {
+                        return Err(bad(
+                            format!(
+                                "node {}: schematic: duplicate system extension \"{e}\"",
+                                n.hostname
+                            ),
+                            "list each extension once (or set noSchematicValidate)",
+                        ));
+                    }
+                }
+                let o = &sc.overlay;
+                if o.image.is_empty() != o.name.is_empty() {
+                    return Err(bad(format!("node {}: schematic overlay: both `image` and `name` is required to be set", n.hostname), "set the overlay's image and name, e.g. siderolabs/sbc-raspberrypi and rpi_generic"));
+                }
+            }
+        }
         for (j, dev) in n.network_interfaces.iter().enumerate() {
             // talhelper's checkNodeNetworkInterfaces (validator.go@v3.1.16), same texts.
             let name = dev.interface.as_deref().unwrap_or("");

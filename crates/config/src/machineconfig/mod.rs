@@ -17,8 +17,9 @@
 //!
 //! Differences from upstream, on purpose: RFC 6902 patches are applied to the v1alpha1
 //! document even though Talos ≥ 1.12 configs are multi-document (upstream refuses);
-//! Go templates in patches and image-factory lookups are not supported (refused with
-//! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
+//! image-factory schematic IDs are computed offline (never POSTed); Go templates
+//! support the subset in [`gotmpl`]; contracts below 1.8 are refused. The full list of
+//! talhelper behaviours not followed is in docs/talhelper.md.
 
 pub mod checks;
 pub mod config_file;
