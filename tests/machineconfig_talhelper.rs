@@ -362,8 +362,8 @@ fn merge_keys_are_resolved() {
     );
     let r = render(&def);
     assert_eq!(
-        find(&r[0], "ResolverConfig", "").get("kind").is_some(),
-        true
+        find(&r[0], "ResolverConfig", "")["nameservers"],
+        y("[{address: 192.0.2.53}]")
     );
 }
 

@@ -110,6 +110,13 @@ impl ClusterDefinition {
             vars: ctx.vars.clone(),
         };
         def.check_basics()?;
+        let version = super::render::talos_version(&def);
+        if let Ok(c) = super::contract::Contract::parse(&version) {
+            if !c.multidoc_network_config_supported() {
+                let line = locate_line(&def.text, &["talosVersion"]);
+                def.warnings.push(warning(&def.source, line, format!("talosVersion {version}: configs for contract {}.{} are rendered as talosctl and talhelper do, but this tool's node flows (up, upgrade, reimage) are tested against Talos 1.12 and 1.13 only", c.major, c.minor)));
+            }
+        }
         def.load_contents(ctx)?;
         def.nodes = def.resolve_nodes(ctx)?;
         for n in &def.nodes {
