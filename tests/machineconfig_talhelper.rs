@@ -431,7 +431,8 @@ fn sops_encrypted_files_are_decrypted() {
     paths.age_key = Some(dir.path().join("missing.txt"));
     let e = ClusterDefinition::load(&paths, Vars::new()).unwrap_err();
     assert!(
-        e.to_string().contains("talenv.sops.yaml: cannot decrypt"),
+        e.to_string()
+            .contains("talenv.sops.yaml: cannot decrypt this SOPS file"),
         "{e}"
     );
     // A plain talenv and the encrypted patch: the patch's line in talconfig.yaml.
@@ -512,6 +513,11 @@ fn every_talhelper_field_at_once() {
         y("\"Welcome to every\\n\"")
     );
     assert_eq!(m["machine"]["files"][1]["content"], y("literal text"));
+    assert_eq!(
+        m["machine"]["files"][1]["permissions"],
+        y("384"),
+        "0600 is octal for Go"
+    );
     assert_eq!(m["machine"]["nodeLabels"]["secureboot"], y("\"false\""));
     assert_eq!(
         m["machine"]["nodeTaints"],

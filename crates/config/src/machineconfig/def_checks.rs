@@ -228,6 +228,19 @@ impl ClusterDefinition {
                 )
             })?;
         }
+        // talhelper's checkNodeNameServers (validator.go@v3.1.16), at every contract.
+        if n.nameservers
+            .iter()
+            .any(|a| a.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(bad(
+                format!(
+                    "node {}: nameservers: {:?} is not a valid list of IP addresses",
+                    n.hostname, n.nameservers
+                ),
+                "list nameservers as IP addresses",
+            ));
+        }
         // talhelper's checkNodeSchematic (validator.go@v3.1.16), where it runs: the
         // public factory, unless noSchematicValidate. The extension catalogue check
         // (talos-extensions.json) is not made here: the image factory itself refuses

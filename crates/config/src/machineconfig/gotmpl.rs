@@ -494,6 +494,11 @@ impl Eval<'_> {
                     })?,
             };
             cur = match &cur {
+                // Plain data stands for a Go struct: an unknown field is an error.
+                Value::Mapping(m) if matches!(self.names, Names::Plain) => m
+                    .get(key)
+                    .cloned()
+                    .ok_or_else(|| format!("can't evaluate field {f}"))?,
                 Value::Mapping(m) => m.get(key).cloned().unwrap_or(Value::Null),
                 // A Go zero struct: its fields are zero too.
                 Value::Null => Value::Null,

@@ -39,10 +39,16 @@ impl LoadContext<'_> {
         }
         let sops_err = |e: crate::sops::SopsError| {
             use endsys_core::Doctor;
+            // Said from the line that names the file, or from the file itself.
+            let what = if named_at.0 == path {
+                "cannot decrypt this SOPS file".to_string()
+            } else {
+                format!("{}: cannot decrypt this SOPS file", path.display())
+            };
             ConfigError::input(
                 named_at.0,
                 named_at.1,
-                format!("{}: cannot decrypt this SOPS file: {e}", path.display()),
+                format!("{what}: {e}"),
                 e.next_action(),
             )
         };
@@ -221,11 +227,13 @@ impl ClusterDefinition {
                 p.extend(own);
                 p
             };
+            let global_patches_from = patches.len();
             patches.extend(top.iter().cloned());
             let extra_manifests = self.load_manifests(&node.extra_manifests, line, ctx)?;
             out.push(ResolvedNode {
                 node,
                 patches,
+                global_patches_from,
                 extra_manifests,
                 line,
             });

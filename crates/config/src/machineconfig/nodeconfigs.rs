@@ -12,8 +12,9 @@ use serde_yaml_ng::Value;
 pub struct MachineFile {
     #[serde(default)]
     pub content: String,
-    /// Go's `os.FileMode`, a number (YAML `0o644` or `420`).
-    #[serde(default)]
+    /// Go's `os.FileMode`: `420`, `0o644`, or `0644`, which Go's yaml.v3 reads as
+    /// octal (YAML 1.1) where YAML 1.2 readers see a string.
+    #[serde(default, deserialize_with = "file_mode")]
     pub permissions: u32,
     #[serde(default)]
     pub path: String,
@@ -21,6 +22,27 @@ pub struct MachineFile {
     pub op: String,
     #[serde(default)]
     pub skip_envsubst: bool,
+}
+
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| D::Error::custom(format!("permissions {n} is not a file mode"))),
+        Value::String(t) => {
+            let digits = t
+                .strip_prefix("0o")
+                .or_else(|| t.strip_prefix('0'))
+                .unwrap_or(&t);
+            u32::from_str_radix(if digits.is_empty() { "0" } else { digits }, 8).map_err(|_| {
+                D::Error::custom(format!("permissions `{t}` is not an octal file mode"))
+            })
+        }
+        Value::Null => Ok(0),
+        _ => Err(D::Error::custom("permissions is not a file mode")),
+    }
 }
 
 /// Top-level `inlineManifests[]`.

@@ -291,6 +291,10 @@ pub struct PatchSource {
 pub struct ResolvedNode {
     pub node: Node,
     pub patches: Vec<PatchSource>,
+    /// Where the top-level patches start in `patches`: talhelper renders the node's
+    /// patch templates against the config before them, the global ones against the
+    /// config the node patches made (two `PatchesPatcher` calls, generate/config.go).
+    pub global_patches_from: usize,
     /// Node `extraManifests` (deprecated in talhelper), appended as documents.
     pub extra_manifests: Vec<PatchSource>,
     /// Line of this node's `hostname:` in talconfig.yaml (for cluster-level errors).

@@ -170,9 +170,15 @@ pub fn render_node(
         text: String::new(),
     };
     talhelper_patch.apply(&mut docs)?;
-    for p in &node.patches {
-        let p = render_patch(def, p, &docs)?;
-        patch::LoadedPatch::load(&p)?.apply(&mut docs)?;
+    // Each batch (node patches, then global ones) is rendered against the config as
+    // it was before the batch, as talhelper's PatchesPatcher does.
+    let split = node.global_patches_from.min(node.patches.len());
+    for batch in [&node.patches[..split], &node.patches[split..]] {
+        let before = docs.clone();
+        for p in batch {
+            let p = render_patch(def, p, &before)?;
+            patch::LoadedPatch::load(&p)?.apply(&mut docs)?;
+        }
     }
     for m in &node.extra_manifests {
         let text = render_patch(def, m, &docs)?.text;
