@@ -165,6 +165,14 @@ fn contract_1_11_renders_the_legacy_shape() {
         "{}",
         r[0].yaml
     );
+    // Key order as in stab/v1.11/base-controlplane.yaml@v1.14.0-rc.1.
+    for frag in [
+        "  features:\n    rbac: true\n    stableHostname: true\n    apidCheckExtKeyUsage: true\n    diskQuotaSupport: true\n",
+        "    certSANs:\n      - 192.0.2.10\n    disablePodSecurityPolicy: true\n    admissionControl:\n",
+        "  install:\n    disk: /dev/sda\n    image: factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.11.5\n    wipe: false\n  features:",
+    ] {
+        assert!(r[0].yaml.contains(frag), "missing {frag:?} in\n{}", r[0].yaml);
+    }
     validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
     // Contract 1.7 and older are refused with the line.
     let old = text.replace("v1.11.5", "v1.7.4");
@@ -298,6 +306,17 @@ fn label_and_annotation_templates_are_rendered() {
         ),
         &[],
     );
+    // A template where talhelper renders none (a volume field) is refused, not written.
+    let left = def_in(
+        &format!("{HEAD}nodes:\n{}", cp("    volumes:\n      - name: EPHEMERAL\n        provisioning:\n          maxSize: '{{ .Size }}'\n")),
+        &[],
+    );
+    let e = render_all(&left, &secrets()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`{{` is left in the rendered config at provisioning.maxSize"),
+        "{e}"
+    );
     let e = render_all(&bad, &secrets()).unwrap_err();
     assert!(
         e.to_string().contains("talconfig.yaml:5") && e.to_string().contains("`tpl`"),
@@ -416,9 +435,8 @@ fn sops_encrypted_files_are_decrypted() {
         format!("{HEAD}patches: ['@patch.sops.yaml']\nnodes:\n  - hostname: cp1\n    ipAddress: 192.0.2.11\n    controlPlane: true\n    installDisk: ${{nodeDisk}}\n"),
     )
     .unwrap();
+    // talenv.sops.yaml is one of talhelper's default env files (cmd/genconfig.go).
     let mut paths = DefinitionPaths::beside(&dir.path().join("talconfig.yaml"));
-    paths.talenv = vec![dir.path().join("talenv.sops.yaml")];
-    paths.talenv_required = true;
     paths.age_key = Some(key);
     let def = ClusterDefinition::load(&paths, Vars::new()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(def.nodes[0].node.install_disk.as_deref(), Some("/dev/vdb"));
@@ -436,8 +454,8 @@ fn sops_encrypted_files_are_decrypted() {
         "{e}"
     );
     // A plain talenv and the encrypted patch: the patch's line in talconfig.yaml.
+    std::fs::remove_file(dir.path().join("talenv.sops.yaml")).unwrap();
     std::fs::write(dir.path().join("talenv.yaml"), "nodeDisk: /dev/vdb\n").unwrap();
-    paths.talenv = vec![dir.path().join("talenv.yaml")];
     let e = ClusterDefinition::load(&paths, Vars::new()).unwrap_err();
     assert!(
         e.to_string().contains("talconfig.yaml:4: ")
@@ -593,6 +611,29 @@ fn every_talhelper_field_at_once() {
         y("factory.talos.dev/metal-installer/abc:v1.13.0")
     );
     assert!(r[1].documents[0]["cluster"]["apiServer"].is_null());
+}
+
+/// talhelper's own expectations for its extra documents
+/// (pkg/talos/testdata/node1_*.yaml and node2_*.yaml @v3.1.16), at indent 2.
+#[test]
+fn firewall_and_user_volume_documents_match_talhelper_testdata() {
+    let def = def_in(
+        &format!("{HEAD}nodes:\n{}", cp(concat!(
+            "    ingressFirewall:\n      defaultAction: accept\n      rules:\n",
+            "        - name: kubelet-ingress\n          portSelector:\n            ports:\n              - 10250\n            protocol: tcp\n",
+            "          ingress:\n            - subnet: 172.20.0.0/24\n              except: 172.20.0.1/32\n",
+            "    userVolumes:\n      - name: ceph-data2\n        provisioning:\n          diskSelector:\n            match: disk.transport == \"nvme\"\n          maxSize: 50GiB\n        filesystem:\n          type: xfs\n",
+        ))),
+        &[],
+    );
+    let r = render(&def);
+    let want = concat!(
+        "---\napiVersion: v1alpha1\nkind: NetworkDefaultActionConfig\ningress: accept\n",
+        "---\napiVersion: v1alpha1\nkind: NetworkRuleConfig\nname: kubelet-ingress\nportSelector:\n  ports:\n    - 10250\n  protocol: tcp\ningress:\n  - subnet: 172.20.0.0/24\n    except: 172.20.0.1/32\n",
+        "---\napiVersion: v1alpha1\nkind: UserVolumeConfig\nname: ceph-data2\nprovisioning:\n  diskSelector:\n    match: disk.transport == \"nvme\"\n  maxSize: 50GiB\nfilesystem:\n  type: xfs\n",
+    );
+    assert!(r[0].yaml.ends_with(want), "{}", r[0].yaml);
+    validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.

@@ -355,10 +355,16 @@ impl DefinitionPaths {
         let dir = talconfig.parent().unwrap_or(Path::new("."));
         Self {
             talconfig: talconfig.to_path_buf(),
-            talenv: ["talenv.yaml", "talenv.yml"]
-                .iter()
-                .map(|n| dir.join(n))
-                .collect(),
+            // talhelper's default `--env-file` list (cmd/genconfig.go@v3.1.16).
+            talenv: [
+                "talenv.yaml",
+                "talenv.sops.yaml",
+                "talenv.yml",
+                "talenv.sops.yml",
+            ]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect(),
             talenv_required: false,
             age_key: None,
         }
