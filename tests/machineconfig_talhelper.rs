@@ -680,3 +680,25 @@ fn talhelper_outputs_match_golden_files() {
     }
     validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// An AES-CBC secret in the bundle (older bundles) goes on every node, workers too
+/// (th:pkg/talos/nodeconfig.go@v3.1.16, GenerateNodeConfig).
+#[test]
+fn aescbc_secret_goes_on_every_node() {
+    let def = def_in(
+        &format!("{HEAD}nodes:\n{}  - hostname: w1\n    ipAddress: 192.0.2.21\n    installDisk: /dev/sda\n", cp("")),
+        &[],
+    );
+    let mut bundle = secrets();
+    bundle.secrets.aescbcencryptionsecret =
+        Some("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlYw==".into());
+    let r = render_all(&def, &bundle).unwrap_or_else(|e| panic!("{e}"));
+    for c in &r {
+        assert_eq!(
+            c.documents[0]["cluster"]["aescbcEncryptionSecret"],
+            y("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlYw=="),
+            "{}",
+            c.hostname
+        );
+    }
+}

@@ -195,9 +195,11 @@ pub(super) fn base_documents(
         if let Some(a) = &sec.secrets.secretboxencryptionsecret {
             set(&mut d, &["cluster", "secretboxEncryptionSecret"], s(a));
         }
-        if let Some(a) = &sec.secrets.aescbcencryptionsecret {
-            set(&mut d, &["cluster", "aescbcEncryptionSecret"], s(a));
-        }
+    }
+    // talhelper writes the bundle's AES-CBC secret on every node, workers too
+    // (th:pkg/talos/nodeconfig.go@v3.1.16, GenerateNodeConfig).
+    if let Some(a) = &sec.secrets.aescbcencryptionsecret {
+        set(&mut d, &["cluster", "aescbcEncryptionSecret"], s(a));
     }
     set(
         &mut d,
