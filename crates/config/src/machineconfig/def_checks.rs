@@ -228,6 +228,21 @@ impl ClusterDefinition {
                 )
             })?;
         }
+        // talhelper's checkNodeMachineFiles (validator.go@v3.1.16), same texts.
+        for f in &n.machine_files {
+            if !["create", "append", "overwrite"].contains(&f.op.as_str()) {
+                return Err(bad(format!("node {}: machineFiles: \"{}\" is not a valid operation name (create,append,overwrite)", n.hostname, f.op), "set op to create, append or overwrite"));
+            }
+            if !f.path.starts_with('/') {
+                return Err(bad(
+                    format!(
+                        "node {}: machineFiles: \"{}\" is not a valid Unix file path",
+                        n.hostname, f.path
+                    ),
+                    "write an absolute path such as /var/etc/motd",
+                ));
+            }
+        }
         // talhelper's checkNodeNameServers (validator.go@v3.1.16), at every contract.
         if n.nameservers
             .iter()

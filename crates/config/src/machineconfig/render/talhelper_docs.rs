@@ -146,8 +146,43 @@ pub fn extra_documents(node: &ResolvedNode) -> Result<Vec<Value>, String> {
             &[("ingress", s(&action))],
         ));
         for (i, r) in fw.rules.iter().enumerate() {
+            // talhelper's checkNodeIngressFirewall (validator.go@v3.1.16), same texts.
             if r.name.is_empty() {
-                return Err(format!("ingressFirewall.rules[{i}]: name is required"));
+                return Err(format!("ingressFirewall: rules[{i}]: name is required"));
+            }
+            let sel = r.port_selector.as_ref();
+            let proto = sel
+                .and_then(|p| p.get("protocol"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !["tcp", "udp", "icmp", "icmpv6"].contains(&proto) {
+                return Err(format!(
+                    "ingressFirewall: rules[{i}]: \"{proto}\" is not a valid protocol"
+                ));
+            }
+            let ports = sel
+                .and_then(|p| p.get("ports"))
+                .and_then(Value::as_sequence)
+                .is_some_and(|p| !p.is_empty());
+            if !ports {
+                return Err(format!(
+                    "ingressFirewall: rules[{i}]: portSelector.ports is required"
+                ));
+            }
+            for rule in r
+                .ingress
+                .as_ref()
+                .and_then(Value::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                for (key, what) in [("subnet", "invalid subnet"), ("except", "invalid except")] {
+                    if let Some(v) = rule.get(key).and_then(Value::as_str) {
+                        if crate::machineconfig::net::parse_cidr(v).is_none() {
+                            return Err(format!("ingressFirewall: rules[{i}]: {what}: {v}"));
+                        }
+                    }
+                }
             }
             out.push(doc(
                 "NetworkRuleConfig",
