@@ -189,3 +189,59 @@ fn talhelper_outputs_match_golden_files() {
     }
     validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// The operator sees load warnings where `validate` and `gen config` print every
+/// finding: a `warning` event in NDJSON (and a `warning:` line on stderr).
+#[test]
+fn dropped_key_warnings_reach_the_operator() {
+    let cfg = root().join("warn/02-unknown-node-field/talconfig.yaml");
+    let secrets = root().join("secrets.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_endsys-bootstrap"))
+        .args(["-o", "json", "validate", "--config"])
+        .arg(&cfg)
+        .arg("--secrets")
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let warning = all
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "warning")
+        .unwrap_or_else(|| panic!("no warning event in {all}"));
+    assert!(
+        warning["node"]
+            .as_str()
+            .unwrap()
+            .ends_with("talconfig.yaml:11"),
+        "{warning}"
+    );
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("nodes[].hostnmae: unknown key"),
+        "{warning}"
+    );
+    let human = std::process::Command::new(env!("CARGO_BIN_EXE_endsys-bootstrap"))
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .arg("--secrets")
+        .arg(&secrets)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&human.stderr);
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("talconfig.yaml:11: nodes[].hostnmae"),
+        "{stderr}"
+    );
+}
