@@ -97,6 +97,26 @@ fn contract_1_11_renders_the_legacy_shape() {
         assert!(r[0].yaml.contains(frag), "missing {frag:?} in\n{}", r[0].yaml);
     }
     validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        def.warnings.iter().any(|w| w
+            .message
+            .contains("tested against Talos 1.12 and 1.13 only")),
+        "{:?}",
+        def.warnings
+    );
+    // A document kind newer than the contract: emitted as talhelper does, with a warning.
+    let uv = def_in(
+        &text.replace("v1.11.5", "v1.9.6").replace("v1.34.1", "v1.32.0")
+            .replace("    nameservers:", "    userVolumes:\n      - name: data\n        provisioning: {minSize: 1GiB}\n    nameservers:"),
+        &[],
+    );
+    assert!(
+        uv.warnings
+            .iter()
+            .any(|w| w.message.contains("Talos reads from 1.10 on")),
+        "{:?}",
+        uv.warnings
+    );
     // Contract 1.7 and older are refused with the line.
     let old = text.replace("v1.11.5", "v1.7.4");
     let e = ClusterDefinition::from_text(

@@ -125,7 +125,14 @@ impl ClusterDefinition {
         }
         def.load_contents(ctx)?;
         def.nodes = def.resolve_nodes(ctx)?;
+        let minor = super::contract::Contract::parse(&version)
+            .map(|c| c.minor)
+            .unwrap_or(13);
         for n in &def.nodes {
+            // talhelper emits these documents at every contract; older nodes refuse them.
+            if minor < 10 && !n.node.user_volumes.is_empty() {
+                def.warnings.push(warning(&def.source, n.line, format!("node {}: userVolumes become UserVolumeConfig documents, which Talos reads from 1.10 on; a {version} node refuses the config", n.hostname())));
+            }
             if n.node.install_disk.is_some() && n.node.install_disk_selector.is_some() {
                 // Both tools accept it; the installer uses the selector
                 // (v1alpha1_sequencer_tasks.go@v1.13.9).
