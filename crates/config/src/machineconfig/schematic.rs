@@ -336,6 +336,36 @@ mod tests {
         }
     }
 
+    /// Schematic IDs the factory's own profile tests expect as the schematic
+    /// extension's tarball name (internal/profile/profile_test.go@v1.4.0): meta with
+    /// extensions, an overlay with a tagged image, a long extension list, and a
+    /// multi-line embedded machine configuration (a literal block scalar).
+    #[test]
+    fn ids_match_the_factory_profile_vectors() {
+        let cases = [
+            (
+                "customization: {systemExtensions: {officialExtensions: [siderolabs/amd-ucode, siderolabs/intel-ucode]}, extraKernelArgs: [noapic, nolapic], meta: [{key: 10, value: foo}]}",
+                "6ba13d510dcc57f233b9b498d34a3c919c1abdd5675b46ad53cf4f2e66362f82",
+            ),
+            (
+                "customization: {extraKernelArgs: [noapic, nolapic], systemExtensions: {officialExtensions: [siderolabs/amd-ucode, siderolabs/intel-ucode]}}\noverlay: {name: rpi_generic, image: 'ghcr.io/siderolabs/sbc-raspberrypi:v0.1.0'}",
+                "1da25204d18e6db95cb65ce2e38424b2ad94b2519a53aef34e45f07cc73ca5e8",
+            ),
+            (
+                "customization: {systemExtensions: {officialExtensions: [siderolabs/nvidia-container-toolkit, siderolabs/nvidia-open-gpu-kernel-modules, siderolabs/nonfree-kmod-nvidia, siderolabs/nvidia-fabricmanager, siderolabs/i915-ucode, siderolabs/amdgpu-firmware]}}",
+                "42c5a897579913a97ad7edc56c0d858bc4dd8639951e02b084edbb2e190a7898",
+            ),
+            (
+                "customization:\n  embeddedMachineConfiguration: \"apiVersion: v1alpha1\\nkind: HostnameConfig\\nhostname: worker-33\"",
+                "02f29f9a702fceec4fc2e2e51314d63710fc1b192ebb1629ac12301949d49c8c",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let sc = sch(yaml);
+            assert_eq!(sc.id(), want, "{yaml}\n{}", sc.marshal());
+        }
+    }
+
     #[test]
     fn canonical_text_uses_four_space_indent_and_struct_order() {
         let sc = sch("customization: {extraKernelArgs: [a]}\noverlay: {name: nm, image: i}");
