@@ -170,24 +170,34 @@ fn talhelper_outputs_match_golden_files() {
     for r in render(&def) {
         golden(&format!("c113-{}", r.file_name), &r.yaml);
     }
-    let text = std::fs::read_to_string(dir.join("talconfig.yaml"))
-        .unwrap()
-        .replace("talosVersion: v1.13.0", "talosVersion: v1.11.5")
-        .replace("kubernetesVersion: v1.36.0", "kubernetesVersion: v1.34.1");
-    let mut vars = Vars::new();
-    vars.load_talenv(
-        &std::fs::read_to_string(dir.join("talenv.yaml")).unwrap(),
-        &dir.join("talenv.yaml"),
-    )
-    .unwrap();
-    let def =
-        ClusterDefinition::from_text(&text, &dir.join("talconfig.yaml"), &vars, &FsPatchReader)
-            .unwrap_or_else(|e| panic!("{e}"));
-    let r = render(&def);
-    for c in &r {
-        golden(&format!("c111-{}", c.file_name), &c.yaml);
+    // The same nodes at contract 1.12 (`machine.network: {}` still emitted) and 1.11
+    // (legacy network path).
+    for (prefix, talos, k8s) in [
+        ("c112", "v1.12.6", "v1.35.0"),
+        ("c111", "v1.11.5", "v1.34.1"),
+    ] {
+        let text = std::fs::read_to_string(dir.join("talconfig.yaml"))
+            .unwrap()
+            .replace("talosVersion: v1.13.0", &format!("talosVersion: {talos}"))
+            .replace(
+                "kubernetesVersion: v1.36.0",
+                &format!("kubernetesVersion: {k8s}"),
+            );
+        let mut vars = Vars::new();
+        vars.load_talenv(
+            &std::fs::read_to_string(dir.join("talenv.yaml")).unwrap(),
+            &dir.join("talenv.yaml"),
+        )
+        .unwrap();
+        let def =
+            ClusterDefinition::from_text(&text, &dir.join("talconfig.yaml"), &vars, &FsPatchReader)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let r = render(&def);
+        for c in &r {
+            golden(&format!("{prefix}-{}", c.file_name), &c.yaml);
+        }
+        validate_all(&def, &r).unwrap_or_else(|e| panic!("{prefix}: {e}"));
     }
-    validate_all(&def, &r).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The operator sees load warnings where `validate` and `gen config` print every
