@@ -202,7 +202,8 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
                 serde_json::json!({"path": p}),
             );
         }),
-        Command::Gen(GenCommand::Config { args, age_key }) => {
+        Command::Gen(GenCommand::Config { mut args, age_key }) => {
+            args.definition.age_key = age_key.clone();
             let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
             secrets.and_then(|s| {
                 let report = gen::run_gen_config(&args, &s, Vars::from_process_env())
@@ -221,7 +222,8 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
                 Ok(())
             })
         }
-        Command::Validate { args, age_key } => {
+        Command::Validate { mut args, age_key } => {
+            args.definition.age_key = age_key.clone();
             let secrets = gen::secrets_input(&args.definition, age_key.as_deref());
             secrets.and_then(|s| {
                 let findings = gen::run_validate(&args, &s, Vars::from_process_env())

@@ -18,6 +18,7 @@ fn run_case(dir: &std::path::Path) -> ConfigError {
             config: dir.join("talconfig.yaml"),
             env: vec![],
             secrets: root().join("secrets.yaml"),
+            age_key: None,
         },
     };
     let secrets = SecretsInput::File(root().join("secrets.yaml"));

@@ -14,6 +14,7 @@ fn defn() -> DefinitionArgs {
         config: root().join("machineconfigs/talconfig.yaml"),
         env: vec![],
         secrets: root().join("tests/fixtures/machineconfig/secrets.yaml"),
+        age_key: None,
     }
 }
 

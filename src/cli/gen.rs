@@ -26,6 +26,10 @@ pub struct DefinitionArgs {
     /// Secrets bundle, SOPS-encrypted or plain (talos/talsecret.yaml is read when only it exists).
     #[arg(long = "secrets", default_value = DEFAULT_SECRETS)]
     pub secrets: PathBuf,
+    /// The age key for SOPS-encrypted talenv, patch and manifest files: the verb's
+    /// `--age-key`, set by the caller (None: where sops looks).
+    #[arg(skip)]
+    pub age_key: Option<PathBuf>,
 }
 
 /// The one default secrets bundle path: `gen secrets` writes it, every other verb
@@ -53,6 +57,7 @@ impl DefinitionArgs {
             p.talenv = self.env.clone();
             p.talenv_required = true;
         }
+        p.age_key = self.age_key.clone();
         p
     }
 }

@@ -58,7 +58,12 @@ impl TalhelperSource {
                 detail,
             });
         }
-        ClusterDefinition::load(&self.paths, self.vars.clone())
+        // SOPS-encrypted talenv and patch files use the bundle's age key.
+        let mut paths = self.paths.clone();
+        if paths.age_key.is_none() {
+            paths.age_key = self.age_key.clone();
+        }
+        ClusterDefinition::load(&paths, self.vars.clone())
             .map_err(|e| config_err(e, &self.paths.talconfig))
     }
 

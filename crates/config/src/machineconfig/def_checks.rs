@@ -170,15 +170,6 @@ impl ClusterDefinition {
         if n.install_disk.is_none() && n.install_disk_selector.is_none() {
             return Err(bad(format!("node {}: neither installDisk nor installDiskSelector is set", n.hostname), "Talos needs to know where to install: set installDiskSelector (e.g. serial) or installDisk"));
         }
-        if n.install_disk.is_some() && n.install_disk_selector.is_some() {
-            return Err(bad(
-                format!(
-                    "node {}: both installDisk and installDiskSelector are set",
-                    n.hostname
-                ),
-                "keep only one of them",
-            ));
-        }
         for (field, v) in [
             ("installDisk", n.install_disk.as_deref()),
             (
@@ -237,9 +228,70 @@ impl ClusterDefinition {
                 )
             })?;
         }
+        // talhelper's checkNodeMachineFiles (validator.go@v3.1.16), same texts.
+        for f in &n.machine_files {
+            if !["create", "append", "overwrite"].contains(&f.op.as_str()) {
+                return Err(bad(format!("node {}: machineFiles: \"{}\" is not a valid operation name (create,append,overwrite)", n.hostname, f.op), "set op to create, append or overwrite"));
+            }
+            if !f.path.starts_with('/') {
+                return Err(bad(
+                    format!(
+                        "node {}: machineFiles: \"{}\" is not a valid Unix file path",
+                        n.hostname, f.path
+                    ),
+                    "write an absolute path such as /var/etc/motd",
+                ));
+            }
+        }
+        // talhelper's checkNodeNameServers (validator.go@v3.1.16), at every contract.
+        if n.nameservers
+            .iter()
+            .any(|a| a.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(bad(
+                format!(
+                    "node {}: nameservers: {:?} is not a valid list of IP addresses",
+                    n.hostname, n.nameservers
+                ),
+                "list nameservers as IP addresses",
+            ));
+        }
+        // talhelper's checkNodeSchematic (validator.go@v3.1.16), where it runs: the
+        // public factory, unless noSchematicValidate. The extension catalogue check
+        // (talos-extensions.json) is not made here: the image factory itself refuses
+        // unknown extensions when the image is built.
+        if self.config.image_factory.registry() == super::nodeconfigs::DEFAULT_REGISTRY
+            && !n.no_schematic_validate
+        {
+            for sc in [&n.schematic, &n.image_schematic].into_iter().flatten() {
+                let exts = &sc.customization.system_extensions.official_extensions;
+                for (k, e) in exts.iter().enumerate() {
+                    if exts[..k].contains(e) {
+                        return Err(bad(
+                            format!(
+                                "node {}: schematic: duplicate system extension \"{e}\"",
+                                n.hostname
+                            ),
+                            "list each extension once (or set noSchematicValidate)",
+                        ));
+                    }
+                }
+                let o = &sc.overlay;
+                if o.image.is_empty() != o.name.is_empty() {
+                    return Err(bad(format!("node {}: schematic overlay: both `image` and `name` is required to be set", n.hostname), "set the overlay's image and name, e.g. siderolabs/sbc-raspberrypi and rpi_generic"));
+                }
+            }
+        }
         for (j, dev) in n.network_interfaces.iter().enumerate() {
-            if dev.interface.is_some() == dev.device_selector.is_some() {
-                return Err(bad(format!("node {}: networkInterfaces[{j}] needs exactly one of interface or deviceSelector", n.hostname), "select the NIC either by name or by hardwareAddr"));
+            // talhelper's checkNodeNetworkInterfaces (validator.go@v3.1.16), same texts.
+            let name = dev.interface.as_deref().unwrap_or("");
+            if dev.bond.is_some() && dev.bridge.is_some() {
+                return Err(bad(format!("node {}: networkInterfaces[{j}]: interface has both bridge and bond section set \"{name}\"", n.hostname), "a link is either a bond or a bridge"));
+            }
+            if let Some(b) = &dev.bond {
+                if !b.interfaces.is_empty() && !b.device_selectors.is_empty() {
+                    return Err(bad(format!("node {}: networkInterfaces[{j}]: interface \"{name}\" has both interfaces and selectors set", n.hostname), "list the bond members either by name (interfaces) or by deviceSelectors"));
+                }
             }
             for a in &dev.addresses {
                 if super::net::parse_cidr(a).is_none() && a.parse::<std::net::IpAddr>().is_err() {

@@ -17,22 +17,29 @@
 //!
 //! Differences from upstream, on purpose: RFC 6902 patches are applied to the v1alpha1
 //! document even though Talos ≥ 1.12 configs are multi-document (upstream refuses);
-//! Go templates in patches and image-factory lookups are not supported (refused with
-//! an error); bonds, bridges, VLANs and wireguard in `networkInterfaces` are refused.
+//! image-factory schematic IDs are computed offline (never POSTed); Go templates
+//! support the subset in [`gotmpl`]; contracts below 1.8 are refused. The full list of
+//! talhelper behaviours not followed is in docs/talhelper.md.
 
 pub mod checks;
 pub mod config_file;
 pub mod contract;
 mod def_checks;
+pub mod devices;
 pub mod envsubst;
 pub mod error;
+pub mod gotmpl;
+pub mod loader;
 pub mod net;
+pub mod nodeconfigs;
 pub mod patch;
 pub mod render;
 pub mod schema;
+pub mod schematic;
 pub mod secrets;
 pub mod talconfig;
 pub mod talosconfig;
+pub mod unknown_keys;
 pub mod validate;
 pub mod yaml;
 

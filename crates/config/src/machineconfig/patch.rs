@@ -665,5 +665,7 @@ pub fn source(file: &Path, text: &str) -> PatchSource {
         file: file.to_path_buf(),
         line: 1,
         text: text.to_string(),
+        template: false,
+        envsubst_after_template: false,
     }
 }

@@ -15,7 +15,28 @@ static SCHEMA_TEXT: &str = include_str!("schema/talos-v1.13.9-config.schema.json
 
 fn schema() -> &'static J {
     static S: OnceLock<J> = OnceLock::new();
-    S.get_or_init(|| serde_json::from_str(SCHEMA_TEXT).unwrap_or(J::Null))
+    S.get_or_init(|| {
+        let mut s = serde_json::from_str(SCHEMA_TEXT).unwrap_or(J::Null);
+        fix_decoder_disagreements(&mut s);
+        s
+    })
+}
+
+/// Where the published schema and Talos's own decoder disagree, the decoder wins:
+/// `v1alpha1.Endpoint` (logging destinations) is decoded from a URL string
+/// (`UnmarshalYAML` in types/v1alpha1/v1alpha1_types.go@v1.13.9) but described as
+/// an object with no properties, which no value satisfies. Every other `$ref` of the
+/// schema was checked and matches its decoder (research §D).
+fn fix_decoder_disagreements(s: &mut J) {
+    if let Some(defs) = s.get_mut("$defs").and_then(J::as_object_mut) {
+        defs.insert(
+            "v1alpha1.Endpoint".into(),
+            serde_json::json!({
+                "type": "string",
+                "description": "A URL such as tcp://1.2.3.4:12345 or udp://... (decoded with url.Parse)."
+            }),
+        );
+    }
 }
 
 /// One schema violation: where in the document (keys) and what.
@@ -356,7 +377,13 @@ fn scalar_to_string(v: &mut Y) {
 
 fn coerce_walk(v: &mut Y, node: &'static J) {
     let node = resolve(node);
-    if accepts_string(node) {
+    // A number stays a number where the type also takes one (PortRange: a single
+    // port marshals as an integer, port_range.go@v1.13.9).
+    let takes_integer = node.get("oneOf").and_then(J::as_array).is_some_and(|a| {
+        a.iter()
+            .any(|x| resolve(x).get("type").and_then(J::as_str) == Some("integer"))
+    });
+    if accepts_string(node) && !(takes_integer && v.is_number()) {
         scalar_to_string(v);
         return;
     }

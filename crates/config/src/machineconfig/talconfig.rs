@@ -1,20 +1,27 @@
 //! The cluster definition in talhelper's format: `talconfig.yaml` with `talenv.yaml`
-//! substitution. Fields talhelper knows but this tool does not implement are refused
-//! (with file and line) rather than silently ignored.
+//! substitution, read leniently like talhelper (`yaml.Unmarshal`, not strict): keys
+//! neither tool knows become warnings with file and line (`unknown_keys.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use serde_yaml_ng::Value;
 
 pub use super::contract::parse_k8s_version;
-use super::envsubst::{substitute, Vars};
+pub use super::devices::{DeviceSelector, DhcpOptions, NetworkDevice, Route, Vip};
+use super::envsubst::Vars;
+use super::error::Finding;
 use super::error::{locate_line, ConfigError};
+pub use super::nodeconfigs::{
+    ExtensionService, ImageFactory, IngressFirewall, InlineManifest, KernelModule, MachineFile,
+};
+pub use super::schematic::Schematic;
 pub use super::yaml::parse_strict;
 
 /// `talconfig.yaml`, top level.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct TalConfig {
     pub cluster_name: String,
     #[serde(default)]
@@ -39,6 +46,10 @@ pub struct TalConfig {
     pub cni_config: Option<CniConfig>,
     #[serde(default)]
     pub patches: Vec<String>,
+    #[serde(default)]
+    pub inline_manifests: Vec<InlineManifest>,
+    #[serde(default)]
+    pub image_factory: ImageFactory,
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub control_plane: Option<NodeGroup>,
@@ -76,16 +87,18 @@ fn or_default(nets: &[String], default: &str) -> Vec<String> {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CniConfig {
     pub name: String,
     #[serde(default)]
     pub urls: Vec<String>,
+    /// Talos's `flannel: {extraArgs, kubeNetworkPoliciesEnabled}`, passed through.
+    #[serde(default)]
+    pub flannel: Option<Value>,
 }
 
 /// One entry of `nodes:`.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct Node {
     pub hostname: String,
     /// One address or a comma-separated list; not written into the config.
@@ -120,11 +133,42 @@ pub struct Node {
     pub patches: Vec<String>,
     #[serde(default)]
     pub override_patches: bool,
+    #[serde(default)]
+    pub override_extra_manifests: bool,
+    #[serde(default, rename = "overrideMachineCertSANs")]
+    pub override_machine_cert_sans: bool,
+    #[serde(default)]
+    pub machine_disks: Vec<Value>,
+    #[serde(default)]
+    pub machine_files: Vec<MachineFile>,
+    #[serde(default)]
+    pub kernel_modules: Vec<KernelModule>,
+    #[serde(default)]
+    pub extra_manifests: Vec<String>,
+    #[serde(default)]
+    pub no_schematic_validate: bool,
+    #[serde(default)]
+    pub schematic: Option<Schematic>,
+    /// Only feeds talhelper's `genurl image`; never part of a config.
+    #[serde(default)]
+    pub image_schematic: Option<Schematic>,
+    #[serde(default)]
+    pub ingress_firewall: Option<IngressFirewall>,
+    #[serde(default)]
+    pub extension_services: Vec<ExtensionService>,
+    /// Talos `VolumeConfig` specs (name, provisioning, encryption), passed through.
+    #[serde(default)]
+    pub volumes: Vec<Value>,
+    /// Talos `UserVolumeConfig` specs, passed through.
+    #[serde(default)]
+    pub user_volumes: Vec<Value>,
+    #[serde(default)]
+    pub filename_tmpl: Option<String>,
 }
 
 /// `controlPlane:` / `worker:` settings folded into every node of that role.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct NodeGroup {
     #[serde(default)]
     pub install_disk: Option<String>,
@@ -148,10 +192,39 @@ pub struct NodeGroup {
     pub cert_sans: Vec<String>,
     #[serde(default)]
     pub patches: Vec<String>,
+    #[serde(default)]
+    pub network_interfaces: Vec<NetworkDevice>,
+    #[serde(default)]
+    pub machine_disks: Vec<Value>,
+    #[serde(default)]
+    pub machine_files: Vec<MachineFile>,
+    #[serde(default)]
+    pub kernel_modules: Vec<KernelModule>,
+    #[serde(default)]
+    pub extra_manifests: Vec<String>,
+    #[serde(default)]
+    pub no_schematic_validate: bool,
+    #[serde(default)]
+    pub schematic: Option<Schematic>,
+    /// Only feeds talhelper's `genurl image`; never part of a config.
+    #[serde(default)]
+    pub image_schematic: Option<Schematic>,
+    #[serde(default)]
+    pub ingress_firewall: Option<IngressFirewall>,
+    #[serde(default)]
+    pub extension_services: Vec<ExtensionService>,
+    /// Talos `VolumeConfig` specs (name, provisioning, encryption), passed through.
+    #[serde(default)]
+    pub volumes: Vec<Value>,
+    /// Talos `UserVolumeConfig` specs, passed through.
+    #[serde(default)]
+    pub user_volumes: Vec<Value>,
+    #[serde(default)]
+    pub filename_tmpl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct DiskSelector {
     pub size: Option<String>,
     pub name: Option<String>,
@@ -185,10 +258,9 @@ impl DiskSelector {
     }
 }
 
-/// Only used to build image-factory URLs, which this tool does not do; accepted so
-/// existing definitions load, and `talosImageURL` is then required.
+/// The machine's platform, for the image-factory URLs (talhelper's `MachineSpec`).
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct MachineSpec {
     pub mode: Option<String>,
     pub arch: Option<String>,
@@ -196,61 +268,7 @@ pub struct MachineSpec {
     #[serde(rename = "useUKI")]
     pub use_uki: Option<bool>,
     pub boot_method: Option<String>,
-}
-
-/// One `networkInterfaces` entry (plain links; bonds, bridges, VLANs and wireguard
-/// are not supported yet and are refused).
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NetworkDevice {
-    pub interface: Option<String>,
-    pub device_selector: Option<DeviceSelector>,
-    #[serde(default)]
-    pub addresses: Vec<String>,
-    #[serde(default)]
-    pub routes: Vec<Route>,
-    pub mtu: Option<u32>,
-    pub dhcp: Option<bool>,
-    pub dhcp_options: Option<DhcpOptions>,
-    pub vip: Option<Vip>,
-    #[serde(default)]
-    pub ignore: bool,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DeviceSelector {
-    pub hardware_addr: Option<String>,
-    pub permanent_addr: Option<String>,
-    pub bus_path: Option<String>,
-    pub driver: Option<String>,
-    #[serde(rename = "pciID")]
-    pub pci_id: Option<String>,
-    pub physical: Option<bool>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    pub network: Option<String>,
-    pub gateway: Option<String>,
-    pub source: Option<String>,
-    pub metric: Option<u32>,
-    pub mtu: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DhcpOptions {
-    pub route_metric: Option<u32>,
-    pub ipv4: Option<bool>,
-    pub ipv6: Option<bool>,
-}
-
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Vip {
-    pub ip: String,
+    pub image_suffix: Option<String>,
 }
 
 /// A patch ready to apply: its text after substitution and where it came from.
@@ -261,6 +279,10 @@ pub struct PatchSource {
     /// Line in `file` where the patch text starts (1 for files).
     pub line: usize,
     pub text: String,
+    /// A Go template, rendered against the config it patches (talhelper's
+    /// patcher); for patch files, talenv substitution follows the rendering.
+    pub template: bool,
+    pub envsubst_after_template: bool,
 }
 
 /// A node with its group settings folded in and its patches loaded in talhelper's
@@ -269,6 +291,12 @@ pub struct PatchSource {
 pub struct ResolvedNode {
     pub node: Node,
     pub patches: Vec<PatchSource>,
+    /// Where the top-level patches start in `patches`: talhelper renders the node's
+    /// patch templates against the config before them, the global ones against the
+    /// config the node patches made (two `PatchesPatcher` calls, generate/config.go).
+    pub global_patches_from: usize,
+    /// Node `extraManifests` (deprecated in talhelper), appended as documents.
+    pub extra_manifests: Vec<PatchSource>,
     /// Line of this node's `hostname:` in talconfig.yaml (for cluster-level errors).
     pub line: usize,
 }
@@ -300,6 +328,11 @@ pub struct ClusterDefinition {
     /// The text after substitution (for locating lines).
     pub text: String,
     pub nodes: Vec<ResolvedNode>,
+    /// What loading found that talhelper accepts but may bite (unknown keys,
+    /// fields talhelper ignores), each naming file and line.
+    pub warnings: Vec<Finding>,
+    /// The talenv variables, for templated patch files (substituted after rendering).
+    pub vars: Vars,
 }
 
 /// Where a definition lives on disk: endsys keeps these under `talos/`.
@@ -311,6 +344,9 @@ pub struct DefinitionPaths {
     /// True when the talenv files were named explicitly (`--env`): a missing one is
     /// then an error, not silently skipped.
     pub talenv_required: bool,
+    /// The age key for SOPS-encrypted talenv, patch and content files (None: where
+    /// sops looks: `SOPS_AGE_KEY_FILE`, `SOPS_AGE_KEY`, the default key file).
+    pub age_key: Option<PathBuf>,
 }
 
 impl DefinitionPaths {
@@ -319,66 +355,29 @@ impl DefinitionPaths {
         let dir = talconfig.parent().unwrap_or(Path::new("."));
         Self {
             talconfig: talconfig.to_path_buf(),
-            talenv: ["talenv.yaml", "talenv.yml"]
-                .iter()
-                .map(|n| dir.join(n))
-                .collect(),
+            // talhelper's default `--env-file` list (cmd/genconfig.go@v3.1.16).
+            talenv: [
+                "talenv.yaml",
+                "talenv.sops.yaml",
+                "talenv.yml",
+                "talenv.sops.yml",
+            ]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect(),
             talenv_required: false,
+            age_key: None,
         }
     }
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
+pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
     crate::limits::read_text(path, crate::limits::MAX_INPUT_BYTES)
         .map_err(|p| ConfigError::unreadable(path, p))
 }
 
 impl ClusterDefinition {
-    /// Reads talconfig.yaml and its talenv files from disk. `base_vars` is the
-    /// environment to start from (`Vars::from_process_env()` for the CLI, empty in tests).
-    pub fn load(paths: &DefinitionPaths, base_vars: Vars) -> Result<Self, ConfigError> {
-        let mut vars = base_vars;
-        for env in &paths.talenv {
-            if paths.talenv_required || env.symlink_metadata().is_ok() {
-                let text = read(env)?;
-                if text.contains("sops:") && text.contains("ENC[") {
-                    return Err(ConfigError::input(
-                        env,
-                        locate_line(&text, &["sops"]),
-                        "this talenv file is SOPS-encrypted",
-                        "decrypt it first (`sops -d`), then pass the plain file with --env",
-                    ));
-                }
-                vars.load_talenv(&text, env)?;
-            }
-        }
-        let text = read(&paths.talconfig)?;
-        Self::from_text(&text, &paths.talconfig, &vars, &FsPatchReader)
-    }
-
-    /// Parses a definition from text. Patch files (`@path`) are read through `reader`.
-    pub fn from_text(
-        raw: &str,
-        source: &Path,
-        vars: &Vars,
-        reader: &dyn PatchReader,
-    ) -> Result<Self, ConfigError> {
-        crate::limits::check_text(raw, crate::limits::MAX_INPUT_BYTES)
-            .map_err(|p| ConfigError::unreadable(source, p))?;
-        let text = substitute(raw, vars, source)?;
-        let config: TalConfig = parse_strict(&text, source)?;
-        let mut def = ClusterDefinition {
-            config,
-            source: source.to_path_buf(),
-            text,
-            nodes: Vec::new(),
-        };
-        def.check_basics()?;
-        def.nodes = def.resolve_nodes(vars, reader)?;
-        Ok(def)
-    }
-
-    fn dir(&self) -> PathBuf {
+    pub(super) fn dir(&self) -> PathBuf {
         self.source
             .parent()
             .map(Path::to_path_buf)
@@ -389,7 +388,7 @@ impl ClusterDefinition {
         ConfigError::input(&self.source, locate_line(&self.text, path), message, hint)
     }
 
-    fn node_line(&self, index: usize) -> usize {
+    pub(super) fn node_line(&self, index: usize) -> usize {
         // The n-th `- hostname:` (or first key of the n-th item) under `nodes:`.
         let mut count = 0;
         let mut in_nodes = false;
@@ -417,136 +416,6 @@ impl ClusterDefinition {
         locate_line(&self.text, &["nodes"])
     }
 
-    fn resolve_nodes(
-        &self,
-        vars: &Vars,
-        reader: &dyn PatchReader,
-    ) -> Result<Vec<ResolvedNode>, ConfigError> {
-        let c = &self.config;
-        let top = self.load_patches(&c.patches, &["patches"], vars, reader)?;
-        let cp_patches = match &c.control_plane {
-            Some(g) => self.load_patches(&g.patches, &["controlPlane", "patches"], vars, reader)?,
-            None => Vec::new(),
-        };
-        let wk_patches = match &c.worker {
-            Some(g) => self.load_patches(&g.patches, &["worker", "patches"], vars, reader)?,
-            None => Vec::new(),
-        };
-        let mut out = Vec::new();
-        for (i, n) in c.nodes.iter().enumerate() {
-            let line = self.node_line(i);
-            let (group, group_patches) = if n.control_plane {
-                (c.control_plane.clone().unwrap_or_default(), &cp_patches)
-            } else {
-                (c.worker.clone().unwrap_or_default(), &wk_patches)
-            };
-            let mut node = n.clone();
-            fold_group(&mut node, &group);
-            self.check_node(i, &node, line)?;
-            let mut patches = Vec::new();
-            if !node.override_patches {
-                patches.extend(group_patches.iter().cloned());
-            }
-            patches.extend(self.load_patches_at(&n.patches, line, vars, reader)?);
-            patches.extend(top.iter().cloned());
-            out.push(ResolvedNode {
-                node,
-                patches,
-                line,
-            });
-        }
-        Ok(out)
-    }
-
-    fn load_patches(
-        &self,
-        list: &[String],
-        path: &[&str],
-        vars: &Vars,
-        reader: &dyn PatchReader,
-    ) -> Result<Vec<PatchSource>, ConfigError> {
-        let line = locate_line(&self.text, path);
-        self.load_patches_at(list, line, vars, reader)
-    }
-
-    fn load_patches_at(
-        &self,
-        list: &[String],
-        line: usize,
-        vars: &Vars,
-        reader: &dyn PatchReader,
-    ) -> Result<Vec<PatchSource>, ConfigError> {
-        let mut out = Vec::new();
-        for entry in list {
-            let trimmed = entry.trim();
-            // talhelper: `@file`, or a bare word without spaces is a file name too.
-            let file = trimmed.strip_prefix('@').or_else(|| {
-                (!trimmed.contains(' ')
-                    && !trimmed.contains('\n')
-                    && !trimmed.starts_with(['[', '{']))
-                .then_some(trimmed)
-            });
-            if let Some(f) = file {
-                let path = self.dir().join(f.strip_prefix("./").unwrap_or(f));
-                let raw = reader.read(&path).map_err(|e| match e {
-                    ConfigError::Io { source, .. } => ConfigError::input(
-                        &self.source,
-                        line,
-                        format!("patch file `{f}` cannot be read: {source}"),
-                        "check the path; it is relative to talconfig.yaml's folder",
-                    ),
-                    // The reader's own verdict (a folder, a loop, binary…), said from
-                    // the line that names the patch.
-                    ConfigError::Input {
-                        location,
-                        message,
-                        hint,
-                    } if location.line == 0 => ConfigError::input(
-                        &self.source,
-                        line,
-                        format!("patch file `{f}` cannot be read: {message}"),
-                        hint,
-                    ),
-                    other => other,
-                })?;
-                crate::limits::check_text(&raw, crate::limits::MAX_INPUT_BYTES)
-                    .map_err(|p| ConfigError::unreadable(&path, p))?;
-                if raw.trim().is_empty() {
-                    continue; // talhelper skips blank patch files
-                }
-                if raw.contains("{{") {
-                    return Err(ConfigError::input(
-                        &path,
-                        locate_text(&raw, "{{"),
-                        "Go template syntax `{{` in a patch is not supported",
-                        "write the value out literally",
-                    ));
-                }
-                if raw.contains("ENC[AES256_GCM") {
-                    return Err(ConfigError::input(
-                        &path,
-                        locate_text(&raw, "ENC["),
-                        "this patch is SOPS-encrypted",
-                        "decrypt it first; encrypted patches are not read directly",
-                    ));
-                }
-                let text = substitute(&raw, vars, &path)?;
-                out.push(PatchSource {
-                    file: path,
-                    line: 1,
-                    text,
-                });
-            } else {
-                out.push(PatchSource {
-                    file: self.source.clone(),
-                    line,
-                    text: entry.clone(),
-                });
-            }
-        }
-        Ok(out)
-    }
-
     pub fn control_planes(&self) -> impl Iterator<Item = &ResolvedNode> {
         self.nodes.iter().filter(|n| n.is_control_plane())
     }
@@ -559,45 +428,6 @@ impl ClusterDefinition {
     pub fn file_name(&self, node: &ResolvedNode) -> String {
         format!("{}-{}.yaml", self.config.cluster_name, node.hostname())
     }
-}
-
-fn locate_text(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
-        .unwrap_or(0)
-}
-
-/// Node settings win over group settings; lists of SANs and maps of labels merge.
-fn fold_group(node: &mut Node, g: &NodeGroup) {
-    if node.install_disk.is_none() && node.install_disk_selector.is_none() {
-        node.install_disk = g.install_disk.clone();
-        node.install_disk_selector = g.install_disk_selector.clone();
-    }
-    if node.machine_spec.is_none() {
-        node.machine_spec = g.machine_spec.clone();
-    }
-    if node.talos_image_url.is_none() {
-        node.talos_image_url = g.talos_image_url.clone();
-    }
-    if node.nameservers.is_empty() {
-        node.nameservers = g.nameservers.clone();
-    }
-    if node.disable_search_domain.is_none() {
-        node.disable_search_domain = g.disable_search_domain;
-    }
-    for (src, dst) in [
-        (&g.node_labels, &mut node.node_labels),
-        (&g.node_annotations, &mut node.node_annotations),
-        (&g.node_taints, &mut node.node_taints),
-    ] {
-        for (k, v) in src {
-            dst.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    let mut sans = g.cert_sans.clone();
-    sans.append(&mut node.cert_sans);
-    node.cert_sans = sans;
 }
 
 /// RFC 1123 hostname.

@@ -78,6 +78,7 @@ const PROTECTED_KUBELET_FIELDS: &[&str] = &[
 /// The metal-mode checks on one node's documents (strict: what talhelper enforces).
 pub fn validate_config(subject: &str, docs: &[Value]) -> Vec<Finding> {
     let mut f = Vec::new();
+    let mut f_warn: Vec<String> = Vec::new();
     let mut e = |m: String| {
         f.push(Finding {
             severity: Severity::Error,
@@ -196,6 +197,19 @@ pub fn validate_config(subject: &str, docs: &[Value]) -> Vec<Finding> {
             if get(main, &["machine", "features", "kubernetesTalosAPIAccess"]).is_some() {
                 e("kubernetesTalosAPIAccess is only allowed on control planes".into());
             }
+            // The legacy interfaces (contracts <= 1.11): Talos's own refusal
+            // (v1alpha1_validation.go@v1.11.5, TypeWorker).
+            let devices =
+                get(main, &["machine", "network", "interfaces"]).and_then(Value::as_sequence);
+            for d in devices.into_iter().flatten() {
+                let vlan_vip = d
+                    .get("vlans")
+                    .and_then(Value::as_sequence)
+                    .is_some_and(|v| v.iter().any(|x| x.get("vip").is_some()));
+                if d.get("vip").is_some() || vlan_vip {
+                    e("virtual (shared) IP is not allowed on non-controlplane nodes".into());
+                }
+            }
         }
         other => e(format!("unknown machine.type `{other}`")),
     }
@@ -313,7 +327,9 @@ pub fn validate_config(subject: &str, docs: &[Value]) -> Vec<Finding> {
                     e(format!("Layer2VIPConfig {n}: link is required"));
                 }
                 if mtype == "worker" {
-                    e("a worker must not carry a VIP".into());
+                    // Talos refuses only the legacy v1alpha1 VIP on workers;
+                    // Layer2VIPConfig has no machine-type check (network/layer2_vip.go@v1.13.9).
+                    f_warn.push(format!("{n}: a VIP on a worker is accepted by Talos and talhelper, but the worker joins the VIP election only if it runs the API server; check the endpoint"));
                 }
             }
             "LinkConfig" => {
@@ -339,6 +355,11 @@ pub fn validate_config(subject: &str, docs: &[Value]) -> Vec<Finding> {
             _ => {}
         }
     }
+    f.extend(f_warn.into_iter().map(|m| Finding {
+        severity: Severity::Warning,
+        subject: subject.to_string(),
+        message: m,
+    }));
     f
 }
 
@@ -526,7 +547,9 @@ pub fn validate_cluster(def: &ClusterDefinition, rendered: &[RenderedConfig]) ->
             push(Severity::Warning, format!("{}: endpoint host {host} is not in cluster.apiServer.certSANs; Talos ≥ 1.12 adds it at runtime, older nodes will not", r.hostname));
         }
         if host.parse::<IpAddr>().is_ok() && !cp_ips.contains(&host) && !vips.contains(&host) {
-            push(Severity::Error, format!("{}: endpoint {host} is neither a control-plane address nor a VIP of the cluster", r.hostname));
+            // Neither Talos nor talhelper checks this: an external load balancer or a
+            // kube-vip address is a valid endpoint.
+            push(Severity::Warning, format!("{}: endpoint {host} is neither a control-plane address nor a VIP of this definition; fine for an external load balancer or kube-vip, otherwise nodes will not reach the API", r.hostname));
         }
     }
     f
@@ -538,7 +561,8 @@ pub fn validate_all(
     def: &ClusterDefinition,
     rendered: &[RenderedConfig],
 ) -> Result<Vec<Finding>, ConfigError> {
-    let mut findings = validate_cluster(def, rendered);
+    let mut findings = def.warnings.clone();
+    findings.extend(validate_cluster(def, rendered));
     for r in rendered {
         findings.extend(validate_config(&r.file_name, &r.documents));
     }
