@@ -22,6 +22,7 @@
 
 pub mod checks;
 pub mod config_file;
+pub mod conflicts;
 pub mod contract;
 mod def_checks;
 pub mod envsubst;
