@@ -8,6 +8,10 @@
 
 use serde_yaml_ng::Value;
 
+use super::error::{locate_line, ConfigError};
+use super::patch::{LoadedPatch, Patch};
+use super::talconfig::PatchSource;
+
 /// How Talos tests the legacy field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Test {
@@ -249,6 +253,163 @@ pub fn find(docs: &[Value]) -> Vec<Conflict> {
         }
     }
     out
+}
+
+/// Where a conflict comes from: the patch that last wrote the legacy field (or, when
+/// no patch did, the one that added the document), with the field as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: std::path::PathBuf,
+    pub line: usize,
+    /// The field the patch sets (the legacy path or a key below it).
+    pub field: String,
+}
+
+fn first_child(v: &Value, base: &str) -> String {
+    match v
+        .as_mapping()
+        .and_then(|m| m.keys().next())
+        .and_then(Value::as_str)
+    {
+        Some(k) => format!("{base}.{k}"),
+        None => base.to_string(),
+    }
+}
+
+/// The patch (last one wins) that sets `c.legacy`, or else adds a `c.kind` document.
+pub fn origin(patches: &[PatchSource], c: &Conflict) -> Option<Origin> {
+    let segs: Vec<&str> = c.legacy.split('.').collect();
+    let pointer = format!("/{}", segs.join("/"));
+    let mut by_kind = None;
+    for src in patches.iter().rev() {
+        let Ok(lp) = LoadedPatch::load(src) else {
+            continue;
+        };
+        let offset = |l: usize| if l == 0 { src.line } else { l + src.line - 1 };
+        match &lp.patch {
+            Patch::Strategic(docs) => {
+                for d in docs {
+                    if kind_of(d).is_none() {
+                        if let Some(v) = at(d, &c.legacy) {
+                            let field = first_child(v, &c.legacy);
+                            let path: Vec<&str> = field.split('.').collect();
+                            let line = offset(locate_line(&src.text, &path));
+                            return Some(Origin {
+                                file: src.file.clone(),
+                                line,
+                                field,
+                            });
+                        }
+                    } else if kind_of(d) == Some(c.kind.as_str()) && by_kind.is_none() {
+                        let line = offset(locate_line(&src.text, &["kind"]));
+                        by_kind = Some(Origin {
+                            file: src.file.clone(),
+                            line,
+                            field: c.legacy.clone(),
+                        });
+                    }
+                }
+            }
+            Patch::Json6902(ops) => {
+                for op in ops.iter().rev() {
+                    let writes = op.op != "remove" && op.op != "test";
+                    if writes && (op.path == pointer || op.path.starts_with(&format!("{pointer}/")))
+                    {
+                        let field = op.path.trim_start_matches('/').replace('/', ".");
+                        return Some(Origin {
+                            file: src.file.clone(),
+                            line: op.line,
+                            field,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    by_kind
+}
+
+/// Refuses a rendered config that sets an old field next to its new document, naming
+/// the patch file and line, the field, the document it belongs in and Talos's text.
+pub fn refuse(
+    docs: &[Value],
+    patches: &[PatchSource],
+    fallback: (&std::path::Path, usize),
+    contract: &str,
+) -> Result<(), ConfigError> {
+    let all = find(docs);
+    let Some(c) = all.first() else {
+        return Ok(());
+    };
+    let locate = |c: &Conflict| {
+        origin(patches, c).unwrap_or(Origin {
+            file: fallback.0.to_path_buf(),
+            line: fallback.1,
+            field: c.legacy.clone(),
+        })
+    };
+    let o = locate(c);
+    let mut message = format!(
+        "{} belongs in {} under contract {contract} (a {} document is present); Talos: \"{}\"",
+        o.field, c.belongs_in, c.kind, c.talos
+    );
+    let others: Vec<String> = all[1..]
+        .iter()
+        .map(|c| {
+            let o = locate(c);
+            format!(
+                "{} ({}:{}) belongs in {}",
+                o.field,
+                o.file.display(),
+                o.line,
+                c.belongs_in
+            )
+        })
+        .collect();
+    if !others.is_empty() {
+        message.push_str(&format!("; also: {}", others.join("; ")));
+    }
+    Err(ConfigError::input(
+        &o.file,
+        o.line,
+        message,
+        "move the field into the document (`migrate --to v1.14` rewrites talhelper patches), or delete one of the two",
+    ))
+}
+
+/// Under a contract that moved the Kubernetes fields out of v1alpha1, an RFC 6902
+/// operation on one of them has nothing to act on (the generated v1alpha1 document no
+/// longer has the field, and adding it would conflict with its document): refused
+/// with the operation's line and where the field lives now.
+pub fn refuse_legacy_json_ops(patches: &[PatchSource], contract: &str) -> Result<(), ConfigError> {
+    for src in patches {
+        let Ok(lp) = LoadedPatch::load(src) else {
+            continue;
+        };
+        let Patch::Json6902(ops) = &lp.patch else {
+            continue;
+        };
+        for op in ops {
+            let field = op.path.trim_start_matches('/').replace('/', ".");
+            // The most specific row names the right document.
+            let hit = RULES
+                .iter()
+                .filter(|r| field == r.legacy || field.starts_with(&format!("{}.", r.legacy)))
+                .max_by_key(|r| r.legacy.len());
+            if let Some(rule) = hit {
+                return Err(ConfigError::input(
+                    &src.file,
+                    op.line,
+                    format!(
+                        "JSON patch `{} {}`: {field} is not part of the contract {contract} v1alpha1 document; it belongs in {} (Talos: \"{}\")",
+                        op.op, op.path, rule.belongs_in, rule.talos
+                    ),
+                    "rewrite the patch against the document (`migrate --to v1.14` does it), e.g. `$patch: delete` of the document to remove it",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod contract;
 mod def_checks;
 pub mod envsubst;
 pub mod error;
+mod kube_order;
 pub mod net;
 pub mod patch;
 pub mod render;

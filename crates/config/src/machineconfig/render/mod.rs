@@ -4,6 +4,8 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
+mod install;
+mod kube_docs;
 mod netdocs;
 mod v1alpha1;
 
@@ -110,10 +112,21 @@ pub fn render_node(
             &def.source,
             0,
             m,
-            "set talosVersion to a 1.12 or 1.13 release",
+            "set talosVersion to a 1.12, 1.13 or 1.14 release",
         )
     })?;
-    let mut docs = base_documents(def, secrets, node, contract);
+    let mut docs = if contract.multidoc_kubernetes() {
+        kube_docs::base_documents(def, secrets, node).map_err(|m| {
+            ConfigError::input(
+                &def.source,
+                node.line,
+                m,
+                "fix the node's install disk selector",
+            )
+        })?
+    } else {
+        base_documents(def, secrets, node, contract)
+    };
     let net = network_documents(node);
     // talhelper merges its own documents as one strategic patch before user patches.
     let talhelper_patch = patch::LoadedPatch {
@@ -123,7 +136,17 @@ pub fn render_node(
         text: String::new(),
     };
     talhelper_patch.apply(&mut docs)?;
+    let contract_name = format!("{}.{}", contract.major, contract.minor);
+    if contract.multidoc_kubernetes() {
+        super::conflicts::refuse_legacy_json_ops(&node.patches, &contract_name)?;
+    }
     patch::apply_all(&mut docs, &node.patches)?;
+    super::conflicts::refuse(
+        &docs,
+        &node.patches,
+        (&def.source, node.line),
+        &contract_name,
+    )?;
     for d in docs.iter_mut() {
         fill_go_zero_values(d);
         schema::coerce(d);
