@@ -28,6 +28,7 @@ mod def_checks;
 pub mod envsubst;
 pub mod error;
 mod kube_order;
+pub mod migrate;
 pub mod net;
 pub mod patch;
 pub mod render;
