@@ -133,12 +133,7 @@ fn not_bool(v: &Value) -> Value {
 
 /// Moves one legacy subtree (`section.key` of the v1alpha1 patch) into `docs`.
 /// Returns false when the subtree is not one contract 1.14 moved.
-fn move_subtree(
-    section: &str,
-    key: &str,
-    v: &Value,
-    docs: &mut Docs,
-) -> Result<bool, NoTarget> {
+fn move_subtree(section: &str, key: &str, v: &Value, docs: &mut Docs) -> Result<bool, NoTarget> {
     let path = format!("{section}.{key}");
     let fields: Vec<(String, &Value)> = v
         .as_mapping()
@@ -382,14 +377,20 @@ pub fn migrate_patch(src: &PatchSource) -> Result<Migrated, ConfigError> {
                         ConfigError::input(
                             &src.file,
                             line,
-                            format!("{} has no place in the contract 1.14 documents: {}", e.field, e.why),
+                            format!(
+                                "{} has no place in the contract 1.14 documents: {}",
+                                e.field, e.why
+                            ),
                             "remove or rewrite the field by hand, then run migrate again",
                         )
                     })?;
                     if !moved {
                         continue;
                     }
-                    match PARTIAL.iter().find(|(p, _)| *p == format!("{section}.{key}")) {
+                    match PARTIAL
+                        .iter()
+                        .find(|(p, _)| *p == format!("{section}.{key}"))
+                    {
                         Some((_, subkeys)) => {
                             for sk in v.as_mapping().into_iter().flat_map(|m| m.keys()) {
                                 let sk = sk.as_str().unwrap_or_default();
@@ -430,16 +431,18 @@ pub fn migrate_patch(src: &PatchSource) -> Result<Migrated, ConfigError> {
                         new.delete("KubeAuditPolicyConfig", None);
                         true
                     }
-                    _ => super::conflicts::RULES.iter().any(|r| {
-                        field == r.legacy || field.starts_with(&format!("{}.", r.legacy))
-                    }) && {
-                        return Err(ConfigError::input(
+                    _ => {
+                        super::conflicts::RULES.iter().any(|r| {
+                            field == r.legacy || field.starts_with(&format!("{}.", r.legacy))
+                        }) && {
+                            return Err(ConfigError::input(
                             &src.file,
                             op.line,
                             format!("JSON patch `{} {}` has no automatic 1.14 rewrite", op.op, op.path),
                             "write it as a strategic patch of the document the field moved to (see docs/talos-1.14.md)",
                         ));
-                    },
+                        }
+                    }
                 };
                 if moved {
                     touched += 1;
@@ -652,16 +655,20 @@ mod tests {
         let text = "machine:\n  network:\n    hostname: x\n    nameservers:\n      - 1.1.1.1\n";
         let m = migrate_patch(&src(text)).unwrap();
         assert!(
-            m.after.starts_with("machine:\n  network:\n    hostname: x\n---\n"),
+            m.after
+                .starts_with("machine:\n  network:\n    hostname: x\n---\n"),
             "{}",
             m.after
         );
-        assert!(m.after.contains("kind: ResolverConfig\nnameservers:\n  - address: 1.1.1.1\n"));
+        assert!(m
+            .after
+            .contains("kind: ResolverConfig\nnameservers:\n  - address: 1.1.1.1\n"));
     }
 
     #[test]
     fn no_target_fields_are_refused_with_their_line() {
-        let text = "cluster:\n  apiServer:\n    image: x\n    extraVolumes:\n      - hostPath: /a\n";
+        let text =
+            "cluster:\n  apiServer:\n    image: x\n    extraVolumes:\n      - hostPath: /a\n";
         let e = migrate_patch(&src(text)).unwrap_err().to_string();
         assert!(e.contains("p.yaml:4"), "{e}");
         assert!(e.contains("cluster.apiServer.extraVolumes"), "{e}");

@@ -37,6 +37,7 @@ pub mod secrets;
 pub mod talconfig;
 pub mod talosconfig;
 pub mod validate;
+pub mod validate_1_14;
 pub mod yaml;
 
 pub use envsubst::Vars;

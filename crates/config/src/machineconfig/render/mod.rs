@@ -135,21 +135,33 @@ pub fn render_node(
         line: node.line,
         text: String::new(),
     };
-    talhelper_patch.apply(&mut docs)?;
     let contract_name = format!("{}.{}", contract.major, contract.minor);
+    let mut patch_all = || -> Result<(), ConfigError> {
+        talhelper_patch.apply(&mut docs)?;
+        if contract.multidoc_kubernetes() {
+            super::conflicts::refuse_legacy_json_ops(&node.patches, &contract_name)?;
+        }
+        patch::apply_all(&mut docs, &node.patches)?;
+        super::conflicts::refuse(
+            &docs,
+            &node.patches,
+            (&def.source, node.line),
+            &contract_name,
+        )
+    };
     if contract.multidoc_kubernetes() {
-        super::conflicts::refuse_legacy_json_ops(&node.patches, &contract_name)?;
+        // Patches may name the 1.14 document kinds.
+        schema::with_contract_1_14(patch_all)?;
+    } else {
+        patch_all()?;
     }
-    patch::apply_all(&mut docs, &node.patches)?;
-    super::conflicts::refuse(
-        &docs,
-        &node.patches,
-        (&def.source, node.line),
-        &contract_name,
-    )?;
     for d in docs.iter_mut() {
         fill_go_zero_values(d);
         schema::coerce(d);
+        if contract.multidoc_kubernetes() {
+            // The v1alpha1 fields 1.14 deprecates are only in the 1.13 schema (above).
+            schema::with_contract_1_14(|| schema::coerce(d));
+        }
         yaml::canonicalize(d);
     }
     let text = yaml::emit_documents(&docs, 2);
