@@ -347,14 +347,37 @@ const PARTIAL: &[(&str, &[&str])] = &[
 ];
 
 /// Migrates one patch file. Unchanged text when nothing in it moved.
+///
+/// `src.text` is the file as written (before `${VAR}` substitution), so variables
+/// stay variables in the moved values; a `$patch` directive is written `$$patch`,
+/// as talhelper's substitution wants.
 pub fn migrate_patch(src: &PatchSource) -> Result<Migrated, ConfigError> {
-    let lp = LoadedPatch::load(src)?;
     let keep = |after: String| Migrated {
         file: src.file.clone(),
         before: src.text.clone(),
         after,
     };
-    match &lp.patch {
+    let mut parsed = Vec::new();
+    for de in serde_yaml_ng::Deserializer::from_str(&src.text) {
+        let v: Value = serde::Deserialize::deserialize(de).map_err(|e| {
+            ConfigError::input(
+                &src.file,
+                e.location().map(|l| l.line()).unwrap_or(src.line),
+                format!("patch is not valid YAML: {e}"),
+                "fix the YAML syntax",
+            )
+        })?;
+        if !v.is_null() {
+            parsed.push(v);
+        }
+    }
+    let is_json = matches!(parsed.as_slice(), [Value::Sequence(_)]);
+    let lp = if is_json {
+        LoadedPatch::load(src)?.patch
+    } else {
+        Patch::Strategic(parsed)
+    };
+    match &lp {
         Patch::Strategic(docs) => {
             let mains: Vec<&Value> = docs.iter().filter(|d| d.get("kind").is_none()).collect();
             let Some(main) = mains.first() else {
@@ -614,7 +637,19 @@ mod text {
         for d in docs.iter_mut() {
             yaml::canonicalize(d);
         }
-        out.push_str(&yaml::emit_documents(&docs, 2));
+        let emitted = yaml::emit_documents(&docs, 2);
+        for l in emitted.lines() {
+            // talhelper substitutes `$name` in patches; `$$` is a literal `$`.
+            let body = l.trim_start();
+            match body.strip_prefix("$patch:") {
+                Some(rest) => {
+                    out.push_str(&l[..l.len() - body.len()]);
+                    out.push_str(&format!("$$patch:{rest}"));
+                }
+                None => out.push_str(l),
+            }
+            out.push('\n');
+        }
         out
     }
 }
@@ -683,7 +718,7 @@ mod tests {
         let m = migrate_patch(&src(text)).unwrap();
         assert_eq!(
             m.after,
-            "# why\napiVersion: v1alpha1\nkind: KubeAdmissionControlConfig\nname: PodSecurity\n$patch: delete\n"
+            "# why\napiVersion: v1alpha1\nkind: KubeAdmissionControlConfig\nname: PodSecurity\n$$patch: delete\n"
         );
         let other = "- op: add\n  path: /cluster/apiServer/extraArgs/x\n  value: y\n";
         assert!(migrate_patch(&src(other)).is_err());

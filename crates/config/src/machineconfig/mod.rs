@@ -25,6 +25,7 @@ pub mod config_file;
 pub mod conflicts;
 pub mod contract;
 mod def_checks;
+pub mod effective;
 pub mod envsubst;
 pub mod error;
 mod kube_order;

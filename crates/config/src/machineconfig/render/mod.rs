@@ -4,7 +4,7 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
-mod install;
+pub(crate) mod install;
 mod kube_docs;
 mod netdocs;
 mod v1alpha1;
