@@ -22,6 +22,7 @@
 
 mod api;
 mod config;
+mod config_v114;
 mod etcd;
 mod flaky;
 mod hardware;
