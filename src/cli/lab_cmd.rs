@@ -55,6 +55,7 @@ impl LabArgs {
             talos_version: self.talos_version.clone(),
             time_scale: self.time_scale,
             hardware: Vec::new(),
+            node_versions: Vec::new(),
         })
     }
 }

@@ -115,6 +115,30 @@ pub fn render_node(
             "set talosVersion to a 1.12, 1.13 or 1.14 release",
         )
     })?;
+    render_node_at(def, secrets, node, contract)
+}
+
+/// Every node under `contract` instead of talosVersion's (the installer image keeps
+/// talosVersion's tag): for a node still running an older Talos, which cannot read
+/// the newer contract's documents but installs the newer release from this config.
+pub fn render_all_at(
+    def: &ClusterDefinition,
+    secrets: &SecretsBundle,
+    contract: Contract,
+) -> Result<Vec<RenderedConfig>, ConfigError> {
+    def.nodes
+        .iter()
+        .map(|n| render_node_at(def, secrets, n, contract))
+        .collect()
+}
+
+/// One node's config under `contract`.
+pub fn render_node_at(
+    def: &ClusterDefinition,
+    secrets: &SecretsBundle,
+    node: &ResolvedNode,
+    contract: Contract,
+) -> Result<RenderedConfig, ConfigError> {
     let mut docs = if contract.multidoc_kubernetes() {
         kube_docs::base_documents(def, secrets, node).map_err(|m| {
             ConfigError::input(
