@@ -234,3 +234,72 @@ async fn up_brings_up_a_mixed_1_13_and_1_14_cluster_choosing_per_node() {
     assert_eq!(lab.fanout_calls(), 0);
     assert_eq!(lab.bootstrap_calls(), 1);
 }
+
+/// The three commands of docs/talos-1.14.md, as an operator runs them, on a copy of
+/// the endsys definition: the preview changes nothing, `--write` rewrites the
+/// patches and talosVersion, `validate` passes.
+#[test]
+fn migration_in_three_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&repo_root().join("machineconfigs"), dir.path());
+    let bin = env!("CARGO_BIN_EXE_endsys-bootstrap");
+    let secrets = repo_root().join(fixture::SECRETS);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("talconfig.yaml"))
+            .arg("--secrets")
+            .arg(&secrets)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let cluster = dir.path().join("patches/controller/cluster.yaml");
+    let before = std::fs::read_to_string(&cluster).unwrap();
+
+    // talosVersion already at 1.14 (the old patches no longer render there): the
+    // preview still works, against the cluster the patches describe under 1.13.
+    let env = dir.path().join("talenv.yaml");
+    let original_env = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(&env, original_env.replace("v1.12.6", "v1.14.0")).unwrap();
+    let (code, text) = run(&["migrate", "--to", "v1.14"]);
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::write(&env, &original_env).unwrap();
+
+    let (code, text) = run(&["migrate", "--to", "v1.14"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("-  apiServer:"), "a diff: {text}");
+    assert!(text.contains("+kind: KubeAPIServerConfig"), "{text}");
+    assert!(text.contains("7 of 7 patch files would change"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(&cluster).unwrap(),
+        before,
+        "preview writes nothing"
+    );
+
+    let (code, text) = run(&["migrate", "--to", "v1.14.0", "--write"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("talosVersion set to v1.14.0"), "{text}");
+    let after = std::fs::read_to_string(&cluster).unwrap();
+    assert!(after.starts_with("cluster:\n  etcd:\n"), "{after}");
+    let env = std::fs::read_to_string(dir.path().join("talenv.yaml")).unwrap();
+    assert!(env.contains("talosVersion: v1.14.0"), "{env}");
+    assert!(
+        env.starts_with("# Versions the endsys cluster runs"),
+        "comments kept: {env}"
+    );
+
+    let (code, text) = run(&["validate"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("valid"), "{text}");
+    // Migrating again changes nothing.
+    let (code, text) = run(&["migrate", "--to", "v1.14"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("0 of 7 patch files"), "{text}");
+}

@@ -13,8 +13,10 @@ use super::{CliError, Output};
 use crate::machineconfig::effective::{differences, model, INTENDED_DIFFERENCES};
 use crate::machineconfig::envsubst::substitute;
 use crate::machineconfig::migrate::{migrate_all, Migrated};
+use crate::machineconfig::render::render_all_at;
 use crate::machineconfig::{
-    render_all, validate_all, ClusterDefinition, ConfigError, PatchSource, SecretsBundle, Vars,
+    render_all, validate_all, ClusterDefinition, ConfigError, Contract, PatchSource, SecretsBundle,
+    Vars,
 };
 
 #[derive(Debug, Clone, Args)]
@@ -188,7 +190,20 @@ pub fn run(args: MigrateArgs, out: &Output) -> Result<(), CliError> {
         }
     };
     let version = release.clone().unwrap_or_else(|| "v1.14.0".into());
-    let before = render_all(&def, &bundle).map_err(cfg)?;
+    // Today's cluster: as rendered now, or — when talosVersion already says 1.14 and
+    // the old patches no longer render there — under contract 1.13.
+    let before = match render_all(&def, &bundle) {
+        Ok(r) => r,
+        Err(_) => render_all_at(
+            &def,
+            &bundle,
+            Contract {
+                major: 1,
+                minor: 13,
+            },
+        )
+        .map_err(cfg)?,
+    };
     let def14 = migrated_definition(&def, &migrated, &vars, &version).map_err(cfg)?;
     let after = render_all(&def14, &bundle).map_err(cfg)?;
     let warnings = validate_all(&def14, &after).map_err(cfg)?;
