@@ -27,8 +27,7 @@ fn find(lines: &[String], path: &[String]) -> Option<(usize, usize)> {
     for seg in path {
         let mut hit = None;
         let mut child_indent = None;
-        for i in lo..hi {
-            let l = &lines[i];
+        for (i, l) in lines.iter().enumerate().take(hi).skip(lo) {
             if !content(l) {
                 continue;
             }
