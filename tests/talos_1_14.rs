@@ -303,3 +303,72 @@ fn migration_in_three_commands() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("0 of 7 patch files"), "{text}");
 }
+
+/// Waits for `Running`, returning every state the node went through.
+async fn states_until_running(
+    mut rx: tokio::sync::broadcast::Receiver<NodeState>,
+) -> Vec<NodeState> {
+    let mut seen = vec![];
+    loop {
+        match rx.recv().await {
+            Ok(s) => {
+                seen.push(s);
+                if s == NodeState::Running {
+                    return seen;
+                }
+            }
+            Err(e) => panic!("transitions ended: {e}"),
+        }
+    }
+}
+
+/// 1.14 maintenance: installing is opt-in (siderolabs/talos#13388). A config with
+/// no UnattendedInstallConfig runs without an install; one with it installs to the
+/// disk its CEL selector picks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_14_node_installs_only_when_the_config_asks() {
+    let lab = fixture::start_lab_of("v1.14.0", 121, 2, 2, 0.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let def = lab_definition(&lab, 2, "optin");
+    let secrets_from = repo_root().join(fixture::SECRETS);
+    let (talconfig, secrets) =
+        write_lab_files(dir.path(), &def, "v1.14.0", Some(secrets_from.as_path())).unwrap();
+    let mut src = TalhelperSource::new(&talconfig, &secrets);
+    src.vars = Vars::default();
+    let rendered = src.render().unwrap();
+    let with = rendered.configs[&def.nodes[1].hostname].clone();
+    let with = String::from_utf8(with).unwrap();
+    assert!(with.contains("kind: UnattendedInstallConfig"));
+    let without: String = with
+        .split("---\n")
+        .filter(|d| !d.contains("kind: UnattendedInstallConfig"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    let without = without.replace(
+        &format!("hostname: {}", def.nodes[1].hostname),
+        &format!("hostname: {}", def.nodes[0].hostname),
+    );
+    fixture::within_lab(&lab, "opt-in install", async {
+        let nodes = lab.nodes();
+        // Subscribed before the applies, so no transition is missed.
+        let (a, b) = (
+            states_until_running(nodes[0].transitions()),
+            states_until_running(nodes[1].transitions()),
+        );
+        for (i, cfg) in [(0, &without), (1, &with)] {
+            let c = TalosClient::connect(
+                &nodes[i].ip().to_string(),
+                TlsMode::Insecure { fingerprint: None },
+                CallPolicy::default(),
+            )
+            .unwrap();
+            c.apply_configuration(cfg.as_bytes(), ApplyMode::Auto, false)
+                .await
+                .unwrap();
+        }
+        let (a, b) = tokio::join!(a, b);
+        assert!(!a.contains(&NodeState::Installing), "{a:?}");
+        assert!(b.contains(&NodeState::Installing), "{b:?}");
+    })
+    .await;
+}
