@@ -125,7 +125,17 @@ async fn apply_in_maintenance(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowE
     let c = cx.insecure(n)?;
     // Per node by its running Talos: a node older than the contract gets the same
     // definition under its own contract (it cannot decode the newer documents).
-    let running = running_minor(&c).await;
+    // Asked only when there is a choice (an older contract rendered).
+    let choice = cx
+        .cluster
+        .rendered()
+        .map(|r| !r.older.is_empty())
+        .unwrap_or(false);
+    let running = if choice {
+        running_minor(&c).await
+    } else {
+        None
+    };
     let (config, older) = match running {
         Some(m) => cx.cluster.config_for(n, m)?,
         None => (cx.cluster.config_of(n)?, None),

@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_yaml_ng::{Mapping, Value};
 
 use super::install::{dev_path_match, selector_match, unattended_install};
-use super::{installer_image, map, pair, s, seq, set, talos_version};
+use super::{map, pair, s, seq, set};
 use crate::machineconfig::secrets::SecretsBundle;
 use crate::machineconfig::talconfig::{ClusterDefinition, ResolvedNode};
 
@@ -46,15 +46,16 @@ fn string_map(m: &std::collections::BTreeMap<String, String>) -> Mapping {
 }
 
 /// The contract-1.14 documents for one node, in the generator's order.
+/// `installer` is the node's installer image (talhelper's URL for it).
 pub(super) fn base_documents(
     def: &ClusterDefinition,
     sec: &SecretsBundle,
     node: &ResolvedNode,
+    installer: &str,
 ) -> Result<Vec<Value>, String> {
     let c = &def.config;
     let cp = node.is_control_plane();
     let k8s = c.kubernetes_version.trim_start_matches('v');
-    let version = talos_version(def);
 
     let mut v1 = Value::Mapping(Mapping::new());
     set(&mut v1, &["version"], s("v1alpha1"));
@@ -108,10 +109,7 @@ pub(super) fn base_documents(
         (None, None) => None,
     };
     if let Some(m) = disk_match {
-        docs.push(unattended_install(
-            &installer_image(def, node, &version),
-            &m,
-        ));
+        docs.push(unattended_install(installer, &m));
     }
     docs.push(doc(
         "ResolverConfig",

@@ -140,7 +140,8 @@ pub fn render_node_at(
     contract: Contract,
 ) -> Result<RenderedConfig, ConfigError> {
     let mut docs = if contract.multidoc_kubernetes() {
-        kube_docs::base_documents(def, secrets, node).map_err(|m| {
+        let image = installer_image(def, node, &talos_version(def));
+        kube_docs::base_documents(def, secrets, node, &image).map_err(|m| {
             ConfigError::input(
                 &def.source,
                 node.line,
