@@ -372,3 +372,65 @@ async fn a_1_14_node_installs_only_when_the_config_asks() {
     })
     .await;
 }
+
+/// A node on 1.13 cannot be given a definition whose patches use 1.14-only
+/// documents: `up` names the node, why, and what to do, before sending it anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_13_node_and_1_14_only_patches_are_refused_with_the_way_out() {
+    let lab = Lab::start(LabOptions {
+        nodes: 1,
+        controlplanes: 1,
+        first_ip: std::net::Ipv4Addr::new(127, 0, 122, 11),
+        port: 50000,
+        talos_version: "v1.13.9".into(),
+        time_scale: 0.0,
+        ..LabOptions::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let def = lab_definition(&lab, 1, "newdocs");
+    let secrets_from = repo_root().join(fixture::SECRETS);
+    let (talconfig, secrets) = write_lab_files(
+        &dir.path().join("talos"),
+        &def,
+        "v1.14.0",
+        Some(secrets_from.as_path()),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("talos/kubelet.yaml"),
+        "apiVersion: v1alpha1\nkind: KubeletConfig\nconfig:\n  serializeImagePulls: false\n",
+    )
+    .unwrap();
+    let mut t = std::fs::read_to_string(&talconfig).unwrap();
+    t.push_str("patches:\n  - \"@./kubelet.yaml\"\n");
+    std::fs::write(&talconfig, t).unwrap();
+    let mut src = TalhelperSource::new(&talconfig, &secrets);
+    src.vars = Vars::default();
+    let opts = fixture::up_options(
+        &dir.path().join("state"),
+        StepId::Kubeconfig,
+        fixture::Deadlines {
+            node: Duration::from_secs(20),
+            reach: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(5),
+        },
+    );
+    let em = Emitter::new();
+    let r = fixture::within_lab(
+        &lab,
+        "up refused",
+        up(&src as &dyn ClusterSource, &opts, &em),
+    )
+    .await;
+    let e = r
+        .expect_err("a 1.13 node cannot read the 1.14 documents")
+        .explain();
+    assert!(
+        e.contains("runs Talos 1.13, which cannot read the contract 1.14 documents"),
+        "{e}"
+    );
+    assert!(e.contains("boot the node from a Talos 1.14 image"), "{e}");
+    assert_eq!(lab.apply_calls(), 0, "nothing was sent");
+}
