@@ -4,7 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, docs, gen, process, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, docs, gen, migrate_cmd, process, recover_cmd, talos_cmd, up, CliError, Output,
+    OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
@@ -37,6 +38,10 @@ enum Command {
         #[arg(long)]
         age_key: Option<PathBuf>,
     },
+    /// Rewrite the talhelper patches for a new Talos config contract (`--to v1.14`): a
+    /// diff by default, `--write` to change the files; refused unless the result
+    /// validates and describes the same cluster field by field.
+    Migrate(migrate_cmd::MigrateArgs),
     /// From maintenance-mode nodes to all five layers Ready (Talos, bootstrap charts, Flux,
     /// then Flux's own layers, watched), resumable at any point.
     Up(up::UpArgs),
@@ -118,6 +123,7 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Gen(GenCommand::Secrets(_)) => "gen secrets",
         Command::Gen(GenCommand::Config { .. }) => "gen config",
         Command::Validate { .. } => "validate",
+        Command::Migrate(_) => "migrate",
         Command::Up(_) => "up",
         Command::Plan(_) => "plan",
         Command::Status(_) => "status",
@@ -240,6 +246,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Migrate(args) => migrate_cmd::run(args, &out),
         Command::Up(args) => up::up(args, &out).await,
         Command::Plan(args) => match args.what {
             Some(what) => day2::plan(what, &out).await,

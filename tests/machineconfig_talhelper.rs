@@ -126,7 +126,7 @@ fn contract_1_11_renders_the_legacy_shape() {
         &MemPatchReader::default(),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("1.8 to 1.13"), "{e}");
+    assert!(e.to_string().contains("1.8 to 1.14"), "{e}");
 }
 
 /// networkInterfaces → documents as talhelper's networkconfig.go@v3.1.16 renders

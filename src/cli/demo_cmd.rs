@@ -20,7 +20,7 @@ pub struct DemoArgs {
     /// Multiplies every lab delay (1 ≈ real hardware in proportion; 0 = none).
     #[arg(long, default_value_t = 1.5, value_parser = super::bounds::time_scale)]
     pub time_scale: f64,
-    /// Talos version the simulated nodes emulate (v1.12.x or v1.13.x).
+    /// Talos version the simulated nodes emulate (v1.12.x, v1.13.x or v1.14.x).
     #[arg(long, default_value = "v1.13.9")]
     pub talos_version: String,
     /// Keep the state (journal, talosconfig, kubeconfig, secrets) here instead of

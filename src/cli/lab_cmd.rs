@@ -31,7 +31,7 @@ pub struct LabArgs {
     /// apid port on every node.
     #[arg(long, default_value_t = 50000)]
     pub port: u16,
-    /// Talos version to emulate (v1.12.x maintenance has no Version API).
+    /// Talos version to emulate: v1.12.x (maintenance has no Version API), v1.13.x or v1.14.x (config contract 1.14).
     #[arg(long, default_value = "v1.13.9")]
     pub talos_version: String,
     /// Multiplies every simulated delay (1.0 ≈ real hardware, 0 = instant).
@@ -55,6 +55,7 @@ impl LabArgs {
             talos_version: self.talos_version.clone(),
             time_scale: self.time_scale,
             hardware: Vec::new(),
+            node_versions: Vec::new(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod docs;
 pub mod gen;
 #[cfg(feature = "lab")]
 pub mod lab_cmd;
+pub mod migrate_cmd;
 pub mod process;
 pub mod recover_cmd;
 pub mod talos_cmd;

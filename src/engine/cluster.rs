@@ -103,6 +103,35 @@ impl Cluster {
             .ok_or_else(|| FlowError::Source(format!("no config rendered for {}", node.hostname)))
     }
 
+    /// The config for `node` when it runs Talos 1.`running_minor`: the rendered one,
+    /// or, when the node runs an older Talos than the contract, the same definition
+    /// under the node's own contract (the installer image still names talosVersion).
+    /// Returns the config and the contract minor chosen, when it is an older one.
+    pub fn config_for(
+        &self,
+        node: &NodeDef,
+        running_minor: u32,
+    ) -> Result<(&[u8], Option<u32>), FlowError> {
+        let r = self.rendered()?;
+        match r.contract_minor {
+            Some(c) if running_minor < c => match r.older.get(&running_minor) {
+                Some(Ok(cs)) => cs
+                    .get(&node.hostname)
+                    .map(|b| (b.as_slice(), Some(running_minor)))
+                    .ok_or_else(|| FlowError::Source(format!("no config rendered for {}", node.hostname))),
+                Some(Err(e)) => Err(FlowError::Source(format!(
+                    "{} runs Talos 1.{running_minor}, which cannot read the contract 1.{c} documents, and the definition does not render under contract 1.{running_minor}: {e}; boot the node from a Talos 1.{c} image (or upgrade it) and run `up` again",
+                    node.label()
+                ))),
+                None => Err(FlowError::Source(format!(
+                    "{} runs Talos 1.{running_minor}, older than this tool renders (contract 1.12 and newer); boot it from a Talos 1.{c} image",
+                    node.label()
+                ))),
+            },
+            _ => self.config_of(node).map(|b| (b, None)),
+        }
+    }
+
     /// An mTLS client straight to `node` (never via an endpoint).
     pub fn mtls(&self, node: &NodeDef, policy: CallPolicy) -> Result<TalosClient, FlowError> {
         Ok(TalosClient::connect(

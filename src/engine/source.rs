@@ -140,6 +140,12 @@ pub struct Rendered {
     pub credentials: Arc<Credentials>,
     /// The talosconfig to write next to the state (context = cluster name).
     pub talosconfig: Talosconfig,
+    /// The config contract minor the configs are rendered for (`talosVersion`), when known.
+    pub contract_minor: Option<u32>,
+    /// The same nodes under each older contract, for a node still running an older
+    /// Talos (it cannot read a newer contract's documents); the error when the
+    /// definition does not render under that contract.
+    pub older: BTreeMap<u32, Result<BTreeMap<String, Vec<u8>>, String>>,
 }
 
 impl std::fmt::Debug for Rendered {

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use super::error::FlowError;
 use super::source::{ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};
 use crate::machineconfig::{
-    render_all, validate_all, ClusterDefinition, ConfigError, DefinitionPaths, SecretsBundle, Vars,
+    render::render_all_at, render_all, validate_all, ClusterDefinition, ConfigError, Contract,
+    DefinitionPaths, SecretsBundle, Vars,
 };
 use endsys_core::Doctor;
 
@@ -209,10 +210,27 @@ impl ClusterSource for TalhelperSource {
             &configs,
             &def.source.display().to_string(),
         )?;
+        let contract = Contract::parse(&crate::machineconfig::render::talos_version(&def)).ok();
+        let mut older = BTreeMap::new();
+        if let Some(c) = contract {
+            for minor in 12..c.minor {
+                let at = Contract { major: 1, minor };
+                let r = render_all_at(&def, &bundle, at)
+                    .map(|cs| {
+                        cs.into_iter()
+                            .map(|c| (c.hostname, c.yaml.into_bytes()))
+                            .collect()
+                    })
+                    .map_err(|e| e.to_string());
+                older.insert(minor, r);
+            }
+        }
         Ok(Rendered {
             configs,
             credentials,
             talosconfig,
+            contract_minor: contract.map(|c| c.minor),
+            older,
         })
     }
 }

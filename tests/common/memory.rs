@@ -154,6 +154,8 @@ impl ClusterSource for MemorySource {
             configs,
             credentials,
             talosconfig,
+            contract_minor: None,
+            older: BTreeMap::new(),
         })
     }
 }

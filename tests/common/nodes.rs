@@ -218,6 +218,7 @@ pub fn opts(third_octet: u8, nodes: usize, version: &str) -> LabOptions {
         talos_version: version.into(),
         time_scale: 0.0,
         hardware: vec![],
+        node_versions: vec![],
     }
 }
 

@@ -73,6 +73,11 @@ pub(crate) struct NodeConfig {
     pub hostname: Option<String>,
     pub install_disk: Option<String>,
     pub disk_selector: Option<Value>,
+    /// Contract 1.14: `UnattendedInstallConfig.provisioning.diskSelector.match` (CEL).
+    pub install_match: Option<String>,
+    /// Whether the config asks for an install (`machine.install` or, from 1.14, an
+    /// UnattendedInstallConfig); a 1.14 config without either runs without one.
+    pub install_requested: bool,
 }
 
 fn get<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -118,6 +123,7 @@ impl NodeConfig {
     pub(crate) fn parse(data: &[u8]) -> Result<NodeConfig, ConfigError> {
         let mut v1alpha1: Option<Value> = None;
         let mut hostname_doc: Option<String> = None;
+        let mut others: Vec<Value> = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_slice(data) {
             let value = <Value as serde::Deserialize>::deserialize(doc)
                 .map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -133,13 +139,21 @@ impl NodeConfig {
                     ));
                 }
                 v1alpha1 = Some(value);
-            } else if get_str(&value, &["kind"]) == Some("HostnameConfig") {
-                hostname_doc = get_str(&value, &["hostname"]).map(str::to_string);
+            } else {
+                if get_str(&value, &["kind"]) == Some("HostnameConfig") {
+                    hostname_doc = get_str(&value, &["hostname"]).map(str::to_string);
+                }
+                others.push(value);
             }
         }
         let Some(doc) = v1alpha1 else {
             return Err(ConfigError::NoV1alpha1);
         };
+        // Contract 1.14 moves the Kubernetes identity into documents.
+        let kind_doc = |k: &str| others.iter().find(|d| get_str(d, &["kind"]) == Some(k));
+        let cluster_doc = kind_doc("KubeClusterConfig");
+        let ca_doc = kind_doc("KubeAPIServerCAConfig");
+        let install_doc = kind_doc("UnattendedInstallConfig");
         let invalid = |s: &str| ConfigError::Invalid(s.to_string());
         let machine_type = match get_str(&doc, &["machine", "type"]) {
             Some("controlplane") => MachineType::ControlPlane,
@@ -182,8 +196,21 @@ impl NodeConfig {
         let bootstrap_token = get_str(&doc, &["cluster", "token"])
             .unwrap_or_default()
             .to_string();
-        let cluster_ca_crt =
-            b64_pem(&doc, &["cluster", "ca", "crt"])?.and_then(|p| String::from_utf8(p).ok());
+        let cluster_ca_crt = b64_pem(&doc, &["cluster", "ca", "crt"])?
+            .and_then(|p| String::from_utf8(p).ok())
+            .or_else(|| {
+                ca_doc.and_then(|d| {
+                    get_str(d, &["issuingCA", "cert"])
+                        .map(str::to_string)
+                        .or_else(|| {
+                            get(d, &["acceptedCAs"])
+                                .and_then(Value::as_sequence)
+                                .and_then(|s| s.first())
+                                .and_then(Value::as_str)
+                                .map(str::to_string)
+                        })
+                })
+            });
         let cert_sans = get(&doc, &["machine", "certSANs"])
             .and_then(Value::as_sequence)
             .map(|s| {
@@ -194,9 +221,11 @@ impl NodeConfig {
             })
             .unwrap_or_default();
         let cluster_name = get_str(&doc, &["cluster", "clusterName"])
+            .or_else(|| cluster_doc.and_then(|d| get_str(d, &["clusterName"])))
             .ok_or_else(|| invalid("cluster.clusterName is required"))?
             .to_string();
         let endpoint = get_str(&doc, &["cluster", "controlPlane", "endpoint"])
+            .or_else(|| cluster_doc.and_then(|d| get_str(d, &["endpoint"])))
             .ok_or_else(|| invalid("cluster.controlPlane.endpoint is required"))?
             .to_string();
         if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
@@ -204,7 +233,21 @@ impl NodeConfig {
                 "cluster.controlPlane.endpoint: {endpoint:?} is not a valid URL"
             )));
         }
-        let cluster_ca = ca_from(&doc, &["cluster", "ca"])?;
+        let cluster_ca = match ca_from(&doc, &["cluster", "ca"])? {
+            Some(ca) => Some(ca),
+            None => match ca_doc.map(|d| {
+                (
+                    get_str(d, &["issuingCA", "cert"]),
+                    get_str(d, &["issuingCA", "key"]),
+                )
+            }) {
+                Some((Some(crt), Some(key))) => Some(
+                    CertificateAuthority::from_pem(crt.as_bytes(), key.as_bytes(), "issuingCA")
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                ),
+                _ => None,
+            },
+        };
         let etcd_crt = b64_pem(&doc, &["cluster", "etcd", "ca", "crt"])?;
         let key_source = etcd_crt.clone().or_else(|| {
             cluster_ca
@@ -228,6 +271,11 @@ impl NodeConfig {
         let disk_selector = get(&doc, &["machine", "install", "diskSelector"])
             .filter(|v| !v.is_null())
             .cloned();
+        let install_match = install_doc
+            .and_then(|d| get_str(d, &["provisioning", "diskSelector", "match"]))
+            .map(str::to_string);
+        let install_requested = get(&doc, &["machine", "install"]).is_some_and(|v| !v.is_null())
+            || install_doc.is_some();
         Ok(NodeConfig {
             raw: data.to_vec(),
             machine_type,
@@ -246,6 +294,38 @@ impl NodeConfig {
             hostname,
             install_disk,
             disk_selector,
+            install_match,
+            install_requested,
         })
+    }
+
+    /// Parses a config the way a node running `talos_version` decodes and validates
+    /// it (1.14's documents, and their conflicts with old fields; see config_v114).
+    pub(crate) fn parse_for(data: &[u8], talos_version: &str) -> Result<NodeConfig, ConfigError> {
+        let mut docs = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_slice(data) {
+            let v = <Value as serde::Deserialize>::deserialize(doc)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+        // Decoding (unknown kinds) and conflicts come before the v1alpha1 checks.
+        super::config_v114::check(&docs, talos_version).map_err(ConfigError::Invalid)?;
+        Self::parse(data)
+    }
+
+    /// The install disk: an UnattendedInstallConfig's CEL selector, else
+    /// `machine.install.disk` / `diskSelector`.
+    pub(crate) fn select_disk<'a>(
+        &self,
+        hw: &'a crate::hardware::Hardware,
+    ) -> Result<&'a crate::hardware::DiskInfo, String> {
+        match &self.install_match {
+            Some(expr) => super::config_v114::select_disk(hw, expr),
+            None => {
+                hw.select_install_disk(self.install_disk.as_deref(), self.disk_selector.as_ref())
+            }
+        }
     }
 }

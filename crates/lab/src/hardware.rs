@@ -101,7 +101,7 @@ impl Hardware {
     }
 }
 
-fn glob(pattern: &str, value: &str) -> bool {
+pub(crate) fn glob(pattern: &str, value: &str) -> bool {
     // Talos selectors support shell globs; `*` is enough for the lab.
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {

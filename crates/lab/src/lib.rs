@@ -22,6 +22,7 @@
 
 mod api;
 mod config;
+mod config_v114;
 mod etcd;
 mod flaky;
 mod hardware;
@@ -68,6 +69,9 @@ pub struct LabOptions {
     pub time_scale: f64,
     /// Per-node hardware; missing entries get [`Hardware::default_for`].
     pub hardware: Vec<Hardware>,
+    /// Per-node Talos versions (a cluster mid-upgrade); missing entries run
+    /// `talos_version`.
+    pub node_versions: Vec<String>,
 }
 
 impl Default for LabOptions {
@@ -80,6 +84,7 @@ impl Default for LabOptions {
             talos_version: "v1.13.9".into(),
             time_scale: 1.0,
             hardware: Vec::new(),
+            node_versions: Vec::new(),
         }
     }
 }
@@ -141,6 +146,7 @@ impl Lab {
             time_scale: opts.time_scale,
             bootstrap_calls: Default::default(),
             apply_calls: Default::default(),
+            fanout_calls: Default::default(),
             member_removals: Default::default(),
             trustd_signed: Default::default(),
             flaky: Default::default(),
@@ -159,7 +165,10 @@ impl Lab {
                 ip,
                 opts.port,
                 hw,
-                opts.talos_version.clone(),
+                opts.node_versions
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| opts.talos_version.clone()),
                 fabric.clone(),
                 api::serve,
             );
@@ -223,6 +232,11 @@ impl Lab {
     /// How many Bootstrap calls reached any node of this lab (accepted or refused).
     pub fn bootstrap_calls(&self) -> usize {
         self.fabric.bootstrap_calls.load(Ordering::SeqCst)
+    }
+
+    /// How many calls asked for a fan-out to several nodes (`nodes` metadata).
+    pub fn fanout_calls(&self) -> usize {
+        self.fabric.fanout_calls.load(Ordering::SeqCst)
     }
 
     /// How many ApplyConfiguration calls (dry runs excluded) reached any node.

@@ -65,6 +65,9 @@ pub(crate) struct Fabric {
     pub bootstrap_calls: std::sync::atomic::AtomicUsize,
     /// Every non-dry-run ApplyConfiguration that reached a node's handler.
     pub apply_calls: std::sync::atomic::AtomicUsize,
+    /// Every call that asked apid to fan out to several nodes (`nodes` metadata;
+    /// deprecated in 1.14, to be removed in 2.0).
+    pub fanout_calls: std::sync::atomic::AtomicUsize,
     /// Every EtcdRemoveMemberByID that removed a member.
     pub member_removals: std::sync::atomic::AtomicUsize,
     /// Every certificate a control plane's trustd signed for a worker.

@@ -170,7 +170,7 @@ impl Doctor for TalosError {
                 TlsFailure::Other => "retry with RUST_LOG=debug for the handshake details".into(),
             },
             TalosError::Rpc { rpc, code, .. } => rpc_action(rpc, *code),
-            TalosError::Protocol { .. } => "retry; if it persists, check that the node runs a supported Talos version (1.12 or 1.13)".into(),
+            TalosError::Protocol { .. } => "retry; if it persists, check that the node runs a supported Talos version (1.12, 1.13 or 1.14)".into(),
             TalosError::Io { .. } => "check disk space and permissions of the output path".into(),
             TalosError::Credentials { .. } | TalosError::Talosconfig { .. } => "point --talosconfig at a valid file (gen config writes one)".into(),
             TalosError::RetriesExhausted { .. } => unreachable_root(),

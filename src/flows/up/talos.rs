@@ -35,10 +35,10 @@ pub fn dry_run_unchanged(details: &str) -> bool {
 // ---- apply -------------------------------------------------------------------------
 
 async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
-    let config = cx.cluster.config_of(n)?;
     match cx.class(n) {
-        NodeProbe::Maintenance => apply_in_maintenance(cx, n, config).await,
+        NodeProbe::Maintenance => apply_in_maintenance(cx, n).await,
         NodeProbe::Ours => {
+            let config = cx.cluster.config_of(n)?;
             let c = cx.mtls(n)?;
             // The node may be between install and reboot: wait that out.
             let mut w = Wait::new(
@@ -121,12 +121,29 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
 /// The insecure apply to a node in maintenance. A connection dropped under it
 /// is retried (the apply is idempotent while the node waits for a config),
 /// after asking the node whether the config landed and only the reply was lost.
-async fn apply_in_maintenance(
-    cx: &Up<'_>,
-    n: &NodeDef,
-    config: &[u8],
-) -> Result<Outcome, FlowError> {
+async fn apply_in_maintenance(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
     let c = cx.insecure(n)?;
+    // Per node by its running Talos: a node older than the contract gets the same
+    // definition under its own contract (it cannot decode the newer documents).
+    // Asked only when there is a choice (an older contract rendered).
+    let choice = cx
+        .cluster
+        .rendered()
+        .map(|r| !r.older.is_empty())
+        .unwrap_or(false);
+    let running = if choice {
+        running_minor(&c).await
+    } else {
+        None
+    };
+    let (config, older) = match running {
+        Some(m) => cx.cluster.config_for(n, m)?,
+        None => (cx.cluster.config_of(n)?, None),
+    };
+    let how = match older {
+        Some(m) => format!(" under contract 1.{m}, the one its running Talos reads"),
+        None => String::new(),
+    };
     let deadline = cx.opts.reach_deadline.min(cx.opts.node_deadline);
     let mut w =
         Wait::new(n.label(), "accepting its config", deadline).backoff(Backoff::every(POLL));
@@ -134,8 +151,9 @@ async fn apply_in_maintenance(
         let e = match c.apply_configuration(config, ApplyMode::Auto, false).await {
             Ok(_) => {
                 return Ok(Outcome::Done {
-                    detail: "applied in maintenance mode (insecure); the node installs and reboots"
-                        .into(),
+                    detail: format!(
+                        "applied in maintenance mode (insecure){how}; the node installs and reboots"
+                    ),
                 })
             }
             Err(e) if e.is_transient() && !w.expired() => e,
@@ -162,6 +180,16 @@ async fn apply_in_maintenance(
             }
             _ => return Err(e.into()),
         }
+    }
+}
+
+/// The Talos minor a maintenance node runs: its Version reply (1.13+); 1.12's
+/// maintenance API has no Version (Unimplemented). None when the node does not say.
+async fn running_minor(c: &crate::talos::TalosClient) -> Option<u32> {
+    match c.version().await {
+        Ok(v) => crate::machineconfig::checks::release_version(&v.tag).map(|(_, m, _)| m),
+        Err(e) if e.code() == Some(Code::Unimplemented) => Some(12),
+        Err(_) => None,
     }
 }
 

@@ -4,7 +4,7 @@
 /// talhelper's `LatestTalosVersion` (v3.1.16), used when talosVersion is not set.
 pub const DEFAULT_TALOS_VERSION: &str = "v1.13.8";
 
-/// A Talos version contract (major.minor). 1.8 to 1.13 are rendered (1.8–1.11
+/// A Talos version contract (major.minor). 1.8 to 1.14 are rendered (1.8–1.11
 /// produce the same base output; `stab/v1.8…v1.11` at v1.14.0-rc.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Contract {
@@ -23,9 +23,9 @@ impl Contract {
             ));
         };
         let c = Contract { major, minor };
-        if major != 1 || !(FIRST_MINOR..=13).contains(&minor) {
+        if major != 1 || !(FIRST_MINOR..=14).contains(&minor) {
             return Err(format!(
-                "Talos {major}.{minor} is not supported: this tool renders configs for the 1.{FIRST_MINOR} to 1.13 contracts"
+                "Talos {major}.{minor} is not supported: this tool renders configs for the 1.{FIRST_MINOR} to 1.14 contracts"
             ));
         }
         Ok(c)
@@ -40,7 +40,9 @@ impl Contract {
             10 => (28, 33),
             11 => (29, 34),
             12 => (30, 35),
-            _ => (31, 36),
+            13 => (31, 36),
+            // compatibility/talos114@v1.14.0-rc.1: 1.32.0 – 1.37.99.
+            _ => (32, 37),
         }
     }
 
@@ -70,6 +72,49 @@ impl Contract {
     /// <= 1.11: the endpoint's host is the first `apiServer.certSANs` entry.
     pub fn populate_cluster_sans_from_endpoint(&self) -> bool {
         self.minor <= 11
+    }
+
+    // Contract 1.14 switches (pkg/machinery/config/contract.go@v1.14.0-rc.1), each
+    // true for contracts newer than 1.13.
+
+    fn after_1_13(&self) -> bool {
+        (self.major, self.minor) > (1, 13)
+    }
+
+    /// v1alpha1 Kubernetes fields become Kube* documents.
+    pub fn multidoc_kubernetes(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// UnattendedInstallConfig instead of `machine.install`.
+    pub fn unattended_install(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// `cluster.discovery` → DiscoveryServiceConfig, `cluster.id/secret` →
+    /// DiscoveryIdentityConfig.
+    pub fn discovery_multidoc(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// `machine.features.hostDNS` → `ResolverConfig.hostDNS`.
+    pub fn hostdns_multidoc(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// VolumeConfig EPHEMERAL (secure mount) + FilesystemTrimConfig.
+    pub fn fs_trim_default(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// SecurityProfileConfig with workload isolation.
+    pub fn workload_isolation_default(&self) -> bool {
+        self.after_1_13()
+    }
+
+    /// `machine.sysctls` → SysctlConfig.
+    pub fn multidoc_sysctl(&self) -> bool {
+        self.after_1_13()
     }
 }
 

@@ -23,13 +23,17 @@
 
 pub mod checks;
 pub mod config_file;
+pub mod conflicts;
 pub mod contract;
 mod def_checks;
 pub mod devices;
+pub mod effective;
 pub mod envsubst;
 pub mod error;
 pub mod gotmpl;
+mod kube_order;
 pub mod loader;
+pub mod migrate;
 pub mod net;
 pub mod nodeconfigs;
 pub mod patch;
@@ -41,6 +45,7 @@ pub mod talconfig;
 pub mod talosconfig;
 pub mod unknown_keys;
 pub mod validate;
+pub mod validate_1_14;
 pub mod yaml;
 
 pub use envsubst::Vars;

@@ -12,14 +12,42 @@ use serde_json::Value as J;
 use serde_yaml_ng::Value as Y;
 
 static SCHEMA_TEXT: &str = include_str!("schema/talos-v1.13.9-config.schema.json");
+/// Contract 1.14's schema (v1.14.0-rc.1, the newest 1.14 tag). It describes only the
+/// v1alpha1 fields 1.14 does not deprecate.
+static SCHEMA_1_14_TEXT: &str = include_str!("schema/talos-v1.14.0-rc.1-config.schema.json");
+
+thread_local! {
+    /// The schema `validate`/`coerce` use on this thread: 1.13's unless a
+    /// [`with_contract_1_14`] call is running (the walker reaches the schema from
+    /// many places; a scoped switch keeps their signatures).
+    static USE_1_14: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 fn schema() -> &'static J {
     static S: OnceLock<J> = OnceLock::new();
-    S.get_or_init(|| {
-        let mut s = serde_json::from_str(SCHEMA_TEXT).unwrap_or(J::Null);
+    static S14: OnceLock<J> = OnceLock::new();
+    let (cell, text) = if USE_1_14.with(|c| c.get()) {
+        (&S14, SCHEMA_1_14_TEXT)
+    } else {
+        (&S, SCHEMA_TEXT)
+    };
+    cell.get_or_init(|| {
+        let mut s = serde_json::from_str(text).unwrap_or(J::Null);
         fix_decoder_disagreements(&mut s);
         s
     })
+}
+
+/// Runs `f` with the contract-1.14 schema selected.
+pub fn with_contract_1_14<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            USE_1_14.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(USE_1_14.with(|c| c.replace(true)));
+    f()
 }
 
 /// Where the published schema and Talos's own decoder disagree, the decoder wins:
@@ -93,7 +121,13 @@ fn def_for_kind(kind: &str) -> Option<&'static J> {
         let name = r.get("$ref")?.as_str()?.strip_prefix("#/$defs/")?;
         let d = defs.get(name)?;
         let kinds = d.pointer("/properties/kind/enum")?.as_array()?;
-        if kinds.iter().any(|k| k.as_str() == Some(kind)) {
+        // The 1.14 schema spells UnattendedInstallConfig `UnattendedInstall` (its doc
+        // tag), while Talos registers and generates the longer kind.
+        let alias = (kind == "UnattendedInstallConfig").then_some("UnattendedInstall");
+        if kinds
+            .iter()
+            .any(|k| k.as_str() == Some(kind) || (alias.is_some() && k.as_str() == alias))
+        {
             return Some(d);
         }
     }
@@ -125,6 +159,23 @@ fn kind_of(doc: &Y) -> String {
 /// directives (for patches, which hold only the keys they change).
 pub fn validate(doc: &Y, partial: bool) -> Vec<SchemaIssue> {
     let kind = kind_of(doc);
+    if kind == "UnattendedInstallConfig" {
+        // Checked as the schema's spelling of the kind (see def_for_kind).
+        let mut aliased = doc.clone();
+        if let Some(m) = aliased.as_mapping_mut() {
+            m.insert(Y::from("kind"), Y::from("UnattendedInstall"));
+        }
+        return validate(&aliased, partial);
+    }
+    if partial && kind == "v1alpha1" && USE_1_14.with(|c| c.get()) {
+        // Talos 1.14 still decodes every deprecated v1alpha1 field (its schema
+        // leaves them out): a patch loads against what Talos decodes; the conflict
+        // check and `validate` say what to move.
+        USE_1_14.with(|c| c.set(false));
+        let issues = validate(doc, partial);
+        USE_1_14.with(|c| c.set(true));
+        return issues;
+    }
     let mut issues = Vec::new();
     match def_for_kind(&kind) {
         Some(d) => {

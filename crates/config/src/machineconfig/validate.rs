@@ -563,11 +563,18 @@ pub fn validate_all(
 ) -> Result<Vec<Finding>, ConfigError> {
     let mut findings = def.warnings.clone();
     findings.extend(validate_cluster(def, rendered));
+    let version = super::render::talos_version(def);
+    let multidoc = super::render::Contract::parse(&version)
+        .map(|c| c.multidoc_kubernetes())
+        .unwrap_or(false);
     for r in rendered {
-        findings.extend(validate_config(&r.file_name, &r.documents));
+        findings.extend(if multidoc {
+            super::validate_1_14::validate_config(&r.file_name, &r.documents)
+        } else {
+            validate_config(&r.file_name, &r.documents)
+        });
     }
     // The Kubernetes version must be one this Talos release runs.
-    let version = super::render::talos_version(def);
     if let (Ok(contract), Some((_, minor, _))) = (
         super::render::Contract::parse(&version),
         super::talconfig::parse_k8s_version(&def.config.kubernetes_version),

@@ -234,7 +234,7 @@ fn quote_if_needed(s: &str) -> String {
 }
 
 /// How the keys of a mapping at some path are ordered on output.
-enum Order {
+pub(crate) enum Order {
     /// A Go struct: known fields in declaration order, unknown ones after, as inserted.
     Struct(&'static [&'static str]),
     /// A Go map: keys sorted, and nested maps too (Unstructured values).
@@ -449,6 +449,9 @@ fn order_for(kind: &str, path: &[&str]) -> Option<Order> {
         ]),
         ("ResolverConfig", "") => Struct(&["apiVersion", "kind", "nameservers", "searchDomains"]),
         ("ResolverConfig", "searchDomains") => Struct(&["domains", "disableDefault"]),
+        (k, p) if super::kube_order::order(k, p).is_some() => {
+            return super::kube_order::order(k, p)
+        }
         (_, "") => Struct(&["apiVersion", "kind", "name"]),
         _ => return None,
     };
@@ -501,7 +504,8 @@ fn canon(v: &mut Value, kind: &str, path: &mut Vec<String>, deep_sort: bool) {
 fn reorder(m: &mut Mapping, fields: &[&str]) {
     let mut old = std::mem::take(m);
     for f in fields {
-        if let Some(v) = old.remove(*f) {
+        // shift_remove keeps the unlisted keys in their order (remove swaps).
+        if let Some(v) = old.shift_remove(*f) {
             m.insert(Value::String((*f).to_string()), v);
         }
     }

@@ -55,6 +55,10 @@ pub(super) fn ts(t: SystemTime) -> Option<prost_types::Timestamp> {
 impl LabApi {
     /// Fault injection, maintenance rules and the role check, in the order apid applies them.
     pub(super) fn gate<T>(&self, req: &Request<T>, method: &str) -> Result<LabConnInfo, Status> {
+        if req.metadata().get("nodes").is_some() {
+            // Counted, so tests can prove the tool sends one request per node.
+            self.node.fabric.fanout_calls.fetch_add(1, Ordering::SeqCst);
+        }
         if self
             .node
             .drop_calls

@@ -217,10 +217,7 @@ impl NodeInner {
         if let Err(e) = self.set_configured_acceptor(&cfg) {
             tracing::error!(node = %self.ip, "apid certificate: {e}");
         }
-        let disk = self
-            .hardware
-            .select_install_disk(cfg.install_disk.as_deref(), cfg.disk_selector.as_ref())
-            .map(|d| d.dev_path());
+        let disk = cfg.select_disk(&self.hardware).map(|d| d.dev_path());
         {
             let mut d = self.data.lock().expect("data lock");
             d.task_event("runningMaintenance", true, "");
@@ -284,7 +281,11 @@ impl NodeInner {
     pub(crate) async fn leave_maintenance(self: &Arc<Self>, gen: u64) {
         let Some(cfg) = self.config() else { return };
         let installed = self.data.lock().expect("data lock").installed;
-        if installed {
+        // From 1.14 installing is opt-in: without an install document the node runs
+        // the config from memory (siderolabs/talos#13388).
+        let no_install =
+            !cfg.install_requested && crate::config_v114::minor_of(&self.talos_version) >= 14;
+        if installed || no_install {
             // Booted from disk with an empty STATE: no install, no reboot.
             {
                 let mut d = self.data.lock().expect("data lock");

@@ -4,6 +4,8 @@
 
 use serde_yaml_ng::{Mapping, Value};
 
+pub(crate) mod install;
+mod kube_docs;
 pub mod netdocs;
 mod order;
 mod talhelper_docs;
@@ -114,30 +116,61 @@ pub fn render_node(
     node: &ResolvedNode,
 ) -> Result<RenderedConfig, ConfigError> {
     let version = talos_version(def);
-    let at_node = |m: String, hint: &str| ConfigError::input(&def.source, node.line, m, hint);
     let contract = Contract::parse(&version).map_err(|m| {
         ConfigError::input(
             &def.source,
             0,
             m,
-            "set talosVersion to a 1.8 to 1.13 release",
+            "set talosVersion to a 1.8 to 1.14 release",
         )
     })?;
+    render_node_at(def, secrets, node, contract)
+}
+
+/// Every node under `contract` instead of talosVersion's (the installer image keeps
+/// talosVersion's tag): for a node still running an older Talos, which cannot read
+/// the newer contract's documents but installs the newer release from this config.
+pub fn render_all_at(
+    def: &ClusterDefinition,
+    secrets: &SecretsBundle,
+    contract: Contract,
+) -> Result<Vec<RenderedConfig>, ConfigError> {
+    def.nodes
+        .iter()
+        .map(|n| render_node_at(def, secrets, n, contract))
+        .collect()
+}
+
+/// One node's config under `contract`, in talhelper's order (see [`render_node`]).
+pub fn render_node_at(
+    def: &ClusterDefinition,
+    secrets: &SecretsBundle,
+    node: &ResolvedNode,
+    contract: Contract,
+) -> Result<RenderedConfig, ConfigError> {
+    let version = talos_version(def);
+    let at_node = |m: String, hint: &str| ConfigError::input(&def.source, node.line, m, hint);
     let image = installer_url(def, node, &version).map_err(|m| {
         at_node(
             format!("node {}: installer image: {m}", node.hostname()),
             "check imageFactory.installerURLTmpl and the node's schematic",
         )
     })?;
-    let mut docs = base_documents(def, secrets, node, contract);
-    talhelper_docs::v1alpha1_overrides(&mut docs[0], def, node, contract);
-    if docs[0]
-        .get("machine")
-        .and_then(|m| m.get("install"))
-        .is_some()
-    {
-        set(&mut docs[0], &["machine", "install", "image"], s(&image));
-    }
+    let mut docs = if contract.multidoc_kubernetes() {
+        kube_docs::base_documents(def, secrets, node, &image)
+            .map_err(|m| at_node(m, "fix the node's install disk selector"))?
+    } else {
+        let mut docs = base_documents(def, secrets, node, contract);
+        talhelper_docs::v1alpha1_overrides(&mut docs[0], def, node, contract);
+        if docs[0]
+            .get("machine")
+            .and_then(|m| m.get("install"))
+            .is_some()
+        {
+            set(&mut docs[0], &["machine", "install", "image"], s(&image));
+        }
+        docs
+    };
     template_labels(&mut docs[0], node).map_err(|m| {
         at_node(
             format!("node {}: {m}", node.hostname()),
@@ -169,16 +202,34 @@ pub fn render_node(
         line: node.line,
         text: String::new(),
     };
-    talhelper_patch.apply(&mut docs)?;
-    // Each batch (node patches, then global ones) is rendered against the config as
-    // it was before the batch, as talhelper's PatchesPatcher does.
-    let split = node.global_patches_from.min(node.patches.len());
-    for batch in [&node.patches[..split], &node.patches[split..]] {
-        let before = docs.clone();
-        for p in batch {
-            let p = render_patch(def, p, &before)?;
-            patch::LoadedPatch::load(&p)?.apply(&mut docs)?;
+    let contract_name = format!("{}.{}", contract.major, contract.minor);
+    let mut patch_all = || -> Result<(), ConfigError> {
+        talhelper_patch.apply(&mut docs)?;
+        if contract.multidoc_kubernetes() {
+            super::conflicts::refuse_legacy_json_ops(&node.patches, &contract_name)?;
         }
+        // Each batch (node patches, then global ones) is rendered against the config
+        // as it was before the batch, as talhelper's PatchesPatcher does.
+        let split = node.global_patches_from.min(node.patches.len());
+        for batch in [&node.patches[..split], &node.patches[split..]] {
+            let before = docs.clone();
+            for p in batch {
+                let p = render_patch(def, p, &before)?;
+                patch::LoadedPatch::load(&p)?.apply(&mut docs)?;
+            }
+        }
+        super::conflicts::refuse(
+            &docs,
+            &node.patches,
+            (&def.source, node.line),
+            &contract_name,
+        )
+    };
+    if contract.multidoc_kubernetes() {
+        // Patches may name the 1.14 document kinds.
+        schema::with_contract_1_14(patch_all)?;
+    } else {
+        patch_all()?;
     }
     for m in &node.extra_manifests {
         let text = render_patch(def, m, &docs)?.text;
@@ -199,6 +250,10 @@ pub fn render_node(
     for d in docs.iter_mut() {
         fill_go_zero_values(d);
         schema::coerce(d);
+        if contract.multidoc_kubernetes() {
+            // The v1alpha1 fields 1.14 deprecates are only in the 1.13 schema (above).
+            schema::with_contract_1_14(|| schema::coerce(d));
+        }
         yaml::canonicalize(d);
         order::apply(d);
     }

@@ -317,7 +317,7 @@ pub(super) fn base_documents(
     vec![d, hostname]
 }
 
-fn pod_security_plugin() -> Value {
+pub(super) fn pod_security_plugin() -> Value {
     let defaults = map(&[
         ("audit", s("restricted")),
         ("audit-version", s("latest")),
