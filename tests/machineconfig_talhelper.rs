@@ -265,6 +265,20 @@ fn label_and_annotation_templates_are_rendered() {
         e.to_string().contains("talconfig.yaml:5") && e.to_string().contains("`tpl`"),
         "{e}"
     );
+    // Under contract 1.14 the templates' data (the v1alpha1 document) is split
+    // up: refused with the field and the way out, never written as `{{ … }}`.
+    let at_1_14 = def_in(
+        &format!(
+            "{HEAD}talosVersion: v1.14.0\nnodes:\n{}",
+            cp("    nodeLabels:\n      zone: a\n      sb: '{{ .MachineConfig.MachineInstall.InstallImage }}'\n")
+        ),
+        &[],
+    );
+    let e = render_all(&at_1_14, &secrets()).unwrap_err().to_string();
+    assert!(
+        e.contains("nodeLabels.sb is a template") && e.contains("contract 1.13"),
+        "{e}"
+    );
 }
 
 /// The installer image for a schematic, offline (image-factory schematic.go@v1.4.0 ID;

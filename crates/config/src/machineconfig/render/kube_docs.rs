@@ -56,6 +56,20 @@ pub(super) fn base_documents(
     let c = &def.config;
     let cp = node.is_control_plane();
     let k8s = c.kubernetes_version.trim_start_matches('v');
+    // talhelper's templates read the v1alpha1 document (`.MachineConfig.…`), whose
+    // fields 1.14 moves into other documents; talhelper has no 1.14 mapping to follow.
+    let maps = [
+        ("nodeLabels", &node.node.node_labels),
+        ("nodeAnnotations", &node.node.node_annotations),
+    ];
+    for (field, map) in maps {
+        if let Some((k, _)) = map.iter().find(|(_, v)| super::gotmpl::is_template(v)) {
+            return Err(format!(
+                "node {}: {field}.{k} is a template; templates in labels and annotations are rendered up to contract 1.13 only (their data, .MachineConfig, is the v1alpha1 document that 1.14 splits up): write the value out, or keep talosVersion at 1.13 until talhelper maps 1.14",
+                node.hostname()
+            ));
+        }
+    }
 
     let mut v1 = Value::Mapping(Mapping::new());
     set(&mut v1, &["version"], s("v1alpha1"));

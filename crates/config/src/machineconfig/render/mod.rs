@@ -158,7 +158,7 @@ pub fn render_node_at(
     })?;
     let mut docs = if contract.multidoc_kubernetes() {
         kube_docs::base_documents(def, secrets, node, &image)
-            .map_err(|m| at_node(m, "fix the node's install disk selector"))?
+            .map_err(|m| at_node(m, "fix the node's settings named above"))?
     } else {
         let mut docs = base_documents(def, secrets, node, contract);
         talhelper_docs::v1alpha1_overrides(&mut docs[0], def, node, contract);
