@@ -374,7 +374,8 @@ impl LabNode {
             .clone()
     }
 
-    /// One line on this node for reports: address, hostname, state, listener, etcd.
+    /// One line on this node for reports: address, hostname, state, listener,
+    /// etcd, the Talos version booted and how many boots so far.
     pub fn report(&self) -> String {
         let listening = match (self.listening(), self.listen_error()) {
             (_, Some(e)) => format!("NOT listening: {e}"),
@@ -383,12 +384,14 @@ impl LabNode {
             (None, None) => "listener changing".into(),
         };
         format!(
-            "{} {}: {:?}, {listening}, etcd {}",
+            "{} {}: {:?}, {listening}, etcd {}, Talos {} (boot {})",
             self.addr(),
             self.hostname().unwrap_or_else(|| "-".into()),
             self.state(),
             self.service_state("etcd")
                 .unwrap_or_else(|| "absent".into()),
+            self.talos_version(),
+            self.boots(),
         )
     }
 
