@@ -279,6 +279,12 @@ async fn lifecycle_upgrade_needs_the_pulled_image_and_never_reboots() {
         "{name}"
     );
     assert!(lab.nodes()[0].has_image(&target));
+    // Through a control plane with the `node` key, as apid proxies one-to-one.
+    let via = cl[0].for_node(&lab.nodes()[1].ip().to_string());
+    via.image_pull_to_end(&target, ImageNamespace::System, STALL)
+        .await
+        .unwrap();
+    assert!(lab.nodes()[1].has_image(&target));
 
     // etcd unhealthy does not matter to this API.
     lab.nodes()[2].power_off().await;
