@@ -51,7 +51,7 @@ impl LabApi {
                         mode_flag(req.mode)
                     )));
                 }
-                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version) {
+                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version()) {
                     Ok(c) => c,
                     Err(ConfigError::Parse(e)) => {
                         return Err(Status::unknown(format!("failed to parse config: {e}")))
@@ -91,7 +91,7 @@ impl LabApi {
                 ))
             }
             ApiMode::Maintenance113 => {
-                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version) {
+                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version()) {
                     Ok(c) => c,
                     Err(ConfigError::NoV1alpha1) => {
                         // Not complete for boot: accepted, the node waits for the rest.
@@ -140,7 +140,7 @@ impl LabApi {
                         "configuration was already applied and node is rebooting, please wait for the reboot to complete",
                     ));
                 }
-                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version) {
+                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version()) {
                     Ok(c) => c,
                     Err(ConfigError::NoV1alpha1) => return Err(Status::invalid_argument(
                         "the applied machine configuration doesn't contain v1alpha1 config, did you mean to patch the machine config instead?",

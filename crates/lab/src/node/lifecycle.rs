@@ -292,7 +292,7 @@ impl NodeInner {
         // From 1.14 installing is opt-in: without an install document the node runs
         // the config from memory (siderolabs/talos#13388).
         let no_install =
-            !cfg.install_requested && crate::config_v114::minor_of(&self.talos_version) >= 14;
+            !cfg.install_requested && crate::config_v114::minor_of(&self.talos_version()) >= 14;
         if installed || no_install {
             // Booted from disk with an empty STATE: no install, no reboot.
             {
