@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, docs, gen, process, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, docs, drift_cmd, gen, process, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
@@ -48,6 +48,12 @@ enum Command {
     /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
     /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.
     Status(up::StatusArgs),
+    /// Rendered vs running machine config per node and document (unified diff,
+    /// secrets shown as `<redacted sha256:…>`), with Talos's own dry-run verdict:
+    /// unchanged, live, reboot, reinstall, staged-pending. Exit 0 when nothing
+    /// differs, 2 when something does, 1 on failure (a CI drift gate);
+    /// `--output json`: one object per node and document.
+    Diff(drift_cmd::DiffArgs),
     /// etcd: verified backups (snapshot + sidecar), status per control plane.
     #[command(subcommand)]
     Etcd(day2::EtcdCommand),
@@ -121,6 +127,7 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Up(_) => "up",
         Command::Plan(_) => "plan",
         Command::Status(_) => "status",
+        Command::Diff(_) => "diff",
         Command::Etcd(_) => "etcd",
         Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
         Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
@@ -244,6 +251,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
             None => up::plan(args.up, &out).await,
         },
         Command::Status(args) => up::status(args, &out).await,
+        Command::Diff(args) => drift_cmd::diff(args, &out).await,
         Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
         Command::Node(cmd) => day2::node(cmd, &out).await,
         Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,

@@ -29,7 +29,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
+    pub(crate) fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
         let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets_path());
         s.paths = self.definition.paths();
         s.age_key = self.age_key.clone();

@@ -4,12 +4,14 @@
 //! - [`up`]: maintenance-mode nodes to all five layers Ready (and `plan`, `status`).
 //! - [`nodes`]: `node reimage` and `node rejoin`, quorum kept.
 //! - [`recover`]: a cluster rebuilt from an etcd snapshot; [`velero`]: per-app restores.
+//! - [`drift`]: rendered vs running config per node (`diff`, `status`, `apply`).
 //! - [`backup`]: verified etcd snapshots and `etcd status`; [`guard`]: the quorum
 //!   guard every destructive node operation runs first.
 //!
 //! Flows call the engine and the rooms below it; only the CLI calls flows.
 
 pub mod backup;
+pub mod drift;
 pub mod guard;
 pub mod nodes;
 pub mod recover;
