@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "common/common.proto",
         "machine/machine.proto",
+        "machine/image.proto",
+        "machine/lifecycle.proto",
         "cluster/cluster.proto",
         "storage/storage.proto",
         "security/security.proto",

@@ -39,7 +39,7 @@ fn allowed_roles(method: &str, v112: bool) -> &'static [&'static str] {
         "ApplyConfiguration" | "BlockDeviceWipe" if v112 => &[ADMIN],
         "ApplyConfiguration" | "BlockDeviceWipe" => &[ADMIN, READER],
         "Bootstrap" | "Kubeconfig" | "Reset" => &[ADMIN],
-        "Reboot" => &[ADMIN, OPERATOR],
+        "Reboot" | "ImagePull" | "ImageService.Pull" => &[ADMIN, OPERATOR],
         "Version" | "ServiceList" | "Events" | "HealthCheck" | "Disks" | "Get" | "List"
         | "Watch" => &[ADMIN, OPERATOR, READER],
         "EtcdMemberList" | "EtcdStatus" => &[ADMIN, OPERATOR, READER, BACKUP],

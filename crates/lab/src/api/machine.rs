@@ -340,6 +340,32 @@ impl MachineService for LabApi {
         }))
     }
 
+    type ReadStream = BoxStream<common::Data>;
+
+    async fn read(
+        &self,
+        request: Request<machine::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
+        self.gate(&request, "Read")?;
+        Err(Status::unimplemented("lab: Read is not simulated yet"))
+    }
+
+    async fn upgrade(
+        &self,
+        request: Request<machine::UpgradeRequest>,
+    ) -> Result<Response<machine::UpgradeResponse>, Status> {
+        self.gate(&request, "Upgrade")?;
+        Err(Status::unimplemented("lab: Upgrade is not simulated yet"))
+    }
+
+    async fn image_pull(
+        &self,
+        request: Request<machine::ImagePullRequest>,
+    ) -> Result<Response<machine::ImagePullResponse>, Status> {
+        self.gate(&request, "ImagePull")?;
+        Err(Status::unimplemented("lab: ImagePull is not simulated yet"))
+    }
+
     async fn version(
         &self,
         request: Request<()>,

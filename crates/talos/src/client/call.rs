@@ -17,6 +17,8 @@ use tonic::{Code, Status};
 use super::reply::status_to_error;
 use crate::api::cluster::cluster_service_client::ClusterServiceClient;
 use crate::api::cosi::resource::state_client::StateClient;
+use crate::api::machine::image_service_client::ImageServiceClient;
+use crate::api::machine::lifecycle_service_client::LifecycleServiceClient;
 use crate::api::machine::machine_service_client::MachineServiceClient;
 use crate::api::storage::storage_service_client::StorageServiceClient;
 use crate::connect::{client_config, dial, Dial, DialError, TlsMode};
@@ -174,6 +176,14 @@ impl TalosClient {
         MachineServiceClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    pub(super) fn image(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    pub(super) fn lifecycle(&self) -> LifecycleServiceClient<Channel> {
+        LifecycleServiceClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     pub(super) fn cosi(&self) -> StateClient<Channel> {

@@ -81,7 +81,7 @@ impl TalosClient {
         })
     }
 
-    async fn collect_data(
+    pub(super) async fn collect_data(
         &self,
         rpc: &'static str,
         mut stream: tonic::Streaming<common::Data>,

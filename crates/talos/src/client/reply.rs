@@ -78,6 +78,8 @@ has_metadata!(
     machine::EtcdMembers,
     machine::EtcdForfeitLeadership,
     machine::EtcdStatus,
+    machine::Upgrade,
+    machine::ImagePull,
 );
 
 /// Converts a tonic status to a typed error. Connect and TLS failures hide in the
