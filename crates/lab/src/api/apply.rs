@@ -151,7 +151,8 @@ fn summary(mode: ApplyMode) -> &'static str {
 impl LabApi {
     /// 1.14 dropped the REBOOT apply (AUTO never reboots there).
     fn never_reboots_on_apply(&self) -> bool {
-        let v = self.node.talos_version.trim_start_matches('v');
+        let version = self.node.talos_version();
+        let v = version.trim_start_matches('v');
         let minor = v
             .split('.')
             .nth(1)
