@@ -54,6 +54,13 @@ enum Command {
     /// differs, 2 when something does, 1 on failure (a CI drift gate);
     /// `--output json`: one object per node and document.
     Diff(drift_cmd::DiffArgs),
+    /// Push the definition to the running cluster without taking it down: the
+    /// hardware gate and a dry run per node first; live changes in parallel
+    /// (NO_REBOOT); changes that need a reboot rolled one node at a time, control
+    /// planes first, each behind the gates (quorum, layers, etcd leader handed
+    /// over, drain, STAGED, Reboot, back by boot ID, etcd member, Ready,
+    /// uncordon). Journaled and resumable; `plan apply` shows order and gates.
+    Apply(drift_cmd::ApplyArgs),
     /// etcd: verified backups (snapshot + sidecar), status per control plane.
     #[command(subcommand)]
     Etcd(day2::EtcdCommand),
@@ -128,6 +135,7 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Plan(_) => "plan",
         Command::Status(_) => "status",
         Command::Diff(_) => "diff",
+        Command::Apply(_) => "apply",
         Command::Etcd(_) => "etcd",
         Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
         Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
@@ -252,6 +260,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
         },
         Command::Status(args) => up::status(args, &out).await,
         Command::Diff(args) => drift_cmd::diff(args, &out).await,
+        Command::Apply(args) => drift_cmd::apply(args, &out).await,
         Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
         Command::Node(cmd) => day2::node(cmd, &out).await,
         Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,

@@ -1,13 +1,18 @@
 //! `diff [NODE…]`: rendered vs running config per node and document, secrets
 //! redacted, with Talos's dry-run verdict; exit 0 nothing differs, 2 something
-//! does, 1 on failure. The flow is [`crate::flows::drift`].
+//! does, 1 on failure. `apply [NODE…]` and `plan apply`: the rollout. The flows
+//! are [`crate::flows::drift`] and [`crate::flows::apply`].
+
+use std::time::Duration;
 
 use clap::Args;
 
 use super::day2::ClusterArgs;
 use super::up::flow_error;
 use super::{CliError, Output, OutputFormat};
+use crate::engine::Emitter;
 use crate::engine::{Cluster, NodeDef};
+use crate::flows::apply::{self, ApplyOptions, RolloutMode};
 use crate::flows::drift::{survey_node, NodeDrift};
 use crate::talos::CallPolicy;
 
@@ -120,5 +125,130 @@ pub async fn diff(args: DiffArgs, out: &Output) -> Result<(), CliError> {
     if differ > 0 {
         return Err(CliError::Differs { nodes: differ });
     }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Nodes to apply to (hostname or address); default: every node.
+    pub nodes: Vec<String>,
+    /// auto: live changes in parallel, reboot changes rolled node by node;
+    /// no-reboot: refused when a node needs a reboot (the fields are named);
+    /// staged: staged everywhere, no reboot; reboot: every changed node rolled.
+    #[arg(long, value_enum, default_value_t = RolloutMode::Auto)]
+    pub mode: RolloutMode,
+    /// Proceed although the quorum guard refuses (its reasons are printed and journaled).
+    #[arg(long)]
+    pub force: bool,
+    /// No automatic etcd snapshot before the first control plane.
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// Pass a not-Ready GitOps layers gate with a journaled warning.
+    #[arg(long)]
+    pub ignore_gitops: bool,
+    /// Workers rolled at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_parallel: u16,
+    /// How long a PodDisruptionBudget may refuse evictions, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = super::bounds::secs)]
+    pub drain_timeout: u64,
+    /// After --drain-timeout, delete the pods a budget still protects.
+    #[arg(long)]
+    pub force_drain: bool,
+    /// Deadline for a rebooted node to be back, running and ready, in seconds.
+    #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
+    pub node_timeout: u64,
+    /// Layer overrides (same file as `up --layers`).
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+impl ApplyArgs {
+    fn options(&self, dir: std::path::PathBuf) -> Result<ApplyOptions, CliError> {
+        let mut o = ApplyOptions::new(dir);
+        o.nodes = self.nodes.clone();
+        o.mode = self.mode;
+        o.force = self.force;
+        o.no_snapshot = self.no_snapshot;
+        o.ignore_gitops = self.ignore_gitops;
+        o.max_parallel = usize::from(self.max_parallel);
+        o.drain.timeout = Duration::from_secs(self.drain_timeout);
+        o.drain.force = self.force_drain;
+        o.node_deadline = Duration::from_secs(self.node_timeout);
+        o.layers = super::up::layer_map(self.layers.as_deref())?;
+        Ok(o)
+    }
+}
+
+pub async fn apply(args: ApplyArgs, out: &Output) -> Result<(), CliError> {
+    let (cluster, dir) = args.cluster.load()?;
+    let _lock = super::lock_state(&dir, "apply", out)?;
+    let o = args.options(dir)?;
+    let em = Emitter::new();
+    let printer = super::day2::spawn_printer(&em, "apply", out);
+    let r = apply::apply(&cluster, &o, &em).await;
+    drop(em);
+    let _ = printer.await;
+    let r = r.map_err(flow_error)?;
+    for (node, detail) in &r.nodes {
+        out.result(
+            node,
+            "apply",
+            detail,
+            serde_json::json!({"outcome": detail}),
+        );
+    }
+    let summary = format!(
+        "{} node(s) changed{}{}",
+        r.nodes.len(),
+        r.backup
+            .as_deref()
+            .map(|b| format!("; snapshot {b}"))
+            .unwrap_or_default(),
+        if r.resumed {
+            "; resumed an interrupted rollout"
+        } else {
+            ""
+        }
+    );
+    out.result(
+        "apply",
+        "summary",
+        &summary,
+        serde_json::json!({"nodes": r.nodes.len(), "backup": r.backup, "resumed": r.resumed}),
+    );
+    Ok(())
+}
+
+pub async fn plan_apply(args: ApplyArgs, out: &Output) -> Result<(), CliError> {
+    let (cluster, dir) = args.cluster.load()?;
+    let o = args.options(dir)?;
+    let items = apply::plan(&cluster, &o).await.map_err(flow_error)?;
+    let text = items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            format!(
+                "{:2}. {:<8} {:<8} {}",
+                i + 1,
+                s.step.name(),
+                s.node.as_deref().unwrap_or("-"),
+                s.action
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let json: Vec<serde_json::Value> = items
+        .iter()
+        .map(|s| serde_json::json!({"step": s.step, "node": s.node, "action": s.action, "acts": s.acts}))
+        .collect();
+    out.result(
+        "apply",
+        "plan-apply",
+        &format!("apply would:\n{text}"),
+        serde_json::Value::Array(json),
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! - [`nodes`]: `node reimage` and `node rejoin`, quorum kept.
 //! - [`recover`]: a cluster rebuilt from an etcd snapshot; [`velero`]: per-app restores.
 //! - [`drift`]: rendered vs running config per node (`diff`, `status`, `apply`).
+//! - [`apply`]: the definition rolled onto a running cluster (live in parallel, reboots one at a time behind the gates).
 //! - [`backup`]: verified etcd snapshots and `etcd status`.
 //! - [`gates`]: the gates every rolling or destructive node operation passes
 //!   (quorum, leader hand-over, drain, back after a reboot, GitOps layers,
@@ -12,6 +13,7 @@
 //!
 //! Flows call the engine and the rooms below it; only the CLI calls flows.
 
+pub mod apply;
 pub mod backup;
 pub mod drift;
 pub mod gates;
