@@ -4,7 +4,8 @@
 //! etcd quorum sampled on every lab change; an install-disk selector matching
 //! no disk refused before any ApplyConfiguration; `--mode no-reboot` refused
 //! for a reboot change, naming the field; a rollout killed mid-way converging
-//! without a second reboot of a finished node. Subnets 127.0.49–52.0/24, 54.
+//! without a second reboot of a finished node; `up` re-run after a reboot
+//! change rolling instead of rebooting everything. Subnets 127.0.49–54.0/24.
 
 #[path = "common/day2cfg.rs"]
 #[allow(dead_code)]
@@ -323,4 +324,55 @@ async fn apply_killed_mid_rollout_converges_without_second_reboot() {
     })
     .await
     .expect("killed rollout converged within the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_rerun_after_reboot_change_rolls() {
+    tokio::time::timeout(DEADLINE, async {
+        let env = up_cluster(53, 3, 3, 0.02).await;
+        kube_up(&env).await;
+        env.set_patch(ENV_PATCH);
+        let boots_before = boots(&env.lab);
+        let (stop, sampler) = sample(&env.lab);
+        let mut src =
+            endsys_bootstrap::engine::talhelper::TalhelperSource::new(&env.talconfig, &env.secrets);
+        src.vars = endsys_bootstrap::machineconfig::Vars::default();
+        let opts = fixture::up_options(&env.state, StepId::Kubeconfig, day2cfg::deadlines());
+        let report =
+            endsys_bootstrap::flows::up::up(&src, &opts, &endsys_bootstrap::engine::Emitter::new())
+                .await
+                .unwrap_or_else(|e| panic!("up re-run: {e}"));
+        stop.store(true, Ordering::SeqCst);
+        let (lost, most_down, n) = sampler.await.unwrap();
+        assert!(
+            lost.is_empty(),
+            "quorum lost in {} of {n} samples: {lost:?}",
+            lost.len()
+        );
+        assert_eq!(
+            most_down, 1,
+            "never more than one control plane down ({n} samples)"
+        );
+        let booted: Vec<u64> = boots(&env.lab)
+            .iter()
+            .zip(&boots_before)
+            .map(|(a, b)| a - b)
+            .collect();
+        assert_eq!(booted, vec![1, 1, 1], "each node rebooted exactly once");
+        let apply = report
+            .steps
+            .iter()
+            .find(|(s, _)| *s == StepId::Apply)
+            .unwrap();
+        assert!(
+            format!("{:?}", apply.1).contains("3 rolled one at a time"),
+            "{:?}",
+            apply.1
+        );
+        let o = env.run(&["diff"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+        env.lab.shutdown().await;
+    })
+    .await
+    .expect("up re-run within the deadline");
 }

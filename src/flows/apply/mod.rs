@@ -284,19 +284,16 @@ pub async fn apply(
     let existing = Journal::<ApplyFacts>::read_of(&path, &cluster.def.cluster)?
         .filter(|j| j.completed_ms.is_none());
     let resumed = existing.is_some();
-    let t0 = Instant::now();
-    em.started_step(StepId::Preflight, None);
+    // Progress, not a step record: `up` runs this rollout inside its own
+    // `apply` step, and its journal keeps its own preflight.
     let plans = plan_nodes(cluster, opts, existing.as_ref()).await?;
-    em.finished(
+    em.progress(
         StepId::Preflight,
         None,
-        Outcome::Done {
-            detail: format!(
-                "{} node(s) checked: hardware selectors match, Talos accepts every config",
-                plans.len()
-            ),
-        },
-        t0,
+        format!(
+            "{} node(s) checked: hardware selectors match, Talos accepts every config",
+            plans.len()
+        ),
     );
     let journal = JournalHandle::new(
         path,
