@@ -2,7 +2,8 @@
 //! when every node runs its rendered config, 2 with the changed fields and
 //! Talos's verdict once the definition changes (live sysctl, reboot env), JSON
 //! one object per node and document, and no secret of either bundle anywhere
-//! in the output. Subnets 127.0.47.0/24 and 127.0.48.0/24.
+//! in the output; `status` with one drift line per node. Subnets
+//! 127.0.47.0/24 and 127.0.48.0/24.
 
 #[path = "common/day2cfg.rs"]
 #[allow(dead_code)]
@@ -84,6 +85,30 @@ async fn diff_exit_codes_0_and_2() {
             out.contains("Talos: this config change can't be applied in immediate mode"),
             "{out}"
         );
+
+        // status: one drift line per node next to the layers.
+        tokio::time::timeout(Duration::from_secs(30), env.lab.kube().wait_up())
+            .await
+            .expect("lab kube-apiserver up");
+        let o = env.run(&["status"]).await;
+        let out = text(&o.stdout);
+        assert!(
+            out.contains("drift (running config against the definition"),
+            "{out}\n{}",
+            text(&o.stderr)
+        );
+        assert!(
+            out.contains("  cp1 (127.0.47.11): reboot: differs; needs a reboot (.machine.env)"),
+            "{out}"
+        );
+        assert_eq!(out.matches(": reboot: differs").count(), 3, "{out}");
+        let o = env.run(&["--output", "json", "status"]).await;
+        let drift: Vec<_> = json_lines(&o)
+            .into_iter()
+            .filter(|v| v["event"] == "drift")
+            .collect();
+        assert_eq!(drift.len(), 3, "{}", text(&o.stdout));
+        assert!(drift.iter().all(|v| v["verdict"] == "reboot"));
 
         // An unknown node is bad input.
         let o = env.run(&["diff", "nope"]).await;
