@@ -1,7 +1,8 @@
 //! `apply` end to end against lab clusters brought up by the real `up`: a live
 //! sysctl applied to every node in parallel with no reboot; a change Talos
-//! 1.13 reboots for (`.machine.env`) rolled one control plane at a time with
-//! etcd quorum sampled on every lab change; an install-disk selector matching
+//! 1.13 reboots for (`.machine.env`), then a kernel-argument change (a
+//! reinstall from the node's own installer image), rolled one control plane
+//! at a time with etcd quorum sampled on every lab change; an install-disk selector matching
 //! no disk refused before any ApplyConfiguration; `--mode no-reboot` refused
 //! for a reboot change, naming the field; a rollout killed mid-way converging
 //! without a second reboot of a finished node; `up` re-run after a reboot
@@ -192,6 +193,34 @@ async fn apply_reboot_change_rolls_one_cp_at_a_time() {
         let back_cp1 = err.find("cp1 wait_back").unwrap();
         assert!(back_cp1 < order[1], "cp1 back before cp2 goes down");
         assert!(err.contains("snapshot"), "{err}");
+        let o = env.run(&["diff"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+
+        // Kernel arguments: Talos applies .machine.install live, but only an
+        // install reads it: each node is reinstalled from its own installer
+        // image and rebooted, one at a time, behind the same gates.
+        env.set_patch(&format!(
+            "{ENV_PATCH}\n  install:\n    grubUseUKICmdline: false\n    extraKernelArgs:\n      - console=ttyS0"
+        ));
+        let o = env.run(&["diff", "cp1"]).await;
+        let out = text(&o.stdout);
+        assert_eq!(o.status.code(), Some(2), "{out}\n{}", text(&o.stderr));
+        assert!(out.contains("cp1 (127.0.50.11): reinstall: differs; .machine.install.extraKernelArgs, .machine.install.grubUseUKICmdline take(s) effect only through a reinstall"), "{out}\n{}", text(&o.stderr));
+        let p = text(&env.run(&["plan", "apply"]).await.stdout);
+        assert!(p.contains("apply NO_REBOOT → upgrade to its own installer image (reboots) → back"), "{p}");
+        let boots_before = boots(&env.lab);
+        let (stop, sampler) = sample(&env.lab);
+        let o = env.run(&["apply"]).await;
+        stop.store(true, Ordering::SeqCst);
+        let (lost, most_down, n) = sampler.await.unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{}\n{err}", text(&o.stdout));
+        assert!(lost.is_empty(), "quorum lost in {} of {n} samples: {lost:?}", lost.len());
+        assert_eq!(most_down, 1, "one node down at a time ({n} samples)");
+        let booted: Vec<u64> = boots(&env.lab).iter().zip(&boots_before).map(|(a, b)| a - b).collect();
+        assert_eq!(booted, vec![1, 1, 1], "each node reinstalled and rebooted once");
+        assert_eq!(err.matches("upgrade: done installer factory.talos.dev/").count(), 3, "{err}");
+        assert!(!err.contains("reboot_requested"), "the legacy Upgrade reboots by itself: {err}");
         let o = env.run(&["diff"]).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
         env.lab.shutdown().await;

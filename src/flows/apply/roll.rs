@@ -3,9 +3,9 @@
 //!
 //! quorum (`Reboot` for a control plane) → layers Ready → snapshot (once,
 //! before the first control plane) → etcd leadership handed over → cordon →
-//! drain → STAGED apply (reinstall: NO_REBOOT, then the node's own installer
-//! image through LifecycleService.Upgrade, or the legacy Upgrade on 1.12) →
-//! Reboot (recorded first) → back with a new boot ID → running config is the
+//! drain → STAGED apply then Reboot (reinstall: NO_REBOOT, then the legacy
+//! Upgrade to the node's own installer image, which reboots it) — the call
+//! recorded first → back with a new boot ID → running config is the
 //! definition, nothing staged → services → etcd healthy → Node Ready →
 //! uncordon (only what we cordoned) → layers Ready.
 //!
@@ -13,12 +13,12 @@
 //! REBOOT apply mode (gone in 1.14). A resumed run reads the node first: a
 //! requested reboot is waited for, never asked again.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::engine::{Cluster, Emitter, FlowError, JournalHandle, NodeDef, Outcome, StepId};
 use crate::flows::drift::{docs, machine_config};
 use crate::flows::gates::{self, GuardOp};
-use crate::talos::ApplyMode;
+use crate::talos::{ApplyMode, LegacyUpgrade};
 
 use super::facts::{ApplyFacts, NodeApply};
 use super::{ApplyOptions, NodePlan};
@@ -38,8 +38,7 @@ pub fn gate_line(n: &NodeDef, reinstall: bool) -> String {
     if reinstall {
         g.extend([
             "apply NO_REBOOT",
-            "upgrade to its own installer image",
-            "Reboot",
+            "upgrade to its own installer image (reboots)",
         ]);
     } else {
         g.extend(["apply STAGED", "Reboot"]);
@@ -223,6 +222,7 @@ pub async fn roll_node(
             })
             .await?;
             set_facts(journal, host, |f| f.requested = true)?;
+            // The legacy Upgrade reboots the node by itself.
             reinstall_node(cluster, opts, em, n).await?;
         } else {
             step(em, StepId::Apply, n, async {
@@ -232,12 +232,12 @@ pub async fn roll_node(
             })
             .await?;
             set_facts(journal, host, |f| f.requested = true)?;
+            step(em, StepId::RebootRequested, n, async {
+                let actor = c.reboot().await?;
+                Ok(((), format!("Reboot accepted (actor {actor})")))
+            })
+            .await?;
         }
-        step(em, StepId::RebootRequested, n, async {
-            let actor = c.reboot().await?;
-            Ok(((), format!("Reboot accepted (actor {actor})")))
-        })
-        .await?;
     }
 
     // Back: a new boot ID (a resumed run waits here rather than rebooting again).
@@ -350,7 +350,12 @@ async fn verify_config(
 
 /// Install fields take effect through an upgrade to the node's own installer
 /// image (`.machine.install.image` of the definition): the installer rewrites
-/// the boot entry with the new kernel arguments; the reboot follows.
+/// the boot entry with the new kernel arguments. The legacy
+/// MachineService.Upgrade does it on 1.12 to 1.14 alike (deprecated, removed in
+/// 1.18) and reboots by itself; the 1.13 LifecycleService.Upgrade does not pass
+/// `extraKernelArgs` to the installer on GRUB nodes without the UKI command
+/// line (Talos 1.13 docs, "Known limitation", which name this same stopgap).
+/// `preserve` keeps the node's data; the node's own etcd checks stay on.
 async fn reinstall_node(
     cluster: &Cluster,
     opts: &ApplyOptions,
@@ -377,26 +382,20 @@ async fn reinstall_node(
             ))
         })?;
     let c = cluster.mtls(n, opts.policy)?;
-    let stall = Duration::from_secs(120);
-    step(em, StepId::PullImage, n, async {
-        c.image_pull_to_end(&image, Default::default(), stall)
-            .await?;
-        Ok(((), format!("{image} in the node's image store")))
-    })
-    .await?;
     step(em, StepId::Upgrade, n, async {
-        let code = c
-            .lifecycle_upgrade_to_end(&image, stall, |line| {
-                em.progress(StepId::Upgrade, Some(&n.hostname), line.to_string())
-            })
-            .await?;
-        if code != 0 {
-            return Err(FlowError::Source(format!(
-                "{}: the installer {image} exited with code {code}; the node still boots its current install",
-                n.label()
-            )));
-        }
-        Ok(((), format!("installer {image} exited 0 (same version: a reinstall)")))
+        let req = LegacyUpgrade {
+            image: image.clone(),
+            preserve: true,
+            ..Default::default()
+        };
+        let ack = c.upgrade_legacy(&req).await?;
+        Ok((
+            (),
+            format!(
+                "installer {image} accepted (same version: a reinstall; the node reboots by itself, actor {})",
+                ack.actor_id
+            ),
+        ))
     })
     .await
 }
