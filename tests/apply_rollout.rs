@@ -12,7 +12,6 @@
 #[allow(dead_code)]
 mod day2cfg;
 #[path = "common/fixture.rs"]
-#[allow(dead_code)]
 mod fixture;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,14 +35,11 @@ fn boots(lab: &Lab) -> Vec<u64> {
     lab.nodes().iter().map(|n| n.boots()).collect()
 }
 
-/// Samples, on every lab change, etcd quorum and how many nodes are down at
-/// once; returns (samples without quorum, most nodes down at once, samples).
-fn sample(
-    lab: &Lab,
-) -> (
-    Arc<AtomicBool>,
-    tokio::task::JoinHandle<(Vec<String>, usize, usize)>,
-) {
+/// Samples without quorum, most nodes down at once, number of samples.
+type Samples = (Vec<String>, usize, usize);
+
+/// Samples, on every lab change, etcd quorum and how many nodes are down at once.
+fn sample(lab: &Lab) -> (Arc<AtomicBool>, tokio::task::JoinHandle<Samples>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut changes = lab.changes();
     let etcd = lab.etcd();

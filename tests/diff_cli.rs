@@ -9,7 +9,6 @@
 #[allow(dead_code)]
 mod day2cfg;
 #[path = "common/fixture.rs"]
-#[allow(dead_code)]
 mod fixture;
 
 use std::time::Duration;
