@@ -4,6 +4,8 @@
 //! - [`up`]: maintenance-mode nodes to all five layers Ready (and `plan`, `status`).
 //! - [`nodes`]: `node reimage` and `node rejoin`, quorum kept.
 //! - [`recover`]: a cluster rebuilt from an etcd snapshot; [`velero`]: per-app restores.
+//! - [`rollout`]: one operation node by node (control planes alone, workers in
+//!   batches), one journal; [`upgrade`]: `upgrade talos` on it.
 //! - [`backup`]: verified etcd snapshots and `etcd status`.
 //! - [`gates`]: the gates every rolling or destructive node operation passes
 //!   (quorum, leader hand-over, drain, back after a reboot, GitOps layers,
@@ -15,7 +17,9 @@ pub mod backup;
 pub mod gates;
 pub mod nodes;
 pub mod recover;
+pub mod rollout;
 pub mod up;
+pub mod upgrade;
 pub mod velero;
 
 /// The quorum gate under its first name (kept for callers of `flows::guard`).

@@ -415,6 +415,25 @@ fn ready_summary(n: &Node) -> String {
         .unwrap_or_else(|| "registered, no Ready condition yet".into())
 }
 
+/// Every Node's kubelet version (`name`, `v1.35.3`).
+pub async fn kubelet_versions(client: &Client) -> Result<Vec<(String, String)>, KubeError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| KubeError::from_kube(e, "Nodes", "list"))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                kubelet_version(n).to_string(),
+            )
+        })
+        .collect())
+}
+
 /// Whether any Node of the cluster is Ready (false when they cannot be listed).
 pub async fn any_ready(client: &Client) -> bool {
     let api: Api<Node> = Api::all(client.clone());
