@@ -28,8 +28,10 @@ mod hardware;
 pub mod identity;
 pub mod kube;
 mod node;
+mod registry;
 pub mod repository;
 mod tls;
+mod upgrades;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -144,6 +146,7 @@ impl Lab {
             member_removals: Default::default(),
             trustd_signed: Default::default(),
             flaky: Default::default(),
+            registry: Default::default(),
             delays: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);

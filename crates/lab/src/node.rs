@@ -16,6 +16,7 @@ mod publish;
 pub(crate) mod resources;
 mod serving;
 pub(crate) mod trustd_join;
+pub(crate) mod upgrade;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,6 +44,8 @@ pub(crate) mod delay {
     pub const ETCD_START: f64 = 1.0;
     pub const ETCD_JOIN: f64 = 2.0;
     pub const RESET: f64 = 1.0;
+    /// A legacy upgrade's cordon and drain.
+    pub const DRAIN: f64 = 1.0;
 }
 
 /// What a node runs on its apid port: given the node and the connections its
@@ -71,6 +74,8 @@ pub(crate) struct Fabric {
     pub trustd_signed: std::sync::atomic::AtomicUsize,
     /// The flaky-network fault (off unless set).
     pub flaky: crate::flaky::Flaky,
+    /// The registry nodes pull installer images from, and image faults.
+    pub registry: crate::registry::Registry,
     /// Every simulated delay the lab ran, timestamped (see [`LabDelay`]).
     pub delays: Mutex<Vec<LabDelay>>,
 }
@@ -165,8 +170,9 @@ pub(crate) struct NodeInner {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub hardware: Hardware,
-    pub talos_version: String,
-    pub v112: bool,
+    /// The Talos boot slots, boot ID and image store (see `upgrade`); the
+    /// version and its API flavour are read from here at each boot.
+    pub(crate) slots: Mutex<upgrade::Slots>,
     pub fabric: Arc<Fabric>,
     pub state_tx: watch::Sender<NodeState>,
     /// Every transition, none coalesced.
@@ -208,7 +214,6 @@ impl NodeInner {
         fabric: Arc<Fabric>,
         apid: Apid,
     ) -> Arc<Self> {
-        let v112 = talos_version.trim_start_matches('v').starts_with("1.12");
         let (state_tx, _) = watch::channel(NodeState::PoweredOff);
         let (res_tx, _) = watch::channel(0);
         let (events_tx, _) = broadcast::channel(1024);
@@ -223,8 +228,7 @@ impl NodeInner {
             ip,
             port,
             hardware,
-            talos_version,
-            v112,
+            slots: Mutex::new(upgrade::Slots::new(talos_version)),
             fabric,
             state_tx,
             transitions_tx: broadcast::channel(256).0,
@@ -313,7 +317,7 @@ impl NodeInner {
         }
     }
 
-    fn set_state(&self, s: NodeState) {
+    pub(crate) fn set_state(&self, s: NodeState) {
         let old = self.state_tx.send_replace(s);
         if old != s {
             let _ = self.transitions_tx.send(s);

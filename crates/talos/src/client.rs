@@ -26,5 +26,6 @@ pub use etcd::{verify_snapshot_bytes, EtcdMember, EtcdStatus, SnapshotInfo};
 pub use lifecycle::{ApplyMode, ApplyOutcome, ResetOptions};
 pub use machine::{extract_kubeconfig, NodeVersion, ServiceState};
 pub use upgrade::{
-    ImageNamespace, LegacyUpgrade, LifecycleProgress, PullProgress, UpgradeAck, BOOT_ID_PATH,
+    sequence_error, ImageNamespace, LegacyUpgrade, LifecycleProgress, PullProgress, UpgradeAck,
+    BOOT_ID_PATH,
 };

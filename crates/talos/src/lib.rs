@@ -12,6 +12,9 @@ pub mod resources;
 pub mod talosconfig;
 pub mod wait;
 
-pub use client::{ApplyMode, CallPolicy, EtcdMember, ResetOptions, TalosClient};
+pub use client::{
+    sequence_error, ApplyMode, CallPolicy, EtcdMember, ImageNamespace, LegacyUpgrade,
+    LifecycleProgress, PullProgress, ResetOptions, TalosClient, UpgradeAck,
+};
 pub use connect::{probe_mode, Credentials, Dial, NodeMode, TlsMode};
 pub use error::{TalosError, TlsFailure};

@@ -21,7 +21,7 @@ impl ClusterService for LabApi {
         request: Request<cluster::HealthCheckRequest>,
     ) -> Result<Response<Self::HealthCheckStream>, Status> {
         let info = self.gate(&request, "HealthCheck")?;
-        if !self.node.v112 {
+        if !self.node.v112() {
             self.control_plane(&info, "cluster health check")?;
         }
         let req = request.into_inner();

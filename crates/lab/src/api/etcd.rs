@@ -75,7 +75,7 @@ impl LabApi {
         }
         let cfg = match self.control_plane(&info, "bootstrap") {
             Ok(c) => c,
-            Err(_) if node.v112 => {
+            Err(_) if node.v112() => {
                 return Err(Status::failed_precondition(
                     "bootstrap can only be performed on a control plane node",
                 ))

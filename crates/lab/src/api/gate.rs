@@ -83,7 +83,7 @@ impl LabApi {
                 m => Err(Status::unimplemented(format!("method {m} not implemented"))),
             };
         }
-        let allowed = allowed_roles(method, self.node.v112);
+        let allowed = allowed_roles(method, self.node.v112());
         if !info.roles.iter().any(|r| allowed.contains(&r.as_str())) {
             return Err(not_authorized());
         }

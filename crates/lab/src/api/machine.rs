@@ -1,7 +1,8 @@
 //! MachineService: every call of the node's machine API. The configuration, info
 //! and lifecycle calls (ApplyConfiguration, Events, Kubeconfig, Reboot, Reset,
 //! ServiceList, Version) are answered here; ApplyConfiguration's rules live in
-//! `apply`, Bootstrap and the etcd calls in `etcd`.
+//! `apply`, Bootstrap and the etcd calls in `etcd`, Read, ImagePull and Upgrade
+//! in `upgrade`.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -347,23 +348,22 @@ impl MachineService for LabApi {
         request: Request<machine::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         self.gate(&request, "Read")?;
-        Err(Status::unimplemented("lab: Read is not simulated yet"))
+        let stream = self.read_file(&request.get_ref().path)?;
+        Ok(Response::new(stream))
     }
 
     async fn upgrade(
         &self,
         request: Request<machine::UpgradeRequest>,
     ) -> Result<Response<machine::UpgradeResponse>, Status> {
-        self.gate(&request, "Upgrade")?;
-        Err(Status::unimplemented("lab: Upgrade is not simulated yet"))
+        self.legacy_upgrade(request)
     }
 
     async fn image_pull(
         &self,
         request: Request<machine::ImagePullRequest>,
     ) -> Result<Response<machine::ImagePullResponse>, Status> {
-        self.gate(&request, "ImagePull")?;
-        Err(Status::unimplemented("lab: ImagePull is not simulated yet"))
+        self.legacy_image_pull(request)
     }
 
     async fn version(
@@ -377,7 +377,7 @@ impl MachineService for LabApi {
             messages: vec![machine::Version {
                 metadata: None,
                 version: Some(machine::VersionInfo {
-                    tag: self.node.talos_version.clone(),
+                    tag: self.node.talos_version(),
                     sha: "endsys-lab".into(),
                     built: String::new(),
                     go_version: "go1.25.5".into(),

@@ -26,6 +26,8 @@ use crate::node::NodeInner;
 use crate::tls::{ApiMode, LabConn, LabConnInfo};
 use endsys_talos::api::cluster::cluster_service_server::ClusterServiceServer;
 use endsys_talos::api::cosi::resource::state_server::StateServer;
+use endsys_talos::api::machine::image_service_server::ImageServiceServer;
+use endsys_talos::api::machine::lifecycle_service_server::LifecycleServiceServer;
 use endsys_talos::api::machine::machine_service_server::MachineServiceServer;
 use endsys_talos::api::storage::storage_service_server::StorageServiceServer;
 
@@ -41,6 +43,8 @@ impl LabApi {
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .add_service(ClusterServiceServer::new(self.clone()))
+        .add_service(ImageServiceServer::new(self.clone()))
+        .add_service(LifecycleServiceServer::new(self.clone()))
         .add_service(StorageServiceServer::new(self.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             StateServer::new(self.clone())

@@ -369,7 +369,7 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
                 "nodeInfo": {"architecture": "amd64", "bootID": uuid::Uuid::new_v4().to_string(),
                     "containerRuntimeVersion": "containerd://2.1.5", "kernelVersion": "6.18.2-talos",
                     "kubeProxyVersion": "", "kubeletVersion": KUBE_VERSION, "machineID": format!("{:032x}", n.index + 1),
-                    "operatingSystem": "linux", "osImage": format!("Talos ({})", n.talos_version),
+                    "operatingSystem": "linux", "osImage": format!("Talos ({})", n.talos_version()),
                     "systemUUID": uuid::Uuid::new_v4().to_string()},
             },
         });

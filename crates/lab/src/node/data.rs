@@ -30,6 +30,8 @@ pub enum NodeState {
     PoweredOff,
     /// Reset in progress.
     Resetting,
+    /// A legacy upgrade runs: cordon and drain, services stopped, installing.
+    Upgrading,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,7 @@ pub(super) fn stage_of(state: NodeState) -> machine::machine_status_event::Machi
         NodeState::Running => S::Running,
         NodeState::PoweredOff => S::ShuttingDown,
         NodeState::Resetting => S::Resetting,
+        NodeState::Upgrading => S::Upgrading,
     }
 }
 
@@ -127,6 +130,7 @@ pub(crate) fn stage_yaml(state: NodeState) -> &'static str {
         NodeState::Running => "running",
         NodeState::PoweredOff => "shutting down",
         NodeState::Resetting => "resetting",
+        NodeState::Upgrading => "upgrading",
     }
 }
 

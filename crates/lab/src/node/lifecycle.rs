@@ -82,6 +82,14 @@ impl NodeInner {
     }
 
     async fn boot_inner(self: &Arc<Self>, gen: u64) {
+        // A new boot ID every boot; the other slot if an installer wrote it, or
+        // the bootloader's fallback when that slot does not boot.
+        while let Err(failed) = self.start_boot() {
+            self.failed_boot(gen, failed).await;
+            if self.gen() != gen {
+                return;
+            }
+        }
         let config = self.config();
         {
             let mut d = self.data.lock().expect("data lock");
@@ -97,7 +105,7 @@ impl NodeInner {
                 }
                 {
                     let mut d = self.data.lock().expect("data lock");
-                    if !self.v112 {
+                    if !self.v112() {
                         d.set_service("apid", "Running", "Health check successful");
                     }
                     d.set_service("machined", "Running", "Service started as goroutine");

@@ -66,6 +66,16 @@ impl Fabric {
         healthy * 2 > members.len()
     }
 
+    /// Whether member `id` of cluster `uid` answers: its node holds it and runs etcd.
+    pub(crate) fn member_running(&self, uid: u64, id: u64) -> bool {
+        self.nodes().iter().any(|n| {
+            let d = n.data.lock().expect("data lock");
+            d.etcd
+                .is_some_and(|m| m.cluster_uid == uid && m.member_id == id)
+                && d.services.get("etcd").is_some_and(|s| s.state == "Running")
+        })
+    }
+
     /// The leader of cluster `uid` as its members see it: 0 without quorum; when
     /// the recorded leader's etcd is not running, the healthy members elect one
     /// of themselves (a new term), as raft does after an election timeout.

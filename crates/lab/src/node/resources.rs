@@ -91,7 +91,7 @@ pub(crate) fn compute(
             }
         })),
     );
-    let version = node.talos_version.clone();
+    let version = node.talos_version();
     push(
         "runtime",
         "Versions.runtime.talos.dev",

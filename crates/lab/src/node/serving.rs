@@ -153,7 +153,7 @@ impl NodeInner {
     pub(super) fn set_maintenance_acceptor(&self) -> Result<(), String> {
         let cfg = tls::maintenance_config(IpAddr::V4(self.ip))?;
         *self.acceptor.lock().expect("acceptor lock") = Some(Acceptor {
-            mode: if self.v112 {
+            mode: if self.v112() {
                 ApiMode::Maintenance112
             } else {
                 ApiMode::Maintenance113

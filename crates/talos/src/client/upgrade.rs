@@ -301,6 +301,20 @@ impl TalosClient {
     }
 }
 
+/// A machine event that is a sequence failing: `(sequence, error message)`.
+/// After an upgrade, this is how a node's failed boot shows in its Events
+/// (the boot sequence failed, the bootloader fell back).
+pub fn sequence_error(ev: &machine::Event) -> Option<(String, String)> {
+    use prost::Message;
+    let data = ev.data.as_ref()?;
+    if !data.type_url.ends_with("machine.SequenceEvent") {
+        return None;
+    }
+    let seq = machine::SequenceEvent::decode(data.value.as_slice()).ok()?;
+    let err = seq.error?;
+    Some((seq.sequence, err.message))
+}
+
 fn pull_progress(msg: machine::ImageServicePullResponse) -> PullProgress {
     use machine::image_service_pull_response::Response;
     match msg.response {
