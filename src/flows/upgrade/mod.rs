@@ -132,7 +132,7 @@ pub async fn upgrade_talos(
     em: &Emitter,
 ) -> Result<UpgradeReport, FlowError> {
     let t0 = Instant::now();
-    let pre = preflight::run(cluster, opts, em).await?;
+    let pre = preflight::run(cluster, opts, em, &in_flight(cluster, opts)).await?;
     let journal = rollout::open_journal(
         &opts.state_dir,
         &cluster.def.cluster,
@@ -265,6 +265,26 @@ async fn run_node(r: &Rollout<'_>, node: &NodeDef) -> Result<String, FlowError> 
     ))
 }
 
+/// Nodes whose reboot an earlier, unfinished run requested (they may be down now).
+fn in_flight(cluster: &Cluster, opts: &UpgradeOptions) -> Vec<String> {
+    crate::engine::Journal::<RolloutFacts>::read_of(
+        &rollout::journal_path(&opts.state_dir, OP),
+        &cluster.def.cluster,
+    )
+    .ok()
+    .flatten()
+    .filter(|j| j.completed_ms.is_none())
+    .map(|j| {
+        j.facts
+            .per_node
+            .into_iter()
+            .filter(|(_, n)| n.requested && !n.done)
+            .map(|(h, _)| h)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// The first control plane this run will upgrade (the snapshot goes before
 /// it): not finished, not left out, not already on the target.
 fn first_to_touch(
@@ -306,7 +326,7 @@ pub async fn plan_upgrade_talos(
     opts: &UpgradeOptions,
 ) -> Result<Vec<PlanItem>, FlowError> {
     let em = Emitter::new();
-    let pre = preflight::run(cluster, opts, &em).await?;
+    let pre = preflight::run(cluster, opts, &em, &in_flight(cluster, opts)).await?;
     let journal = rollout::open_journal(
         &opts.state_dir,
         &cluster.def.cluster,

@@ -81,11 +81,14 @@ pub fn with_install_image(config: &[u8], image: &str) -> Result<Vec<u8>, String>
     Ok(docs.join("\n---\n").into_bytes())
 }
 
-/// Runs preflight, reported as the `preflight` step; a refusal lists every rule broken.
+/// Runs preflight, reported as the `preflight` step; a refusal lists every rule
+/// broken. Nodes in `in_flight` (an earlier run requested their reboot) may be
+/// silent: they are rebooting.
 pub async fn run(
     cluster: &Cluster,
     opts: &UpgradeOptions,
     em: &Emitter,
+    in_flight: &[String],
 ) -> Result<Preflight, FlowError> {
     let t0 = em.started();
     em.started_with(
@@ -93,7 +96,7 @@ pub async fn run(
         None,
         "Version → every node; target image from the definition; skew rules",
     );
-    let r = check(cluster, opts, em).await;
+    let r = check(cluster, opts, em, in_flight).await;
     match &r {
         Ok(p) => em.finished(
             StepId::Preflight,
@@ -133,6 +136,7 @@ async fn check(
     cluster: &Cluster,
     opts: &UpgradeOptions,
     em: &Emitter,
+    in_flight: &[String],
 ) -> Result<Preflight, FlowError> {
     // 1. The images, from the rendered configs.
     let mut images = BTreeMap::new();
@@ -209,6 +213,13 @@ async fn check(
         match v {
             Ok(tag) => {
                 versions.insert(n.hostname.clone(), tag);
+            }
+            Err(_) if in_flight.contains(&n.hostname) => {
+                em.progress(
+                    StepId::Preflight,
+                    Some(&n.hostname),
+                    "not answering: its upgrade is under way (requested by an earlier run); waiting for it comes next",
+                );
             }
             Err(e) => {
                 let why = format!("{} does not answer Version: {}", n.label(), first_line(&e));
