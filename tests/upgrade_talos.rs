@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use endsys_bootstrap::engine::{Doctor, FlowError, GateError, StepId};
 use endsys_bootstrap::flows::upgrade::{plan_upgrade_talos, upgrade_talos};
-use upgrade::{cluster, sample_quorum, Collect, TEST_DEADLINE};
+use upgrade::{cluster, cluster_until, sample_quorum, Collect, TEST_DEADLINE};
 
 const FROM: &str = "v1.12.6";
 const TO: &str = "v1.13.9";
@@ -26,7 +26,7 @@ const IMAGE: &str = "ghcr.io/siderolabs/installer:v1.13.9";
 /// a second run skips every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_talos_rolling_3cp_2w() {
-    let env = cluster(35, FROM, 3, 2, 0.0).await;
+    let env = cluster_until(35, FROM, 3, 2, 0.0, StepId::Adoption).await;
     let before = env.boot_ids();
     let (stop, sampler) = sample_quorum(&env.lab);
     let c = Collect::default();
@@ -84,6 +84,35 @@ async fn upgrade_talos_rolling_3cp_2w() {
         "snapshot before the first control plane"
     );
     eprintln!("rolling upgrade of 5 nodes took {took:?}");
+    // The layers gate ran before and after every node and saw every layer Ready.
+    for host in ["cp1", "cp2", "cp3", "worker1", "worker2"] {
+        let lines = c.of(host, StepId::Layers);
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains("done all layers Ready"))
+                .count(),
+            2,
+            "{host}: {lines:?}"
+        );
+    }
+    let k =
+        endsys_bootstrap::kube::client_from_kubeconfig(env.cluster.kubeconfig.as_ref().unwrap())
+            .await
+            .unwrap();
+    let p = endsys_bootstrap::gitops::Tracker::new(k, endsys_bootstrap::gitops::LayerMap::endsys())
+        .snapshot()
+        .await
+        .unwrap();
+    assert!(p.all_ready(), "layers at the end:\n{}", p.render());
+    // The etcd leader handed leadership over before it went down: exactly one
+    // hand-over per control plane that led when reached, and at least one.
+    let handed: Vec<String> = ["cp1", "cp2", "cp3"]
+        .iter()
+        .flat_map(|h| c.of(h, StepId::ForfeitLeader))
+        .filter(|l| l.contains("done etcd leadership handed to"))
+        .collect();
+    assert!(!handed.is_empty(), "no leader hand-over: {:?}", c.lines());
     // Again: nothing to do.
     let r2 = upgrade_talos(&env.reload(), &o, &em).await.unwrap();
     assert!(

@@ -2,6 +2,7 @@
 //! by the real `up` (Talos half plus the kubeconfig), its API endpoint a
 //! VIP-like address no node owns; etcd quorum sampled on every lab change; the
 //! upgrade's options with the tests' short deadlines.
+#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,12 +39,35 @@ pub struct Env {
 /// `up` through the kubeconfig; the definition's install image is
 /// ghcr.io/siderolabs/installer:v1.13.9 (the memory source's config).
 pub async fn cluster(subnet: u8, from: &str, cps: usize, workers: usize, scale: f64) -> Env {
+    cluster_until(subnet, from, cps, workers, scale, StepId::Kubeconfig).await
+}
+
+/// [`cluster`] with `up` run through `until`; past layer 1 the lab's Git
+/// repository is served and Flux brings up every layer.
+pub async fn cluster_until(
+    subnet: u8,
+    from: &str,
+    cps: usize,
+    workers: usize,
+    scale: f64,
+    until: StepId,
+) -> Env {
     let lab = fixture::start_lab_of(from, subnet, cps + workers, cps, scale).await;
     let mut def = lab_definition(&lab, cps, "upg");
     def.endpoint = format!("https://127.0.{subnet}.10:6443");
     let src = MemorySource::new(def, None);
     let dir = tempfile::tempdir().unwrap();
-    let o = up_options(dir.path(), StepId::Kubeconfig, DEADLINES);
+    let mut o = up_options(dir.path(), until, DEADLINES);
+    o.apiserver_deadline = DEADLINES.node;
+    if until > StepId::Apiserver {
+        let repo = dir.path().join("repo");
+        endsys_lab::repository::write_repo(&repo).unwrap();
+        if until > StepId::Layer1Done {
+            lab.kube()
+                .serve_git(endsys_lab::repository::GIT_URL, repo.clone());
+        }
+        o.kube = Some(endsys_bootstrap::demo::kube_half(repo, None).unwrap());
+    }
     up(&src as &dyn ClusterSource, &o, &Emitter::new())
         .await
         .unwrap_or_else(|e| panic!("{}", endsys_bootstrap::Doctor::explain(&e)));
