@@ -130,6 +130,7 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
         Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
         Command::Upgrade(upgrade_cmd::UpgradeCommand::Talos(_)) => "upgrade talos",
+        Command::Upgrade(upgrade_cmd::UpgradeCommand::Kubernetes(_)) => "upgrade kubernetes",
         Command::Kubeconfig(_) => "kubeconfig",
         #[cfg(feature = "lab")]
         Command::Lab(LabCommand::Serve(_)) => "lab serve",

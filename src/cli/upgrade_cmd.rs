@@ -40,6 +40,53 @@ pub enum UpgradeCommand {
     ///
     /// Example: `upgrade talos --to v1.13.9 --max-parallel 2`.
     Talos(UpgradeTalosArgs),
+    /// Move Kubernetes to a new version through machine-config changes, node by node.
+    ///
+    /// As talosctl's upgrade-k8s: preflight (one minor at a time; the target
+    /// supported by every node's Talos — Talos 1.12 runs 1.30–1.35, 1.13 runs
+    /// 1.31–1.36, 1.14 runs 1.32–1.37; the definition's kubernetesVersion
+    /// already V, else a later `up` would revert the images; no object left of
+    /// an API the target removes) → every image pulled on every node first →
+    /// kube-apiserver, then kube-controller-manager, then kube-scheduler, each
+    /// control plane in turn (ApplyConfiguration NO_REBOOT with the image,
+    /// then its mirror pod on the new image and Ready) → the kubelet on every
+    /// node (control planes first, workers in batches of --max-parallel),
+    /// each Node Ready with the new kubelet version → GitOps layers Ready.
+    /// Which components moved is read from the cluster, so a re-run resumes.
+    ///
+    /// Example: set `kubernetesVersion: v1.36.0` in talconfig.yaml, then
+    /// `upgrade kubernetes --to v1.36.0`.
+    Kubernetes(UpgradeKubernetesArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeKubernetesArgs {
+    /// Target Kubernetes version (must equal the definition's kubernetesVersion).
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// Kubelets upgraded at once on workers (control planes one at a time).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_parallel: u16,
+    /// Go on when GitOps layers are not Ready (printed as a warning).
+    #[arg(long)]
+    pub ignore_gitops: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds for each static pod or Node to come back Ready on the new version.
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+fn kube_options(dir: PathBuf, a: &UpgradeKubernetesArgs) -> UpgradeOptions {
+    let mut o = UpgradeOptions::new(dir);
+    o.to = Some(a.to.clone());
+    o.max_parallel = a.max_parallel as usize;
+    o.ignore_gitops = a.ignore_gitops;
+    o.kube_deadline = Duration::from_secs(a.timeout);
+    o
 }
 
 #[derive(Debug, Clone, Args)]
@@ -104,7 +151,10 @@ fn options(dir: PathBuf, a: &UpgradeTalosArgs) -> UpgradeOptions {
 }
 
 pub async fn upgrade(cmd: UpgradeCommand, out: &Output) -> Result<(), CliError> {
-    let UpgradeCommand::Talos(a) = cmd;
+    let a = match cmd {
+        UpgradeCommand::Talos(a) => a,
+        UpgradeCommand::Kubernetes(a) => return upgrade_kubernetes(a, out).await,
+    };
     if a.dry_run {
         return plan(UpgradeCommand::Talos(a), out).await;
     }
@@ -162,9 +212,62 @@ fn report_json(r: &UpgradeReport) -> serde_json::Value {
         "elapsed_ms": r.elapsed.as_millis() as u64})
 }
 
-/// `plan upgrade talos`: the order, the gates and each call's receiving node.
+async fn upgrade_kubernetes(a: UpgradeKubernetesArgs, out: &Output) -> Result<(), CliError> {
+    if a.dry_run {
+        return plan(UpgradeCommand::Kubernetes(a), out).await;
+    }
+    let (cluster, dir) = a.cluster.load()?;
+    let _lock = super::lock_state(&dir, "upgrade kubernetes", out)?;
+    let o = kube_options(dir, &a);
+    let em = Emitter::new();
+    let printer = spawn_printer(&em, "upgrade-kubernetes", out);
+    let r = upgrade::kubernetes::upgrade_kubernetes(&cluster, &o, &em).await;
+    drop(em);
+    let _ = printer.await;
+    let r = r.map_err(flow_error)?;
+    let mut text = format!(
+        "Kubernetes {} → {} in {:.1}s",
+        r.from,
+        r.to,
+        r.elapsed.as_secs_f64()
+    );
+    for (n, w) in &r.nodes {
+        text.push_str(&format!("\n  {n}: {w}"));
+    }
+    let nodes: Vec<serde_json::Value> = r
+        .nodes
+        .iter()
+        .map(|(n, w)| serde_json::json!({"node": n, "outcome": w}))
+        .collect();
+    out.result(
+        &cluster.def.cluster,
+        "upgrade-kubernetes",
+        &text,
+        serde_json::json!({"from": r.from, "to": r.to, "nodes": nodes,
+            "elapsed_ms": r.elapsed.as_millis() as u64}),
+    );
+    Ok(())
+}
+
+/// `plan upgrade talos|kubernetes`: the order, the gates and each call's receiving node.
 pub async fn plan(cmd: UpgradeCommand, out: &Output) -> Result<(), CliError> {
-    let UpgradeCommand::Talos(a) = cmd;
+    let a = match cmd {
+        UpgradeCommand::Talos(a) => a,
+        UpgradeCommand::Kubernetes(a) => {
+            let (cluster, dir) = a.cluster.load()?;
+            let o = kube_options(dir, &a);
+            let items = upgrade::kubernetes::plan_upgrade_kubernetes(&cluster, &o)
+                .await
+                .map_err(flow_error)?;
+            out.result(
+                &cluster.def.cluster,
+                "plan-upgrade-kubernetes",
+                &format!("upgrade kubernetes would:\n{}", plan_text(&items)),
+                serde_json::to_value(&items).unwrap_or_default(),
+            );
+            return Ok(());
+        }
+    };
     let (cluster, dir) = a.cluster.load()?;
     let o = options(dir, &a);
     let items = upgrade::plan_upgrade_talos(&cluster, &o)

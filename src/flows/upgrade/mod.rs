@@ -6,6 +6,7 @@
 //! - [`preflight`]: target images from the definition, every node's version, refusals.
 //! - [`talos`]: the per-node step table.
 
+pub mod kubernetes;
 pub mod preflight;
 pub mod skew;
 pub mod talos;

@@ -28,25 +28,43 @@ pub fn rules_line() -> &'static str {
     "refuse unless every node answers (--force leaves the silent ones out), each host → target is one Talos minor (--allow-skip-minor: two, where the installer allows) and the cluster's Kubernetes runs on the target"
 }
 
+/// A string field of the v1alpha1 document of a rendered config
+/// (`["machine", "install", "image"]`).
+pub fn config_field(config: &[u8], path: &[&str]) -> Option<String> {
+    let text = std::str::from_utf8(config).ok()?;
+    let doc = text
+        .split("\n---")
+        .filter_map(|d| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(d).ok())
+        .find(|d| d.get("machine").is_some())?;
+    let mut cur = &doc;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_str().map(str::to_string)
+}
+
 /// The v1alpha1 document's `machine.install.image` of a rendered config.
 pub fn install_image(config: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(config).ok()?;
-    text.split("\n---")
-        .filter_map(|d| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(d).ok())
-        .find(|d| d.get("machine").is_some())
-        .and_then(|d| {
-            d.get("machine")?
-                .get("install")?
-                .get("image")?
-                .as_str()
-                .map(str::to_string)
-        })
+    config_field(config, &["machine", "install", "image"])
 }
 
 /// The config with `machine.install.image` set to `image` (the other documents
 /// kept byte for byte). Unchanged when it already says so.
 pub fn with_install_image(config: &[u8], image: &str) -> Result<Vec<u8>, String> {
-    if install_image(config).as_deref() == Some(image) {
+    with_fields(
+        config,
+        &[(&["machine", "install", "image"], image.to_string())],
+    )
+}
+
+/// The config with string fields of its v1alpha1 document set (mappings on
+/// the way created); the other documents kept byte for byte, and the whole
+/// config unchanged when every field already says so.
+pub fn with_fields(config: &[u8], fields: &[(&[&str], String)]) -> Result<Vec<u8>, String> {
+    if fields
+        .iter()
+        .all(|(p, v)| config_field(config, p).as_deref() == Some(v.as_str()))
+    {
         return Ok(config.to_vec());
     }
     let text = std::str::from_utf8(config).map_err(|e| format!("config is not UTF-8: {e}"))?;
@@ -60,16 +78,22 @@ pub fn with_install_image(config: &[u8], image: &str) -> Result<Vec<u8>, String>
         .ok_or("no v1alpha1 document with `machine`")?;
     let mut v: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&docs[i]).map_err(|e| e.to_string())?;
-    let install = v
-        .get_mut("machine")
-        .and_then(|m| m.as_mapping_mut())
-        .ok_or("`machine` is not a mapping")?
-        .entry("install".into())
-        .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
-    install
-        .as_mapping_mut()
-        .ok_or("`machine.install` is not a mapping")?
-        .insert("image".into(), image.into());
+    for (path, value) in fields {
+        let Some((last, parents)) = path.split_last() else {
+            continue;
+        };
+        let mut cur = &mut v;
+        for p in parents {
+            cur = cur
+                .as_mapping_mut()
+                .ok_or_else(|| format!("`{}` is not a mapping", path.join(".")))?
+                .entry((*p).into())
+                .or_insert_with(|| serde_yaml_ng::Value::Mapping(Default::default()));
+        }
+        cur.as_mapping_mut()
+            .ok_or_else(|| format!("`{}` is not a mapping", path.join(".")))?
+            .insert((*last).into(), value.as_str().into());
+    }
     let mut doc = serde_yaml_ng::to_string(&v)
         .map_err(|e| e.to_string())?
         .trim_end()
