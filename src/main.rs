@@ -4,7 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, docs, drift_cmd, gen, process, recover_cmd, talos_cmd, up, CliError, Output, OutputFormat,
+    day2, docs, drift_cmd, gen, process, recover_cmd, talos_cmd, up, upgrade_cmd, CliError, Output,
+    OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
@@ -67,6 +68,10 @@ enum Command {
     /// Day-2 node operations: reimage a live node, rejoin a dead or replaced one.
     #[command(subcommand)]
     Node(day2::NodeCommand),
+    /// Rolling upgrades, node by node, gated on etcd quorum, drains, the node
+    /// coming back on the new version, and the GitOps layers. Resumable.
+    #[command(subcommand)]
+    Upgrade(upgrade_cmd::UpgradeCommand),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -139,6 +144,8 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Etcd(_) => "etcd",
         Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
         Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
+        Command::Upgrade(upgrade_cmd::UpgradeCommand::Talos(_)) => "upgrade talos",
+        Command::Upgrade(upgrade_cmd::UpgradeCommand::Kubernetes(_)) => "upgrade kubernetes",
         Command::Kubeconfig(_) => "kubeconfig",
         #[cfg(feature = "lab")]
         Command::Lab(LabCommand::Serve(_)) => "lab serve",
@@ -263,6 +270,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
         Command::Apply(args) => drift_cmd::apply(args, &out).await,
         Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
         Command::Node(cmd) => day2::node(cmd, &out).await,
+        Command::Upgrade(cmd) => upgrade_cmd::upgrade(cmd, &out).await,
         Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
         #[cfg(feature = "lab")]
         Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,

@@ -160,6 +160,10 @@ pub enum PlanWhat {
     /// What `apply` would do: each node's verdict, the live ones, then the
     /// rolled ones in order with the gates each passes.
     Apply(super::drift_cmd::ApplyArgs),
+    /// An upgrade's order, gates and calls per node, naming the node that
+    /// receives each call (reads every node's version; changes nothing).
+    #[command(subcommand)]
+    Upgrade(super::upgrade_cmd::UpgradeCommand),
 }
 
 /// A node operation's event as its `day2` line: the kind, and the message.
@@ -377,6 +381,7 @@ pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
     let cmd = match what {
         PlanWhat::Node(cmd) => cmd,
         PlanWhat::Apply(args) => return super::drift_cmd::plan_apply(args, out).await,
+        PlanWhat::Upgrade(cmd) => return super::upgrade_cmd::plan(cmd, out).await,
     };
     let (op_name, name, cluster_args, op, wipe_all) = match &cmd {
         NodeCommand::Reimage(a) => ("reimage", &a.name, &a.cluster, &a.op, a.wipe_all),

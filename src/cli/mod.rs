@@ -14,6 +14,7 @@ pub mod process;
 pub mod recover_cmd;
 pub mod talos_cmd;
 pub mod up;
+pub mod upgrade_cmd;
 
 use endsys_core::Doctor;
 use thiserror::Error;

@@ -114,6 +114,12 @@ pub enum StepId {
     VerifyVersion,
     /// The node's services running and healthy.
     Services,
+    /// Kubernetes images pulled on every node before anything changes.
+    Prepull,
+    /// A control-plane static pod moved to the new image (one node at a time).
+    StaticPod,
+    /// A node's kubelet moved to the new version, Node Ready with it.
+    Kubelet,
     // ---- recover (src/flows/recover): the phases of recover.json.
     CheckSnapshot,
     GateNodes,
@@ -203,6 +209,9 @@ impl StepId {
             StepId::WaitBack => "wait_back",
             StepId::VerifyVersion => "verify_version",
             StepId::Services => "services",
+            StepId::Prepull => "prepull",
+            StepId::StaticPod => "static_pod",
+            StepId::Kubelet => "kubelet",
             StepId::CheckSnapshot => "check_snapshot",
             StepId::GateNodes => "gate_nodes",
             StepId::Restore => "restore",
@@ -276,6 +285,9 @@ impl StepId {
             StepId::WaitBack => "wait for a new boot ID, running and ready",
             StepId::VerifyVersion => "the node runs the target version (else it rolled back)",
             StepId::Services => "the node's services running and healthy",
+            StepId::Prepull => "pull the new Kubernetes images on every node first (ImagePull)",
+            StepId::StaticPod => "move one control plane's static pod to the new image and wait for its mirror pod Ready on it",
+            StepId::Kubelet => "move a node's kubelet to the new version and wait for the Node Ready with it",
             StepId::CheckSnapshot => "check the snapshot before any node is touched",
             StepId::GateNodes => "every node in maintenance mode (configured ones reset with --reset-nodes)",
             StepId::Restore => "up through kube-apiserver, etcd restored from the snapshot",

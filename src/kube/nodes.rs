@@ -415,6 +415,103 @@ fn ready_summary(n: &Node) -> String {
         .unwrap_or_else(|| "registered, no Ready condition yet".into())
 }
 
+/// Every Node's kubelet version (`name`, `v1.35.3`).
+pub async fn kubelet_versions(client: &Client) -> Result<Vec<(String, String)>, KubeError> {
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| KubeError::from_kube(e, "Nodes", "list"))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                kubelet_version(n).to_string(),
+            )
+        })
+        .collect())
+}
+
+/// A static pod's mirror pod as an upgrade watches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorPod {
+    pub image: String,
+    pub ready: bool,
+    /// `talos.dev/config-version`: bumped by Talos on every config change.
+    pub config_version: String,
+}
+
+/// The mirror pod `kube-system/<component>-<node>` (None when absent).
+pub async fn mirror_pod(
+    client: &Client,
+    component: &str,
+    node: &str,
+) -> Result<Option<MirrorPod>, KubeError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let name = format!("{component}-{node}");
+    let p = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| KubeError::from_kube(e, &format!("Pod kube-system/{name}"), "get"))?;
+    Ok(p.map(|p| MirrorPod {
+        image: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+        ready: p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        config_version: p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("talos.dev/config-version").cloned())
+            .unwrap_or_default(),
+    }))
+}
+
+/// Waits until the mirror pod `kube-system/<component>-<node>` runs `image` and is Ready.
+pub async fn wait_mirror_pod(
+    client: &Client,
+    component: &str,
+    node: &str,
+    image: &str,
+    deadline: Duration,
+) -> Result<MirrorPod, KubeError> {
+    let end = Instant::now() + deadline;
+    let mut pause = Backoff::new(Duration::from_millis(25), Duration::from_millis(250));
+    loop {
+        let last = match mirror_pod(client, component, node).await {
+            Ok(Some(p)) if p.image == image && p.ready => return Ok(p),
+            Ok(Some(p)) => {
+                format!(
+                    "{} {} (config-version {})",
+                    p.image,
+                    if p.ready { "Ready" } else { "not Ready" },
+                    p.config_version
+                )
+            }
+            Ok(None) => "absent".into(),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + pause.peek() > end {
+            return Err(KubeError::Timeout {
+                object: format!("Pod kube-system/{component}-{node}"),
+                what: format!("running {image} and Ready"),
+                after: deadline,
+                status: last,
+            });
+        }
+        tokio::time::sleep(pause.next_pause()).await;
+    }
+}
+
 /// Whether any Node of the cluster is Ready (false when they cannot be listed).
 pub async fn any_ready(client: &Client) -> bool {
     let api: Api<Node> = Api::all(client.clone());

@@ -17,9 +17,9 @@
 //!
 //! `--mode`: `auto` as above; `no-reboot` refuses a node that needs a reboot,
 //! naming the fields; `staged` stages everywhere, no reboot; `reboot` rolls
-//! every changed node. Journaled in `<state>/day2/apply.json`, resumable.
+//! every changed node. Journaled in `<state>/day2/apply.json` as a rollout
+//! ([`crate::flows::rollout`]: its journal facts and its order), resumable.
 
-pub mod facts;
 pub mod roll;
 
 use std::path::PathBuf;
@@ -27,15 +27,19 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 
-use crate::engine::{
-    Cluster, Emitter, FlowError, Journal, JournalHandle, NodeDef, Outcome, PlanItem, StepId,
-};
+use crate::engine::{Cluster, Emitter, FlowError, Journal, NodeDef, Outcome, PlanItem, StepId};
 use crate::flows::drift::{survey_node, NodeDrift, Verdict};
 use crate::flows::gates;
+use crate::flows::rollout::{self, RolloutFacts};
 use crate::gitops::LayerMap;
 use crate::talos::{ApplyMode, CallPolicy};
 
-pub use facts::{ApplyFacts, NodeApply};
+/// The rollout's name: its journal is `<state>/day2/apply.json`.
+pub const OP: &str = "apply";
+
+/// The intent mark a reinstall leaves in the node's journaled steps before
+/// its first call, so a resumed run takes the same path.
+pub const REINSTALL: &str = "reinstall";
 
 /// talosctl's apply modes, as the operator picks them for the rollout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -204,7 +208,7 @@ async fn hardware(cluster: &Cluster, nodes: &[&NodeDef], policy: CallPolicy) -> 
 pub async fn plan_nodes(
     cluster: &Cluster,
     opts: &ApplyOptions,
-    journal: Option<&Journal<ApplyFacts>>,
+    journal: Option<&Journal<RolloutFacts>>,
 ) -> Result<Vec<NodePlan>, FlowError> {
     let nodes = selected(cluster, &opts.nodes)?;
     let problems = hardware(cluster, &nodes, opts.policy).await;
@@ -230,7 +234,7 @@ pub async fn plan_nodes(
             .filter(|f| !f.done && (f.requested || f.boot_id_before.is_some()));
         let decided = match unfinished {
             Some(f) => Ok(Action::Roll {
-                reinstall: f.verdict == "reinstall",
+                reinstall: f.steps.contains(REINSTALL),
             }),
             None => action_for(&drift.verdict, opts.mode),
         };
@@ -258,19 +262,39 @@ fn why(d: &NodeDrift, resuming: bool) -> String {
     s
 }
 
-/// The rolled nodes in rollout order: control planes one at a time in
-/// definition order, then workers in batches of `max_parallel`.
-pub fn roll_batches(plans: &[NodePlan], max_parallel: usize) -> Vec<Vec<&NodePlan>> {
-    let rolled = |cp: bool| {
+/// The rolled nodes in the rollout's order ([`rollout::batches`]): control
+/// planes one at a time in definition order, then workers in batches of
+/// `max_parallel`.
+pub fn roll_batches<'a>(
+    cluster: &Cluster,
+    plans: &'a [NodePlan],
+    max_parallel: usize,
+) -> Vec<Vec<&'a NodePlan>> {
+    let rolled = |n: &NodeDef| {
         plans
             .iter()
-            .filter(move |p| matches!(p.action, Action::Roll { .. }) && p.node.control_plane == cp)
+            .find(|p| p.node.hostname == n.hostname && matches!(p.action, Action::Roll { .. }))
     };
-    let mut out: Vec<Vec<&NodePlan>> = rolled(true).map(|p| vec![p]).collect();
-    let workers: Vec<&NodePlan> = rolled(false).collect();
-    for chunk in workers.chunks(max_parallel.max(1)) {
-        out.push(chunk.to_vec());
-    }
+    let cps: Vec<Vec<&NodeDef>> = rollout::batches(&cluster.def, 1)
+        .into_iter()
+        .filter(|b| b.iter().all(|n| n.control_plane))
+        .collect();
+    let workers: Vec<&NodePlan> = cluster
+        .def
+        .nodes
+        .iter()
+        .filter(|n| !n.control_plane)
+        .filter_map(rolled)
+        .collect();
+    let mut out: Vec<Vec<&NodePlan>> = cps
+        .iter()
+        .filter_map(|b| rolled(b[0]).map(|p| vec![p]))
+        .collect();
+    out.extend(
+        workers
+            .chunks(max_parallel.max(1))
+            .map(<[&NodePlan]>::to_vec),
+    );
     out
 }
 
@@ -280,9 +304,8 @@ pub async fn apply(
     opts: &ApplyOptions,
     em: &Emitter,
 ) -> Result<ApplyReport, FlowError> {
-    let path = facts::journal_path(&opts.state_dir);
-    let existing = Journal::<ApplyFacts>::read_of(&path, &cluster.def.cluster)?
-        .filter(|j| j.completed_ms.is_none());
+    let journal = rollout::open_journal(&opts.state_dir, &cluster.def.cluster, OP, "")?;
+    let existing = Some(journal.snapshot()).filter(|j| !j.facts.per_node.is_empty());
     let resumed = existing.is_some();
     // Progress, not a step record: `up` runs this rollout inside its own
     // `apply` step, and its journal keeps its own preflight.
@@ -295,10 +318,8 @@ pub async fn apply(
             plans.len()
         ),
     );
-    let journal = JournalHandle::new(
-        path,
-        existing.unwrap_or_else(|| Journal::new(&cluster.def.cluster, Some("apply"), None)),
-    );
+    // Each node's finished steps go into the journal as they happen.
+    let _attached = em.attach(journal.sink());
     let mut report = ApplyReport {
         resumed,
         ..Default::default()
@@ -315,10 +336,7 @@ pub async fn apply(
     let mut failures = Vec::new();
     for (p, r) in quick.iter().zip(results) {
         match r {
-            Ok(QuickOutcome::Done(detail)) => {
-                journal.update(|j| j.facts.live.push(p.node.hostname.clone()))?;
-                report.nodes.push((p.node.hostname.clone(), detail));
-            }
+            Ok(QuickOutcome::Done(detail)) => report.nodes.push((p.node.hostname.clone(), detail)),
             Ok(QuickOutcome::NeedsReboot(reason)) => {
                 em.warning(
                     StepId::Apply,
@@ -360,7 +378,7 @@ pub async fn apply(
         Some(Err(e)) => return Err(FlowError::Source(format!("kubeconfig: {e}"))),
         None => None,
     };
-    for batch in roll_batches(&all, opts.max_parallel) {
+    for batch in roll_batches(cluster, &all, opts.max_parallel) {
         let runs = batch
             .iter()
             .map(|p| roll::roll_node(cluster, opts, em, &journal, kube.as_ref(), p));
@@ -436,8 +454,8 @@ async fn apply_quick(
 
 /// `plan apply`: the order and the gates each node goes through.
 pub async fn plan(cluster: &Cluster, opts: &ApplyOptions) -> Result<Vec<PlanItem>, FlowError> {
-    let path = facts::journal_path(&opts.state_dir);
-    let existing = Journal::<ApplyFacts>::read(&path)
+    let path = rollout::journal_path(&opts.state_dir, OP);
+    let existing = Journal::<RolloutFacts>::read(&path)
         .ok()
         .flatten()
         .filter(|j| j.completed_ms.is_none());
@@ -469,7 +487,10 @@ pub async fn plan(cluster: &Cluster, opts: &ApplyOptions) -> Result<Vec<PlanItem
         .cloned()
         .collect();
     let mut first_cp = true;
-    for (i, batch) in roll_batches(&rolled, opts.max_parallel).iter().enumerate() {
+    for (i, batch) in roll_batches(cluster, &rolled, opts.max_parallel)
+        .iter()
+        .enumerate()
+    {
         for p in batch {
             let reinstall = matches!(p.action, Action::Roll { reinstall: true });
             let snapshot = if p.node.control_plane && first_cp && !opts.no_snapshot {

@@ -20,8 +20,8 @@ use crate::flows::drift::{docs, machine_config};
 use crate::flows::gates::{self, GuardOp};
 use crate::talos::{ApplyMode, LegacyUpgrade};
 
-use super::facts::{ApplyFacts, NodeApply};
-use super::{ApplyOptions, NodePlan};
+use super::{ApplyOptions, NodePlan, REINSTALL};
+use crate::flows::rollout::{node_facts as facts_of, update_node as set_facts, RolloutFacts};
 
 /// The gates of one rolled node, for `plan apply`.
 pub fn gate_line(n: &NodeDef, reinstall: bool) -> String {
@@ -53,18 +53,6 @@ pub fn gate_line(n: &NodeDef, reinstall: bool) -> String {
     g.join(" → ")
 }
 
-fn facts_of(journal: &JournalHandle<ApplyFacts>, host: &str) -> NodeApply {
-    journal.get(|j| j.facts.per_node.get(host).cloned().unwrap_or_default())
-}
-
-fn set_facts(
-    journal: &JournalHandle<ApplyFacts>,
-    host: &str,
-    f: impl FnOnce(&mut NodeApply),
-) -> Result<(), FlowError> {
-    journal.update(|j| f(j.facts.per_node.entry(host.to_string()).or_default()))
-}
-
 /// A step with its start and end events.
 async fn step<T, F>(em: &Emitter, id: StepId, n: &NodeDef, f: F) -> Result<T, FlowError>
 where
@@ -94,7 +82,7 @@ pub async fn roll_node(
     cluster: &Cluster,
     opts: &ApplyOptions,
     em: &Emitter,
-    journal: &JournalHandle<ApplyFacts>,
+    journal: &JournalHandle<RolloutFacts>,
     kube: Option<&kube::Client>,
     p: &NodePlan,
 ) -> Result<String, FlowError> {
@@ -104,11 +92,11 @@ pub async fn roll_node(
     if facts_of(journal, host).done {
         return Ok("already rolled by this rollout".into());
     }
-    set_facts(journal, host, |f| {
-        if f.verdict.is_empty() {
-            f.verdict = p.drift.verdict.name().to_string();
-        }
-    })?;
+    if reinstall {
+        set_facts(journal, host, |f| {
+            f.steps.insert(REINSTALL.to_string());
+        })?;
+    }
     let policy = opts.policy;
     let layers = gates::layers::LayersGate {
         layers: opts.layers.clone(),
@@ -195,8 +183,12 @@ pub async fn roll_node(
                 ))
             })
             .await?;
+            // Recorded once: a resumed run must not forget that the first
+            // run cordoned the node.
             set_facts(journal, host, |f| {
-                f.cordoned_by_us |= c.by_us;
+                if f.was_unschedulable.is_none() || c.by_us {
+                    f.was_unschedulable = Some(!c.by_us);
+                }
                 f.was_ready = Some(c.exists && c.was_ready);
             })?;
             step(em, StepId::Drain, n, async {
@@ -272,7 +264,7 @@ pub async fn roll_node(
     .await?;
     if n.control_plane {
         step(em, StepId::EtcdQuorum, n, async {
-            let s = gates::back::etcd_healthy(cluster, n, policy, opts.etcd_deadline).await?;
+            let s = gates::back::etcd_healthy(cluster, n, policy, opts.etcd_deadline, &[]).await?;
             Ok(((), format!("every member healthy (seen from {s})")))
         })
         .await?;
@@ -285,7 +277,7 @@ pub async fn roll_node(
             })
             .await?;
         }
-        if facts_of(journal, host).cordoned_by_us {
+        if facts_of(journal, host).cordoned_by_us() {
             step(em, StepId::Uncordon, n, async {
                 gates::drain::uncordon(k, n).await?;
                 Ok(((), "uncordoned".into()))

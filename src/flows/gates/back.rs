@@ -242,13 +242,15 @@ pub async fn services_healthy(
 }
 
 /// Waits until etcd has as many members as the definition has control planes,
-/// all healthy with one leader (the node's own member back). Returns the
-/// control plane the member list came from.
+/// all healthy with one leader (the node's own member back). Control planes
+/// in `excused` (left out with `--force`) are not asked. Returns the control
+/// plane the member list came from.
 pub async fn etcd_healthy(
     cluster: &Cluster,
     node: &NodeDef,
     policy: CallPolicy,
     deadline: Duration,
+    excused: &[String],
 ) -> Result<String, FlowError> {
     let mut w = Wait::new(
         node.label(),
@@ -258,7 +260,8 @@ pub async fn etcd_healthy(
     .backoff(Backoff::every(Duration::from_millis(200)));
     let want = cluster.def.control_planes().count();
     loop {
-        let view = quorum::survey(cluster, policy).await;
+        let mut view = quorum::survey(cluster, policy).await;
+        view.cps.retain(|p| !excused.contains(&p.hostname));
         let mut why = quorum::evaluate(cluster, &view, node, GuardOp::Worker);
         if view.members.len() != want {
             why.push(format!(
