@@ -312,14 +312,20 @@ async fn apply_killed_mid_rollout_converges_without_second_reboot() {
         let mut o = ApplyOptions::new(env.state.clone());
         o.policy = fixture::policy(Duration::from_secs(10));
         o.node_deadline = Duration::from_secs(60);
-        // Killed once cp2's reboot was requested (cp1 finished, cp2 rebooting).
-        let (c1, o1) = (load(&env), o.clone());
-        let r = fixture::killed_at(
+        // Killed twice: once cp1 was back but still cordoned (its services
+        // checked), then once cp2's reboot was requested (cp2 rebooting).
+        for at in [
+            KillAt::NodeFinished(StepId::Services, "cp1"),
             KillAt::NodeFinished(StepId::RebootRequested, "cp2"),
-            move |em| async move { apply::apply(&c1, &o1, &em).await },
-        )
-        .await;
-        assert!(r.is_none(), "the kill landed");
+        ] {
+            let (c1, o1) = (load(&env), o.clone());
+            let r = fixture::killed_at(
+                at,
+                move |em| async move { apply::apply(&c1, &o1, &em).await },
+            )
+            .await;
+            assert!(r.is_none(), "the kill at {at:?} landed");
+        }
         let mid: Vec<u64> = boots(&env.lab)
             .iter()
             .zip(&boots_before)
@@ -343,6 +349,14 @@ async fn apply_killed_mid_rollout_converges_without_second_reboot() {
             vec![1, 1, 1],
             "each node rebooted exactly once: {report:?}"
         );
+        // No Node left cordoned by the killed runs.
+        let k = c2.kube().await.unwrap().unwrap();
+        for n in ["cp1", "cp2", "cp3"] {
+            let st = endsys_bootstrap::kube::nodes::node_state(&k, n)
+                .await
+                .unwrap();
+            assert!(st.exists && !st.unschedulable, "{n} left cordoned");
+        }
         let o = env.run(&["diff"]).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
         env.lab.shutdown().await;
