@@ -252,3 +252,61 @@ pub async fn plan_apply(args: ApplyArgs, out: &Output) -> Result<(), CliError> {
     );
     Ok(())
 }
+
+// ---- status: one drift line per node -------------------------------------------
+
+/// Per node: (label, verdict name, one line), or one line saying why no
+/// drift could be read. Nothing when the definition file is absent.
+pub(crate) async fn drift_lines(args: &super::up::StatusArgs) -> Vec<(String, String, String)> {
+    if !args.definition.config.is_file() {
+        return Vec::new();
+    }
+    let cluster_args = ClusterArgs {
+        definition: args.definition.clone(),
+        age_key: args.age_key.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    let cluster = match cluster_args.load() {
+        Ok((c, _)) => c,
+        Err(e) => {
+            let text = endsys_core::Doctor::explain(&e);
+            let first = text.lines().next().unwrap_or_default().to_string();
+            return vec![("definition".into(), "unknown".into(), first)];
+        }
+    };
+    let nodes: Vec<_> = cluster.def.nodes.iter().collect();
+    survey(&cluster, &nodes)
+        .await
+        .into_iter()
+        .map(|(label, r)| match r {
+            Ok(d) => (label, d.verdict.name().to_string(), d.verdict.describe()),
+            Err(e) => (
+                label,
+                "unknown".to_string(),
+                e.lines().next().unwrap_or_default().to_string(),
+            ),
+        })
+        .collect()
+}
+
+pub(crate) fn print_drift(lines: &[(String, String, String)], out: &Output) {
+    if lines.is_empty() {
+        return;
+    }
+    match out.format {
+        OutputFormat::Json => {
+            for (node, verdict, line) in lines {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "drift", "node": node, "verdict": verdict, "summary": line})
+                );
+            }
+        }
+        OutputFormat::Text => {
+            println!("drift (running config against the definition; `diff` shows it):");
+            for (node, verdict, line) in lines {
+                println!("  {node}: {verdict}: {line}");
+            }
+        }
+    }
+}

@@ -581,62 +581,6 @@ pub struct StatusArgs {
     pub age_key: Option<PathBuf>,
 }
 
-/// Per node: (label, verdict name, one line), or one line saying why no
-/// drift could be read. Nothing when the definition file is absent.
-async fn drift_lines(args: &StatusArgs) -> Vec<(String, String, String)> {
-    if !args.definition.config.is_file() {
-        return Vec::new();
-    }
-    let cluster_args = super::day2::ClusterArgs {
-        definition: args.definition.clone(),
-        age_key: args.age_key.clone(),
-        state_dir: args.state_dir.clone(),
-    };
-    let cluster = match cluster_args.load() {
-        Ok((c, _)) => c,
-        Err(e) => {
-            let text = e.explain();
-            let first = text.lines().next().unwrap_or_default().to_string();
-            return vec![("definition".into(), "unknown".into(), first)];
-        }
-    };
-    let nodes: Vec<_> = cluster.def.nodes.iter().collect();
-    super::drift_cmd::survey(&cluster, &nodes)
-        .await
-        .into_iter()
-        .map(|(label, r)| match r {
-            Ok(d) => (label, d.verdict.name().to_string(), d.verdict.describe()),
-            Err(e) => (
-                label,
-                "unknown".to_string(),
-                e.lines().next().unwrap_or_default().to_string(),
-            ),
-        })
-        .collect()
-}
-
-fn print_drift(lines: &[(String, String, String)], out: &Output) {
-    if lines.is_empty() {
-        return;
-    }
-    match out.format {
-        OutputFormat::Json => {
-            for (node, verdict, line) in lines {
-                println!(
-                    "{}",
-                    serde_json::json!({"event": "drift", "node": node, "verdict": verdict, "summary": line})
-                );
-            }
-        }
-        OutputFormat::Text => {
-            println!("drift (running config against the definition; `diff` shows it):");
-            for (node, verdict, line) in lines {
-                println!("  {node}: {verdict}: {line}");
-            }
-        }
-    }
-}
-
 /// `status`: the per-layer view from the cluster. Exit 0 when every Flux object
 /// is Ready, 1 otherwise (with the blocking objects), so scripts can wait on it.
 pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
@@ -675,10 +619,10 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         None => None,
     };
     let p = crate::flows::up::gitops::status(&bytes, layers, graph.as_ref()).await;
-    let drift = drift_lines(&args).await;
+    let drift = super::drift_cmd::drift_lines(&args).await;
     // The nodes' drift is worth showing even when the layers cannot be read.
     let p = p.map_err(|e| {
-        print_drift(&drift, out);
+        super::drift_cmd::print_drift(&drift, out);
         flow_error(e)
     })?;
     match out.format {
@@ -711,7 +655,7 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         }
         OutputFormat::Text => print!("{}", p.render()),
     }
-    print_drift(&drift, out);
+    super::drift_cmd::print_drift(&drift, out);
     if p.all_ready() {
         Ok(())
     } else {
