@@ -3,7 +3,8 @@
 //! 1.13 reboots for (`.machine.env`), then a kernel-argument change (a
 //! reinstall from the node's own installer image), rolled one control plane
 //! at a time with etcd quorum sampled on every lab change; an install-disk selector matching
-//! no disk refused before any ApplyConfiguration; `--mode no-reboot` refused
+//! no disk refused before any ApplyConfiguration (on Talos 1.14 nodes, where
+//! a reboot change is then rolled by the tool's own table); `--mode no-reboot` refused
 //! for a reboot change, naming the field; a rollout killed mid-way converging
 //! without a second reboot of a finished node; `up` re-run after a reboot
 //! change rolling instead of rebooting everything. Subnets 127.0.49–54.0/24.
@@ -228,7 +229,9 @@ async fn apply_reboot_change_rolls_one_cp_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_unmatched_install_disk_before_any_call() {
     tokio::time::timeout(DEADLINE, async {
-        let env = up_cluster(51, 2, 1, 0.0).await;
+        // Talos 1.14 nodes: the refusal is the tool's own, before any call;
+        // then a reboot change rolled there too (1.14 never reboots on apply).
+        let env = day2cfg::up_cluster_of("v1.14.0", 51, 2, 1, 0.0).await;
         let text_before = std::fs::read_to_string(&env.talconfig).unwrap();
         std::fs::write(
             &env.talconfig,
@@ -252,6 +255,27 @@ async fn apply_refuses_unmatched_install_disk_before_any_call() {
             "no ApplyConfiguration, not even a dry run"
         );
         assert_eq!(boot_ids(&env.lab), before);
+
+        // On 1.14 Talos's dry run says NO_REBOOT for .machine.env; the tool's
+        // table knows it needs a reboot, and the roll uses STAGED + Reboot.
+        std::fs::write(&env.talconfig, &text_before).unwrap();
+        env.set_patch(ENV_PATCH);
+        let o = env.run(&["diff", "cp1"]).await;
+        let out = text(&o.stdout);
+        assert!(out.contains("cp1 (127.0.51.11): reboot: differs; needs a reboot (.machine.env) [Talos dry run: NO_REBOOT]"), "{out}\n{}", text(&o.stderr));
+        let boots_before = boots(&env.lab);
+        // One control plane: rebooting it stops etcd, so the guard refuses
+        // (nothing applied) until --force says to go on.
+        let o = env.run(&["apply"]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("refused by the quorum guard"), "{}", text(&o.stderr));
+        assert_eq!(boots(&env.lab), boots_before);
+        let o = env.run(&["apply", "--force"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let booted: Vec<u64> = boots(&env.lab).iter().zip(&boots_before).map(|(a, b)| a - b).collect();
+        assert_eq!(booted, vec![1, 1]);
+        let o = env.run(&["diff"]).await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
         env.lab.shutdown().await;
     })
     .await
@@ -312,6 +336,9 @@ async fn apply_killed_mid_rollout_converges_without_second_reboot() {
         let mut o = ApplyOptions::new(env.state.clone());
         o.policy = fixture::policy(Duration::from_secs(10));
         o.node_deadline = Duration::from_secs(60);
+        o.etcd_deadline = Duration::from_secs(30);
+        o.kube_deadline = Duration::from_secs(30);
+        o.layers_deadline = Duration::from_secs(30);
         // Killed twice: once cp1 was back but still cordoned (its services
         // checked), then once cp2's reboot was requested (cp2 rebooting).
         for at in [

@@ -158,6 +158,10 @@ pub struct ApplyArgs {
     /// Deadline for a rebooted node to be back, running and ready, in seconds.
     #[arg(long, default_value_t = 1200, value_parser = super::bounds::secs)]
     pub node_timeout: u64,
+    /// Deadline for etcd leadership hand-over, the member healthy again and the
+    /// Node Ready, in seconds.
+    #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
+    pub etcd_timeout: u64,
     /// Layer overrides (same file as `up --layers`).
     #[arg(long, value_name = "FILE")]
     pub layers: Option<std::path::PathBuf>,
@@ -177,6 +181,9 @@ impl ApplyArgs {
         o.drain.timeout = Duration::from_secs(self.drain_timeout);
         o.drain.force = self.force_drain;
         o.node_deadline = Duration::from_secs(self.node_timeout);
+        o.etcd_deadline = Duration::from_secs(self.etcd_timeout);
+        o.kube_deadline = Duration::from_secs(self.etcd_timeout);
+        o.layers_deadline = Duration::from_secs(self.etcd_timeout);
         o.layers = super::up::layer_map(self.layers.as_deref())?;
         Ok(o)
     }

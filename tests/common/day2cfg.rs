@@ -9,7 +9,7 @@ use std::time::Duration;
 use endsys_bootstrap::engine::StepId;
 use endsys_lab::Lab;
 
-use super::fixture::{start_lab, up_options, write_talconfig, Deadlines, SECRETS};
+use super::fixture::{start_lab_of, up_options, write_talconfig, Deadlines, SECRETS};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_endsys-bootstrap");
 
@@ -32,7 +32,19 @@ pub struct Env {
 /// A lab of `nodes` nodes (`cps` control planes) on 127.0.`subnet`, brought up
 /// through `Kubeconfig` by the real `up` from a talconfig on disk.
 pub async fn up_cluster(subnet: u8, nodes: usize, cps: usize, time_scale: f64) -> Env {
-    let lab = start_lab(subnet, nodes, cps, time_scale).await;
+    up_cluster_of(super::fixture::TALOS, subnet, nodes, cps, time_scale).await
+}
+
+/// [`up_cluster`] on nodes running another Talos version (the definition
+/// keeps the fixtures' `talosVersion`).
+pub async fn up_cluster_of(
+    version: &str,
+    subnet: u8,
+    nodes: usize,
+    cps: usize,
+    time_scale: f64,
+) -> Env {
+    let lab = start_lab_of(version, subnet, nodes, cps, time_scale).await;
     let dir = tempfile::tempdir().unwrap();
     let talconfig = write_talconfig(dir.path(), &lab, cps, "drift");
     let secrets = PathBuf::from(SECRETS);
@@ -53,12 +65,16 @@ pub async fn up_cluster(subnet: u8, nodes: usize, cps: usize, time_scale: f64) -
 }
 
 impl Env {
-    /// The binary with `args`, then the definition, secrets and state flags.
+    /// The binary with `args`, then the definition, secrets and state flags
+    /// (and, for `apply`, deadlines well inside a test's own).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.args(args)
-            .arg("--config")
+        c.args(args);
+        if args.iter().any(|a| *a == "apply") {
+            c.args(["--node-timeout", "60", "--etcd-timeout", "30"]);
+        }
+        c.arg("--config")
             .arg(&self.talconfig)
             .arg("--secrets")
             .arg(&self.secrets)

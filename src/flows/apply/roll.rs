@@ -162,7 +162,17 @@ pub async fn roll_node(
             .await?;
             journal.update(|j| j.facts.backup = Some(taken.path))?;
         }
-        if n.control_plane {
+        // A lone member has nobody to hand leadership to (only --force gets
+        // here): the forfeit would wait for an election that cannot happen.
+        let lone = report.view.members.len() <= 1;
+        if n.control_plane && lone {
+            em.progress(
+                StepId::ForfeitLeader,
+                Some(host),
+                "the only etcd member: no leadership to hand over",
+            );
+        }
+        if n.control_plane && !lone {
             step(em, StepId::ForfeitLeader, n, async {
                 let h =
                     gates::leader::hand_over(cluster, policy, em, n, opts.etcd_deadline).await?;
