@@ -177,6 +177,19 @@ async fn upgrade_talos_rollback_stops_and_names_node() {
             .is_some_and(|n| n["spec"]["unschedulable"] == true),
         "cp1 left cordoned after the rollback"
     );
+
+    // The image fixed: the same command upgrades cp1 afresh and goes on.
+    env.lab.clear_image_fails_to_boot(IMAGE);
+    let c = Collect::default();
+    let r = tokio::time::timeout(
+        TEST_DEADLINE,
+        upgrade_talos(&env.reload(), &o, &c.emitter()),
+    )
+    .await
+    .expect("within the deadline")
+    .unwrap_or_else(|e| panic!("{}\n{}", e.explain(), c.lines().join("\n")));
+    assert!(r.resumed);
+    assert!(env.lab.nodes().iter().all(|n| n.talos_version() == TO));
 }
 
 /// A control plane down: refused before any node is touched, naming it; with
