@@ -44,7 +44,8 @@ enum Command {
     /// Print what `up` would do now, then the GitOps graph layer by layer (dependsOn
     /// cycles and missing Kustomizations reported with file:line); with
     /// `node reimage|rejoin NAME`, a node operation's steps and the node receiving
-    /// each call. Changes nothing.
+    /// each call; with `upgrade talos|kubernetes`, an upgrade's order, gates and
+    /// calls per node. Changes nothing.
     Plan(day2::PlanArgs),
     /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
     /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.

@@ -177,6 +177,19 @@ async fn upgrade_talos_rollback_stops_and_names_node() {
             .is_some_and(|n| n["spec"]["unschedulable"] == true),
         "cp1 left cordoned after the rollback"
     );
+
+    // The image fixed: the same command upgrades cp1 afresh and goes on.
+    env.lab.clear_image_fails_to_boot(IMAGE);
+    let c = Collect::default();
+    let r = tokio::time::timeout(
+        TEST_DEADLINE,
+        upgrade_talos(&env.reload(), &o, &c.emitter()),
+    )
+    .await
+    .expect("within the deadline")
+    .unwrap_or_else(|e| panic!("{}\n{}", e.explain(), c.lines().join("\n")));
+    assert!(r.resumed);
+    assert!(env.lab.nodes().iter().all(|n| n.talos_version() == TO));
 }
 
 /// A control plane down: refused before any node is touched, naming it; with
@@ -223,10 +236,13 @@ async fn upgrade_talos_refused_when_cp_down() {
     );
 }
 
-/// The plan names every call's receiving node, in rollout order, changing nothing.
+/// The plan names every call's receiving node, in rollout order, changing
+/// nothing; the binary prints it for `plan upgrade talos` and `upgrade talos
+/// --dry-run`. The image is the definition's, as `gen config` renders it (the
+/// image factory's installer with the empty schematic here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_upgrade_names_receivers() {
-    let env = cluster(40, FROM, 3, 2, 0.0).await;
+    let env = upgrade::talhelper_cluster(40, FROM, 3, 2).await;
     let mut o = env.options();
     o.max_parallel = 2;
     let items = plan_upgrade_talos(&env.cluster, &o)
@@ -244,7 +260,13 @@ async fn plan_upgrade_names_receivers() {
         })
         .collect();
     let joined = text.join("\n");
-    assert!(joined.contains("cp1 upgrade MachineService.Upgrade(image=ghcr.io/siderolabs/installer:v1.13.9) → cp1 (127.0.40.11)"), "{joined}");
+    let image = "factory.talos.dev/metal-installer/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba:v1.13.9";
+    assert!(
+        joined.contains(&format!(
+            "cp1 upgrade MachineService.Upgrade(image={image}) → cp1 (127.0.40.11)"
+        )),
+        "{joined}"
+    );
     assert!(joined.contains("cp1 snapshot EtcdSnapshot"), "{joined}");
     assert!(
         joined.contains("batch 4: worker1, worker2 in parallel"),
@@ -256,6 +278,63 @@ async fn plan_upgrade_names_receivers() {
         .filter_map(|i| i.node.as_deref())
         .collect();
     assert_eq!(order, ["cp1", "cp2", "cp3", "worker1", "worker2"]);
+    // The binary: `plan upgrade talos` (NDJSON) and `upgrade talos --dry-run` (text).
+    let bin = env!("CARGO_BIN_EXE_endsys-bootstrap");
+    let files = env.files.as_ref().unwrap();
+    let common = |c: &mut tokio::process::Command| {
+        c.arg("--config")
+            .arg(&files.0)
+            .arg("--secrets")
+            .arg(&files.1)
+            .arg("--state-dir")
+            .arg(env.dir.path())
+            .kill_on_drop(true);
+    };
+    let mut c = tokio::process::Command::new(bin);
+    c.args([
+        "--output",
+        "json",
+        "plan",
+        "upgrade",
+        "talos",
+        "--max-parallel",
+        "2",
+    ]);
+    common(&mut c);
+    let out = tokio::time::timeout(TEST_DEADLINE, c.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "result")
+        .unwrap_or_else(|| panic!("no result: {stdout}"));
+    assert_eq!(result["what"], "plan-upgrade-talos");
+    let steps = result["data"].as_array().unwrap();
+    assert_eq!(steps.len(), items.len(), "{result}");
+    let mut c = tokio::process::Command::new(bin);
+    c.args(["upgrade", "talos", "--dry-run"]);
+    common(&mut c);
+    let out = tokio::time::timeout(TEST_DEADLINE, c.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("upgrade talos would:"), "{stdout}");
+    assert!(stdout.contains("worker2  upgrade"), "{stdout}");
+    // Nothing changed.
     assert!(env.lab.nodes().iter().all(|n| n.talos_version() == FROM));
     assert!(env
         .lab

@@ -4,11 +4,13 @@
 //! upgrade's options with the tests' short deadlines.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use endsys_bootstrap::demo::lab_definition;
+use endsys_bootstrap::engine::talhelper::TalhelperSource;
 use endsys_bootstrap::engine::{
     Cluster, ClusterSource, Emitter, Event, EventKind, EventSink, Outcome, StepId,
 };
@@ -31,8 +33,41 @@ pub const TEST_DEADLINE: Duration = Duration::from_secs(120);
 pub struct Env {
     pub lab: Lab,
     pub dir: tempfile::TempDir,
-    pub src: MemorySource,
+    pub src: Box<dyn ClusterSource>,
     pub cluster: Cluster,
+    /// The talhelper definition and secrets files, when the cluster comes from them.
+    pub files: Option<(PathBuf, PathBuf)>,
+}
+
+/// `cps` + `workers` nodes on Talos `from`, brought up through the kubeconfig
+/// from a talhelper definition whose talosVersion is v1.13.9 (the files are in
+/// the state directory, the checked-in secrets next to them).
+pub async fn talhelper_cluster(subnet: u8, from: &str, cps: usize, workers: usize) -> Env {
+    let lab = fixture::start_lab_of(from, subnet, cps + workers, cps, 0.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let def = lab_definition(&lab, cps, "upg");
+    let talconfig = dir.path().join("talconfig.yaml");
+    std::fs::write(
+        &talconfig,
+        endsys_bootstrap::demo::lab_talconfig(&def, "v1.13.9"),
+    )
+    .unwrap();
+    let secrets = dir.path().join("talsecret.yaml");
+    std::fs::copy(fixture::SECRETS, &secrets).unwrap();
+    let mut src = TalhelperSource::new(&talconfig, &secrets);
+    src.vars = Default::default();
+    let o = up_options(dir.path(), StepId::Kubeconfig, DEADLINES);
+    up(&src as &dyn ClusterSource, &o, &Emitter::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}", endsys_bootstrap::Doctor::explain(&e)));
+    let cluster = Cluster::load(&src, dir.path()).unwrap();
+    Env {
+        lab,
+        dir,
+        src: Box::new(src),
+        cluster,
+        files: Some((talconfig, secrets)),
+    }
 }
 
 /// `cps` control planes and `workers` workers on Talos `from`, brought up by
@@ -78,8 +113,9 @@ pub async fn cluster_until(
     Env {
         lab,
         dir,
-        src,
+        src: Box::new(src),
         cluster,
+        files: None,
     }
 }
 
@@ -97,7 +133,7 @@ impl Env {
 
     /// The cluster as a fresh process would load it.
     pub fn reload(&self) -> Cluster {
-        Cluster::load(&self.src, self.dir.path()).unwrap()
+        Cluster::load(&*self.src, self.dir.path()).unwrap()
     }
 
     /// Hostname → boot ID of every node now.

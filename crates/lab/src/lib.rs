@@ -147,6 +147,7 @@ impl Lab {
             trustd_signed: Default::default(),
             flaky: Default::default(),
             registry: Default::default(),
+            kube_serving: Default::default(),
             delays: Default::default(),
         });
         let mut nodes = Vec::with_capacity(opts.nodes);

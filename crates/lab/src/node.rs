@@ -76,6 +76,9 @@ pub(crate) struct Fabric {
     pub flaky: crate::flaky::Flaky,
     /// The registry nodes pull installer images from, and image faults.
     pub registry: crate::registry::Registry,
+    /// Whether the lab's Kubernetes API serves (a legacy upgrade waits for
+    /// Talos's cordon and drain through it).
+    pub kube_serving: AtomicBool,
     /// Every simulated delay the lab ran, timestamped (see [`LabDelay`]).
     pub delays: Mutex<Vec<LabDelay>>,
 }
@@ -198,6 +201,8 @@ pub(crate) struct NodeInner {
     /// What the listener serves (see [`Apid`]).
     apid: Apid,
     pub acceptor: Mutex<Option<Acceptor>>,
+    /// Fired by the Kubernetes side once a legacy upgrade's cordon and drain ran.
+    pub(crate) drained: watch::Sender<u64>,
     pub res_tx: watch::Sender<u64>,
     pub events_tx: broadcast::Sender<Arc<EventRec>>,
     pub events_log: Mutex<Vec<Arc<EventRec>>>,
@@ -267,6 +272,7 @@ impl NodeInner {
             trustd: tokio::sync::Mutex::new(None),
             apid,
             acceptor: Mutex::new(None),
+            drained: watch::channel(0).0,
             res_tx,
             events_tx,
             events_log: Mutex::new(Vec::new()),

@@ -257,7 +257,10 @@ pub async fn etcd_healthy(
         "etcd: every member healthy, one leader",
         deadline,
     )
-    .backoff(Backoff::every(Duration::from_millis(200)));
+    .backoff(Backoff::new(
+        Duration::from_millis(25),
+        Duration::from_millis(250),
+    ));
     let want = cluster.def.control_planes().count();
     loop {
         let mut view = quorum::survey(cluster, policy).await;

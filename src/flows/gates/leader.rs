@@ -11,7 +11,8 @@ use crate::talos::CallPolicy;
 
 use super::quorum::{owner, survey, EtcdView};
 
-/// Most a wait on the leader pauses between two surveys (no watchable resource).
+/// Most a wait on the leader pauses between two surveys (no watchable resource;
+/// the first ones come quicker: a hand-over takes one election round).
 const LEADER_POLL: Duration = Duration::from_millis(200);
 
 /// What the hand-over did.
@@ -69,7 +70,7 @@ pub async fn hand_over(
         "etcd leadership handed to another member",
         deadline,
     )
-    .backoff(Backoff::every(LEADER_POLL));
+    .backoff(Backoff::new(Duration::from_millis(25), LEADER_POLL));
     let mut asked = false;
     loop {
         let view = survey(cluster, policy).await;

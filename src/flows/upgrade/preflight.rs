@@ -274,6 +274,20 @@ async fn check(
             }
         }
     }
+    // LifecycleService (1.13+) does not pass extraKernelArgs to the installer on
+    // GRUB nodes unless grubUseUKICmdline (Talos 1.13 docs, "Known limitation").
+    for n in &cluster.def.nodes {
+        let config = cluster.config_of(n)?;
+        if kernel_args_dropped(config)
+            && versions.get(&n.hostname).is_some_and(|v| lifecycle_api(v))
+        {
+            em.warning(
+                StepId::Preflight,
+                Some(&n.hostname),
+                "machine.install.extraKernelArgs is set and grubUseUKICmdline is not: the 1.13 upgrade API does not pass kernel arguments to the installer on GRUB nodes; check them after the upgrade (`talos read /proc/cmdline`)",
+            );
+        }
+    }
     // 3. Each host's step to the target.
     for (host, tag) in &versions {
         match Version::parse(tag) {
@@ -320,6 +334,32 @@ async fn check(
     })
 }
 
+/// The node's running version takes LifecycleService (Talos ≥ 1.13).
+fn lifecycle_api(tag: &str) -> bool {
+    Version::parse(tag).is_some_and(|v| v.major > 1 || v.minor >= 13)
+}
+
+/// extraKernelArgs set without grubUseUKICmdline: true.
+fn kernel_args_dropped(config: &[u8]) -> bool {
+    let Some(doc) = std::str::from_utf8(config).ok().and_then(|t| {
+        t.split("\n---")
+            .filter_map(|d| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(d).ok())
+            .find(|d| d.get("machine").is_some())
+    }) else {
+        return false;
+    };
+    let install = doc.get("machine").and_then(|m| m.get("install"));
+    let args = install
+        .and_then(|i| i.get("extraKernelArgs"))
+        .and_then(|a| a.as_sequence())
+        .is_some_and(|a| !a.is_empty());
+    let uki = install
+        .and_then(|i| i.get("grubUseUKICmdline"))
+        .and_then(|u| u.as_bool())
+        == Some(true);
+    args && !uki
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
@@ -348,6 +388,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("disk: /dev/sda"), "{text}");
+        assert!(!kernel_args_dropped(CFG.as_bytes()));
+        let with_args = CFG.replace(
+            "    disk: /dev/sda\n",
+            "    disk: /dev/sda\n    extraKernelArgs: [net.ifnames=0]\n",
+        );
+        assert!(kernel_args_dropped(with_args.as_bytes()));
+        let uki = with_args.replace(
+            "    disk: /dev/sda\n",
+            "    disk: /dev/sda\n    grubUseUKICmdline: true\n",
+        );
+        assert!(!kernel_args_dropped(uki.as_bytes()));
         // Already there: byte for byte the same.
         assert_eq!(
             with_install_image(CFG.as_bytes(), "ghcr.io/siderolabs/installer:v1.12.6").unwrap(),

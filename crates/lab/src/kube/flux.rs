@@ -27,6 +27,9 @@
 //!   tool applied with Helm ownership metadata) or upgrade after a delay, after
 //!   their `dependsOn`, writing Helm's release Secrets.
 //!
+//! A fault set with [`super::KubeLab::set_not_ready_while_node_away`] keeps a
+//! Kustomization or HelmRelease not Ready while a given node is away (its
+//! kubelet not posting: Node Ready `Unknown`).
 //! Faults ride on the objects (annotation [`FAULT`]): `never-ready` keeps a
 //! Kustomization failing its health check forever; `install-fails` makes a
 //! HelmRelease's install fail (Stalled, RetriesExceeded, once its remediation
@@ -120,13 +123,67 @@ pub(crate) fn pass(
         })
         .collect();
     for ks in &all_ks {
+        if let Some(node) = away(api, "Kustomization", ks) {
+            let msg = format!(
+                "health check failed after 30s: timeout waiting for: [Deployment/{}/{} status: 'InProgress']",
+                s(ks, "/metadata/namespace"),
+                s(ks, "/metadata/name")
+            );
+            tracing::debug!("lab Flux: {msg} (node {node} away)");
+            objects::fail(
+                api,
+                &types.ks,
+                ks,
+                "HealthCheckFailed",
+                msg,
+                serde_json::json!({}),
+            )?;
+            continue;
+        }
         kustomization::reconcile_ks(api, &types, ks, &by_key, due)?;
     }
 
     // helm-controller.
     let all_hr = list(api, &types.hr);
     for hr in &all_hr {
+        if let Some(node) = away(api, "HelmRelease", hr) {
+            let msg = format!(
+                "Helm upgrade failed for release {}/{}: context deadline exceeded",
+                s(hr, "/metadata/namespace"),
+                s(hr, "/metadata/name")
+            );
+            tracing::debug!("lab Flux: {msg} (node {node} away)");
+            objects::fail(
+                api,
+                &types.hr,
+                hr,
+                "UpgradeFailed",
+                msg,
+                serde_json::json!({}),
+            )?;
+            continue;
+        }
         helm::reconcile_hr(api, &types, hr, &all_hr, due)?;
     }
     Ok(())
+}
+
+/// The node an object needs when a fault ties it to one and that node is away.
+fn away(api: &Api, kind: &str, obj: &Value) -> Option<String> {
+    let node = api.shared.needs_node(
+        kind,
+        s(obj, "/metadata/namespace"),
+        s(obj, "/metadata/name"),
+    )?;
+    // Away: no Node, or its kubelet stopped posting (Ready Unknown).
+    let posting = api
+        .type_by_kind("Node")
+        .and_then(|t| api.store.get(&t.key(None, &node)).ok().flatten())
+        .and_then(|n| n.pointer("/status/conditions").cloned())
+        .and_then(|c| c.as_array().cloned())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| s(c, "/type") == "Ready" && matches!(s(c, "/status"), "True" | "False"))
+        });
+    (!posting).then_some(node)
 }

@@ -24,6 +24,7 @@ mod server;
 mod shared;
 mod sim;
 mod store;
+mod talos;
 mod types;
 pub mod velero;
 
@@ -84,6 +85,7 @@ impl KubeLab {
             faults: Mutex::new(Faults {
                 stuck: ["never-pull".to_string()].into(),
                 crash: ["crash-loop".to_string()].into(),
+                needs_node: Default::default(),
             }),
             git: Mutex::new(git::GitHost::default()),
             bookmark_ms: AtomicU64::new(5000),
@@ -192,6 +194,30 @@ impl KubeLab {
         self.poke();
     }
 
+    /// Fault: the Flux object `kind` (`Kustomization` or `HelmRelease`)
+    /// `namespace/name` is not Ready while the Kubernetes Node `node` is away
+    /// (its kubelet not posting: powered off, rebooting, upgrading; its
+    /// workloads run there), and reconciles back to Ready once it is back. [`Self::clear_faults`] removes it.
+    pub fn set_not_ready_while_node_away(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        node: &str,
+    ) {
+        self.sup
+            .shared
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .needs_node
+            .insert(
+                (kind.to_string(), namespace.to_string(), name.to_string()),
+                node.to_string(),
+            );
+        self.poke();
+    }
+
     /// Removes injected faults (the built-in `never-pull` / `crash-loop` stay).
     pub fn clear_faults(&self) {
         {
@@ -203,6 +229,7 @@ impl KubeLab {
                 .unwrap_or_else(|p| p.into_inner());
             f.stuck.retain(|p| p == "never-pull");
             f.crash.retain(|p| p == "crash-loop");
+            f.needs_node.clear();
         }
         self.poke();
     }
@@ -272,8 +299,11 @@ fn desired(fabric: &Fabric) -> Option<Want> {
         return None;
     }
     let nodes = fabric.nodes();
+    // A control plane in a legacy upgrade still runs its API server until it
+    // reboots (its static pods stop with it).
+    let serving = |s: NodeState| matches!(s, NodeState::Running | NodeState::Upgrading);
     let cp = nodes.iter().find(|n| {
-        n.state() == NodeState::Running
+        serving(n.state())
             && n.config()
                 .is_some_and(|c| c.machine_type.is_control_plane() && c.cluster_ca.is_some())
     })?;
@@ -298,7 +328,7 @@ fn desired(fabric: &Fabric) -> Option<Want> {
     // An endpoint that is a node's own address is only served while that node
     // runs (a VIP or DNS name moves between control planes).
     if let Some(owner) = nodes.iter().find(|n| IpAddr::V4(n.ip) == ip) {
-        let serves = owner.state() == NodeState::Running
+        let serves = serving(owner.state())
             && owner
                 .config()
                 .is_some_and(|c| c.machine_type.is_control_plane());
@@ -330,6 +360,7 @@ async fn supervise(fabric: Arc<Fabric>, sup: Arc<Supervisor>) {
             if let Some((_, _, r)) = running.take() {
                 *sup.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 let _ = sup.addr.send_replace(None);
+                fabric.kube_serving.store(false, Ordering::SeqCst);
                 r.stop().await;
             }
             if let Some(w) = want {
@@ -346,6 +377,7 @@ async fn supervise(fabric: Arc<Fabric>, sup: Arc<Supervisor>) {
                     Ok(r) => {
                         running = Some((w.addr, w.ca.pair.cert_pem.clone(), r));
                         let _ = sup.addr.send_replace(Some(w.addr));
+                        fabric.kube_serving.store(true, Ordering::SeqCst);
                     }
                     Err(e) => tracing::warn!("lab kube-apiserver on {}: {e}", w.addr),
                 }

@@ -5,12 +5,14 @@
 //! cluster CA), `auth` (who calls, what they may do), `route` (dispatch by path
 //! and verb), `crud` (create, replace, delete), `patch` (JSON, merge and
 //! server-side apply patches), `watch` (watch streams from the watch cache),
-//! `discovery` (`/version`, discovery, OpenAPI, Table printing), with `http`
+//! `discovery` (`/version`, discovery, OpenAPI, Table printing), `evict` (the
+//! Eviction subresource and PodDisruptionBudgets), with `http`
 //! (bodies, responses, query strings) and `object` (server-owned fields) beneath.
 
 pub(super) mod auth;
 pub(super) mod crud;
 pub(super) mod discovery;
+pub(crate) mod evict;
 pub(super) mod http;
 pub(super) mod listen;
 pub(super) mod object;

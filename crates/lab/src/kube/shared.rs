@@ -18,6 +18,9 @@ pub(crate) struct Faults {
     pub stuck: BTreeSet<String>,
     /// Substrings of images (or workload names) whose containers crash.
     pub crash: BTreeSet<String>,
+    /// GitOps objects `(kind, namespace, name)` that are not Ready while the
+    /// Node named in the value is away (workloads pinned to that node).
+    pub needs_node: std::collections::BTreeMap<(String, String, String), String>,
 }
 
 /// State every API server instance shares with `KubeLab`.
@@ -50,6 +53,16 @@ impl Shared {
     pub(crate) fn git_dir(&self, url: &str) -> Option<std::path::PathBuf> {
         let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
         host.resolve(url)
+    }
+
+    /// The node a GitOps object needs, if a fault ties it to one.
+    pub(crate) fn needs_node(&self, kind: &str, ns: &str, name: &str) -> Option<String> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .needs_node
+            .get(&(kind.to_string(), ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn faults(&self) -> Faults {

@@ -34,6 +34,8 @@ struct State {
     /// key → (generation, when its rollout is done).
     due: HashMap<String, (i64, Instant)>,
     scheduled: HashSet<(String, i64)>,
+    /// Component images parsed from the nodes' configs.
+    images: super::talos::ImageCache,
 }
 
 pub(crate) async fn run(api: Arc<Api>, fabric: Arc<Fabric>, mut stop: watch::Receiver<bool>) {
@@ -43,6 +45,7 @@ pub(crate) async fn run(api: Arc<Api>, fabric: Arc<Fabric>, mut stop: watch::Rec
         started: Instant::now(),
         due: HashMap::new(),
         scheduled: HashSet::new(),
+        images: Default::default(),
     };
     loop {
         if let Err(e) = pass(&api, &fabric, &mut st) {
@@ -366,7 +369,7 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
                     c("Ready", "KubeletNotReady", NOT_READY_MESSAGE),
                 ],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-                "nodeInfo": {"architecture": "amd64", "bootID": uuid::Uuid::new_v4().to_string(),
+                "nodeInfo": {"architecture": "amd64", "bootID": n.boot_id(),
                     "containerRuntimeVersion": "containerd://2.1.5", "kernelVersion": "6.18.2-talos",
                     "kubeProxyVersion": "", "kubeletVersion": KUBE_VERSION, "machineID": format!("{:032x}", n.index + 1),
                     "operatingSystem": "linux", "osImage": format!("Talos ({})", n.talos_version()),
@@ -600,6 +603,13 @@ fn pass(api: &Api, fabric: &Fabric, st: &mut State) -> Result<(), super::store::
         };
         api.sim_write(&job_t, ns.as_deref(), &name, |o| o["status"] = status)?;
     }
+    // What Talos and the kubelets do: node info, cordons, static pods, pods, PDBs.
+    let mut images = std::mem::take(&mut st.images);
+    let done = super::talos::pass(api, fabric, &mut images, &mut |key, gen, base| {
+        is_due(api, fabric, st, key, gen, base)
+    });
+    st.images = images;
+    done?;
     // The lab's Flux controllers (idle until a FluxInstance exists).
     super::flux::pass(api, &mut |key, gen, base| {
         is_due(api, fabric, st, key, gen, base)

@@ -15,6 +15,10 @@ use super::{delay, NodeInner};
 use endsys_talos::api::common;
 use endsys_talos::api::machine;
 
+/// How long a legacy upgrade waits at least for the Kubernetes side's cordon
+/// and drain (the simulated controllers run on store events, at any time scale).
+const DRAIN_WAIT_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Which containerd namespace an image lives in (the driver does not matter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ImageNs {
@@ -59,6 +63,8 @@ pub(crate) struct Slots {
     pub installing: bool,
     /// A legacy Upgrade sequence cordoned the Node (the kube side marks it).
     pub cordon_requested: bool,
+    /// The kube side ran that cordon and drain.
+    pub drain_ran: bool,
 }
 
 impl Slots {
@@ -73,6 +79,7 @@ impl Slots {
             images: BTreeSet::new(),
             installing: false,
             cordon_requested: false,
+            drain_ran: false,
         }
     }
 }
@@ -206,10 +213,31 @@ impl NodeInner {
             d.sequence_event("upgrade", false, &actor);
             d.task_event("cordonAndDrainNode", false, &actor);
         }
-        self.slots.lock().expect("slots lock").cordon_requested = true;
+        {
+            let mut s = self.slots.lock().expect("slots lock");
+            s.cordon_requested = true;
+            s.drain_ran = false;
+        }
+        let mut drained = self.drained.subscribe();
+        drained.mark_unchanged();
         self.set_state(NodeState::Upgrading);
         self.commit();
-        self.sleep("drain", delay::DRAIN).await;
+        let start = std::time::Instant::now();
+        if self
+            .fabric
+            .kube_serving
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // Talos's cordon and drain go through the API server; a drain that
+            // PodDisruptionBudgets hold gives up after the drain time.
+            let limit = self.fabric.scaled(delay::DRAIN).max(DRAIN_WAIT_MIN);
+            let _ = tokio::time::timeout(limit, drained.changed()).await;
+        }
+        let rest = self
+            .fabric
+            .scaled(delay::DRAIN)
+            .saturating_sub(start.elapsed());
+        self.sleep_for("drain", rest).await;
         if self.gen() != gen {
             return;
         }

@@ -74,6 +74,9 @@ pub(super) async fn verify_version(cx: &mut NodeRun<'_>) -> Result<Outcome, Flow
     };
     let r = back::verify_version(&cx.node, &from, &target, &running, &f.boot_ids, events);
     cx.release().await;
+    // The node runs, on another version: the next run starts it afresh (its
+    // boot ID and version from then), rather than waiting on this attempt.
+    cx.update(|n| *n = Default::default())?;
     r.map(|_| done(format!("runs {running}")))
 }
 

@@ -59,11 +59,15 @@ pub(super) async fn guard(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
         f.version_before.unwrap_or_default(),
         f.boot_id_before.as_deref().map(short).unwrap_or("?")
     );
-    Ok(done(if report.reasons.is_empty() {
-        format!("{before}; etcd healthy, quorum survives the reboot")
-    } else {
-        format!("{before}; FORCED past: {}", report.reasons.join("; "))
-    }))
+    Ok(done(
+        if report.reasons.is_empty() && op == GuardOp::Worker {
+            format!("{before}; etcd healthy (a worker: membership unchanged)")
+        } else if report.reasons.is_empty() {
+            format!("{before}; etcd healthy, quorum survives the reboot")
+        } else {
+            format!("{before}; FORCED past: {}", report.reasons.join("; "))
+        },
+    ))
 }
 
 pub(super) fn plan_guard(cx: &NodeRun<'_>) -> Vec<PlanItem> {

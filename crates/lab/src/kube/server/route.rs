@@ -205,8 +205,11 @@ impl Api {
                 ))
             }
             (Method::POST, Some(name)) if t.sub.as_deref() == Some("eviction") => {
-                // No PodDisruptionBudgets in the lab: an eviction always deletes.
-                self.delete(&t.ty, t.ns.as_deref(), name, dry_run)?;
+                if dry_run {
+                    self.delete(&t.ty, t.ns.as_deref(), name, true)?;
+                } else {
+                    super::evict::evict(self, &t.ty, t.ns.as_deref().unwrap_or_default(), name)?;
+                }
                 Ok(json_response(
                     201,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
