@@ -71,7 +71,7 @@ impl Env {
         let mut c = Command::new(BIN);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c.args(args);
-        if args.iter().any(|a| *a == "apply") {
+        if args.contains(&"apply") {
             c.args(["--node-timeout", "60", "--etcd-timeout", "30"]);
         }
         c.arg("--config")
