@@ -4,7 +4,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
-    day2, docs, gen, migrate_cmd, process, recover_cmd, talos_cmd, up, CliError, Output,
+    day2, docs, drift_cmd, gen, migrate_cmd, process, recover_cmd, talos_cmd, up, upgrade_cmd,
+    CliError, Output,
     OutputFormat,
 };
 #[cfg(feature = "lab")]
@@ -48,17 +49,35 @@ enum Command {
     /// Print what `up` would do now, then the GitOps graph layer by layer (dependsOn
     /// cycles and missing Kustomizations reported with file:line); with
     /// `node reimage|rejoin NAME`, a node operation's steps and the node receiving
-    /// each call. Changes nothing.
+    /// each call; with `upgrade talos|kubernetes`, an upgrade's order, gates and
+    /// calls per node. Changes nothing.
     Plan(day2::PlanArgs),
     /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
     /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.
     Status(up::StatusArgs),
+    /// Rendered vs running machine config per node and document (unified diff,
+    /// secrets shown as `<redacted sha256:…>`), with Talos's own dry-run verdict:
+    /// unchanged, live, reboot, reinstall, staged-pending. Exit 0 when nothing
+    /// differs, 2 when something does, 1 on failure (a CI drift gate);
+    /// `--output json`: one object per node and document.
+    Diff(drift_cmd::DiffArgs),
+    /// Push the definition to the running cluster without taking it down: the
+    /// hardware gate and a dry run per node first; live changes in parallel
+    /// (NO_REBOOT); changes that need a reboot rolled one node at a time, control
+    /// planes first, each behind the gates (quorum, layers, etcd leader handed
+    /// over, drain, STAGED, Reboot, back by boot ID, etcd member, Ready,
+    /// uncordon). Journaled and resumable; `plan apply` shows order and gates.
+    Apply(drift_cmd::ApplyArgs),
     /// etcd: verified backups (snapshot + sidecar), status per control plane.
     #[command(subcommand)]
     Etcd(day2::EtcdCommand),
     /// Day-2 node operations: reimage a live node, rejoin a dead or replaced one.
     #[command(subcommand)]
     Node(day2::NodeCommand),
+    /// Rolling upgrades, node by node, gated on etcd quorum, drains, the node
+    /// coming back on the new version, and the GitOps layers. Resumable.
+    #[command(subcommand)]
+    Upgrade(upgrade_cmd::UpgradeCommand),
     /// Print the admin kubeconfig's path, or merge it into ~/.kube/config (--merge).
     Kubeconfig(up::KubeconfigArgs),
     /// Simulated Talos nodes on loopback, for trying the tool without hardware.
@@ -127,9 +146,13 @@ fn verb_of(c: &Command) -> &'static str {
         Command::Up(_) => "up",
         Command::Plan(_) => "plan",
         Command::Status(_) => "status",
+        Command::Diff(_) => "diff",
+        Command::Apply(_) => "apply",
         Command::Etcd(_) => "etcd",
         Command::Node(day2::NodeCommand::Reimage(_)) => "node reimage",
         Command::Node(day2::NodeCommand::Rejoin(_)) => "node rejoin",
+        Command::Upgrade(upgrade_cmd::UpgradeCommand::Talos(_)) => "upgrade talos",
+        Command::Upgrade(upgrade_cmd::UpgradeCommand::Kubernetes(_)) => "upgrade kubernetes",
         Command::Kubeconfig(_) => "kubeconfig",
         #[cfg(feature = "lab")]
         Command::Lab(LabCommand::Serve(_)) => "lab serve",
@@ -253,8 +276,11 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
             None => up::plan(args.up, &out).await,
         },
         Command::Status(args) => up::status(args, &out).await,
+        Command::Diff(args) => drift_cmd::diff(args, &out).await,
+        Command::Apply(args) => drift_cmd::apply(args, &out).await,
         Command::Etcd(cmd) => day2::etcd(cmd, &out).await,
         Command::Node(cmd) => day2::node(cmd, &out).await,
+        Command::Upgrade(cmd) => upgrade_cmd::upgrade(cmd, &out).await,
         Command::Kubeconfig(args) => up::kubeconfig(args, &out).await,
         #[cfg(feature = "lab")]
         Command::Lab(LabCommand::Serve(args)) => lab_cmd::serve(args, &out).await,

@@ -200,12 +200,16 @@ async fn install_disk_must_exist_and_changed_config_reboots() {
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(err.message(), "write access is not allowed");
 
-    // AUTO with a changed config: reboot cycle, new hostname after it.
+    // AUTO with a change Talos 1.13 cannot apply live (machine.token):
+    // reboot cycle, the new hostname with it.
     b.set_reboot_delay(Duration::from_millis(200));
     let mut admin = mtls(&b, &s, &["os:admin"]).await;
+    let cfg = String::from_utf8(s.config("controlplane", "w-b2", b.ip()))
+        .unwrap()
+        .replace("token: lab.token", "token: lab.token2");
     let r = admin
         .apply_configuration(machine::ApplyConfigurationRequest {
-            data: s.config("controlplane", "w-b2", b.ip()),
+            data: cfg.into_bytes(),
             mode: machine::apply_configuration_request::Mode::Auto as i32,
             ..Default::default()
         })

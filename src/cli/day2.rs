@@ -29,7 +29,7 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
+    pub(crate) fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
         let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets_path());
         s.paths = self.definition.paths();
         s.age_key = self.age_key.clone();
@@ -157,6 +157,13 @@ pub enum PlanWhat {
     /// The steps of a node operation, naming the node that receives each call.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// What `apply` would do: each node's verdict, the live ones, then the
+    /// rolled ones in order with the gates each passes.
+    Apply(super::drift_cmd::ApplyArgs),
+    /// An upgrade's order, gates and calls per node, naming the node that
+    /// receives each call (reads every node's version; changes nothing).
+    #[command(subcommand)]
+    Upgrade(super::upgrade_cmd::UpgradeCommand),
 }
 
 /// A node operation's event as its `day2` line: the kind, and the message.
@@ -180,7 +187,11 @@ fn day2_kind(e: &Event) -> Option<(&'static str, &str)> {
 
 /// Prints a node operation's events as they come: lines on stderr, or NDJSON
 /// `day2` lines on stdout. Ends when the emitter is dropped.
-fn spawn_printer(em: &Emitter, op: &'static str, out: &Output) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_printer(
+    em: &Emitter,
+    op: &'static str,
+    out: &Output,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = em.subscribe();
     let format = out.format;
     tokio::spawn(async move {
@@ -367,7 +378,11 @@ pub async fn node(cmd: NodeCommand, out: &Output) -> Result<(), CliError> {
 }
 
 pub async fn plan(what: PlanWhat, out: &Output) -> Result<(), CliError> {
-    let PlanWhat::Node(cmd) = what;
+    let cmd = match what {
+        PlanWhat::Node(cmd) => cmd,
+        PlanWhat::Apply(args) => return super::drift_cmd::plan_apply(args, out).await,
+        PlanWhat::Upgrade(cmd) => return super::upgrade_cmd::plan(cmd, out).await,
+    };
     let (op_name, name, cluster_args, op, wipe_all) = match &cmd {
         NodeCommand::Reimage(a) => ("reimage", &a.name, &a.cluster, &a.op, a.wipe_all),
         NodeCommand::Rejoin(a) => ("rejoin", &a.name, &a.cluster, &a.op, false),

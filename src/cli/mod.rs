@@ -6,6 +6,7 @@ pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo_cmd;
 pub mod docs;
+pub mod drift_cmd;
 pub mod gen;
 #[cfg(feature = "lab")]
 pub mod lab_cmd;
@@ -14,6 +15,7 @@ pub mod process;
 pub mod recover_cmd;
 pub mod talos_cmd;
 pub mod up;
+pub mod upgrade_cmd;
 
 use endsys_core::Doctor;
 use thiserror::Error;
@@ -92,6 +94,10 @@ pub enum CliError {
     /// Anything else that failed while acting, already explained: exit 1.
     #[error("{0}")]
     Failed(String),
+    /// `diff`/`apply --dry-run`: running configs differ from the definition
+    /// (already printed): exit 2, a CI drift gate.
+    #[error("the running config of {nodes} node(s) differs from the definition (shown above)")]
+    Differs { nodes: usize },
     /// A signal stopped the run: exit 128 + the signal's number.
     #[error("interrupted by {signal} during `{verb}`{}", journals_note(.journals))]
     Interrupted {
@@ -120,6 +126,7 @@ impl CliError {
                     130
                 }
             }
+            CliError::Differs { .. } => 2,
             _ if self.is_input_error() => 2,
             _ => 1,
         }
@@ -190,6 +197,10 @@ impl Doctor for CliError {
             CliError::Interrupted { .. } => {
                 "the run was stopped by a signal (Ctrl-C, or a service manager stopping it)".into()
             }
+            CliError::Differs { .. } => {
+                "the definition was edited (or a node was changed by hand) since the last apply"
+                    .into()
+            }
             CliError::Usage(_) | CliError::Failed(_) => String::new(),
         }
     }
@@ -201,6 +212,7 @@ impl Doctor for CliError {
             CliError::Sops(e) => e.next_action(),
             CliError::Interrupted { verb, .. } if verb == "demo" => "run it again; with the same --state-dir it resumes, without one it starts afresh".into(),
             CliError::Interrupted { .. } => "run the same command again: it reads the real state and resumes where this run stopped".into(),
+            CliError::Differs { .. } => "review the diff, then `apply` it (see `plan apply` for the order and gates)".into(),
             CliError::Usage(_) | CliError::Failed(_) => String::new(),
         }
     }
@@ -210,7 +222,10 @@ impl Doctor for CliError {
             CliError::Usage(_) => true,
             CliError::Config(e) => e.is_input_error(),
             CliError::Sops(e) => e.is_input_error(),
-            CliError::Talos(_) | CliError::Failed(_) | CliError::Interrupted { .. } => false,
+            CliError::Talos(_)
+            | CliError::Failed(_)
+            | CliError::Interrupted { .. }
+            | CliError::Differs { .. } => false,
         }
     }
 }

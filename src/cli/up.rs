@@ -572,6 +572,13 @@ pub struct StatusArgs {
     /// Layer overrides (same file as `up --layers`).
     #[arg(long, value_name = "FILE")]
     pub layers: Option<PathBuf>,
+    /// The cluster definition: when its talconfig exists, one drift line per
+    /// node (its running config against the definition, as `diff` says).
+    #[command(flatten)]
+    pub definition: super::gen::DefinitionArgs,
+    /// age identity file for SOPS-encrypted secrets (drift lines).
+    #[arg(long)]
+    pub age_key: Option<PathBuf>,
 }
 
 /// `status`: the per-layer view from the cluster. Exit 0 when every Flux object
@@ -611,9 +618,13 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         }
         None => None,
     };
-    let p = crate::flows::up::gitops::status(&bytes, layers, graph.as_ref())
-        .await
-        .map_err(flow_error)?;
+    let p = crate::flows::up::gitops::status(&bytes, layers, graph.as_ref()).await;
+    let drift = super::drift_cmd::drift_lines(&args).await;
+    // The nodes' drift is worth showing even when the layers cannot be read.
+    let p = p.map_err(|e| {
+        super::drift_cmd::print_drift(&drift, out);
+        flow_error(e)
+    })?;
     match out.format {
         OutputFormat::Json => {
             for l in &p.layers {
@@ -644,6 +655,7 @@ pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
         }
         OutputFormat::Text => print!("{}", p.render()),
     }
+    super::drift_cmd::print_drift(&drift, out);
     if p.all_ready() {
         Ok(())
     } else {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use endsys_core::Doctor;
 use thiserror::Error;
 
+use super::gate_error::GateError;
 use crate::charts::ChartsError;
 use crate::gitops::TrackError;
 use crate::kube::KubeError;
@@ -142,6 +143,11 @@ pub enum FlowError {
         reasons: Vec<String>,
         table: String,
     },
+
+    /// A gate of a rolling operation stopped it (drain blocked, node rolled
+    /// back, layers not Ready, skew refused …): see [`GateError`].
+    #[error(transparent)]
+    Gate(Box<GateError>),
 
     /// No control plane could serve the call.
     #[error("no healthy control plane for {what}: {}", .tried.join("; "))]
@@ -389,6 +395,7 @@ impl Doctor for FlowError {
             | FlowError::StateLocked { .. }
             | FlowError::Snapshot { refused: true, .. } => true,
             FlowError::Preflight(all) => all.iter().all(FlowError::is_input_error),
+            FlowError::Gate(g) => g.is_input_error(),
             _ => false,
         }
     }
@@ -422,6 +429,7 @@ impl Doctor for FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "etcd on the node was already bootstrapped (by another run, or earlier) and its membership could not be read yet; most often etcd is still starting".into(),
             FlowError::RestoreFailed { .. } => "the snapshot is damaged in a way its checksum did not catch, or is not an etcd snapshot".into(),
             FlowError::Guard { .. } => "the operation would lose etcd quorum, or etcd is already unhealthy, or a member is not in the definition".into(),
+            FlowError::Gate(g) => g.likely_cause(),
             FlowError::NoHealthyControlPlane { .. } => "etcd has no quorum or every control plane is down".into(),
             FlowError::ApiOnNode { .. } => "the cluster endpoint is one control plane's address instead of a VIP or load balancer".into(),
             FlowError::Kube { source, node, .. } => kube_cause(source, node.is_some()),
@@ -470,6 +478,7 @@ impl Doctor for FlowError {
             FlowError::AlreadyBootstrappedUnverified { .. } => "do not reset it: the node may be healthy (etcd bootstrapped by another run, or still starting). Run the same command again in a minute; if it still fails, compare `talos members` and `talos etcd status` on each control plane".into(),
             FlowError::RestoreFailed { .. } => "reset the node's EPHEMERAL partition (`talos reset`), then run `recover` with another snapshot".into(),
             FlowError::Guard { .. } => "bring the named members back (or `node rejoin` them) first; `--force` proceeds anyway, at the risk of losing etcd".into(),
+            FlowError::Gate(g) => g.next_action(),
             FlowError::NoHealthyControlPlane { .. } => "check the control planes with `talos status` / `etcd status`; without quorum use `recover --snapshot`".into(),
             FlowError::ApiOnNode { .. } => "point the kubeconfig's `server:` at a VIP or another control plane, or re-run with --skip-kubernetes and delete the old Node through another control plane afterwards".into(),
             FlowError::Kube { source, .. } => source.next_action(),

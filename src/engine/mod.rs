@@ -12,7 +12,8 @@
 //! - [`source`]: the seam to the machine-config room ([`ClusterSource`]) and the
 //!   definition model; [`talhelper`]: the source for operators' files.
 //! - [`kubeconfig`]: the admin kubeconfig: read, merge.
-//! - [`error`]: [`FlowError`], with the likely cause and next action of each.
+//! - [`error`]: [`FlowError`], with the likely cause and next action of each;
+//!   [`gate_error`]: [`GateError`], why a gate of a rolling operation stopped it.
 //!
 //! Floors: the CLI calls the flows (src/flows), the flows run on this engine, the
 //! engine uses kube/charts/gitops and the Talos client and config rooms below it.
@@ -22,6 +23,7 @@ pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod flow;
+pub mod gate_error;
 pub mod join;
 pub mod journal;
 pub mod kubeconfig;
@@ -37,6 +39,7 @@ pub use endsys_core::Doctor;
 pub use error::{FlowError, NodeFailure};
 pub use events::{now_ms, Emitter, Event, EventKind, EventSink, Outcome};
 pub use flow::{aggregate, per_node, Announce, Flow, PlanItem, Scope, Step};
+pub use gate_error::GateError;
 pub use journal::{Facts, Journal, JournalHandle, UpFacts};
 pub use ledger::Ledger;
 pub use source::{host_of, ClusterSource, Definition, DiskTarget, LinkSelector, NodeDef, Rendered};

@@ -91,6 +91,35 @@ pub enum StepId {
     NodeReady,
     Uncordon,
     Verify,
+    // ---- gates and rollouts (src/flows/gates, src/flows/rollout, upgrade).
+    /// Hand etcd leadership to another member first.
+    ForfeitLeader,
+    /// Every GitOps layer Ready before/after a node.
+    Layers,
+    /// The machine config's install image set to the target (NO_REBOOT).
+    InstallImage,
+    /// The installer image pulled on the node (ImageService.Pull).
+    PullImage,
+    /// The upgrade call (LifecycleService.Upgrade or MachineService.Upgrade).
+    Upgrade,
+    /// Journal-only: the upgrade reached the node (a re-run must not ask again).
+    UpgradeRequested,
+    /// The reboot into the new image.
+    Reboot,
+    /// Journal-only: the reboot was accepted.
+    RebootRequested,
+    /// Back with a new boot ID, running and ready.
+    WaitBack,
+    /// The running version equals the target (else: rolled back).
+    VerifyVersion,
+    /// The node's services running and healthy.
+    Services,
+    /// Kubernetes images pulled on every node before anything changes.
+    Prepull,
+    /// A control-plane static pod moved to the new image (one node at a time).
+    StaticPod,
+    /// A node's kubelet moved to the new version, Node Ready with it.
+    Kubelet,
     // ---- recover (src/flows/recover): the phases of recover.json.
     CheckSnapshot,
     GateNodes,
@@ -169,6 +198,20 @@ impl StepId {
             StepId::NodeReady => "node_ready",
             StepId::Uncordon => "uncordon",
             StepId::Verify => "verify",
+            StepId::ForfeitLeader => "forfeit_leader",
+            StepId::Layers => "layers",
+            StepId::InstallImage => "install_image",
+            StepId::PullImage => "pull_image",
+            StepId::Upgrade => "upgrade",
+            StepId::UpgradeRequested => "upgrade_requested",
+            StepId::Reboot => "reboot",
+            StepId::RebootRequested => "reboot_requested",
+            StepId::WaitBack => "wait_back",
+            StepId::VerifyVersion => "verify_version",
+            StepId::Services => "services",
+            StepId::Prepull => "prepull",
+            StepId::StaticPod => "static_pod",
+            StepId::Kubelet => "kubelet",
             StepId::CheckSnapshot => "check_snapshot",
             StepId::GateNodes => "gate_nodes",
             StepId::Restore => "restore",
@@ -231,6 +274,20 @@ impl StepId {
             StepId::NodeReady => "wait for the Node registered (Ready if it was)",
             StepId::Uncordon => "mark the Node schedulable",
             StepId::Verify => "verify etcd: every member healthy, one leader",
+            StepId::ForfeitLeader => "hand etcd leadership to another member (EtcdForfeitLeadership) and wait until all agree",
+            StepId::Layers => "every GitOps layer Ready (before and after each node)",
+            StepId::InstallImage => "set the machine config's install image to the target (dry run, then NO_REBOOT)",
+            StepId::PullImage => "pull the installer image on the node (ImageService.Pull)",
+            StepId::Upgrade => "upgrade the node (LifecycleService.Upgrade on Talos >= 1.13, MachineService.Upgrade on 1.12)",
+            StepId::UpgradeRequested => "the upgrade was accepted",
+            StepId::Reboot => "reboot into the new image",
+            StepId::RebootRequested => "the reboot was accepted",
+            StepId::WaitBack => "wait for a new boot ID, running and ready",
+            StepId::VerifyVersion => "the node runs the target version (else it rolled back)",
+            StepId::Services => "the node's services running and healthy",
+            StepId::Prepull => "pull the new Kubernetes images on every node first (ImagePull)",
+            StepId::StaticPod => "move one control plane's static pod to the new image and wait for its mirror pod Ready on it",
+            StepId::Kubelet => "move a node's kubelet to the new version and wait for the Node Ready with it",
             StepId::CheckSnapshot => "check the snapshot before any node is touched",
             StepId::GateNodes => "every node in maintenance mode (configured ones reset with --reset-nodes)",
             StepId::Restore => "up through kube-apiserver, etcd restored from the snapshot",

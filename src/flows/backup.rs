@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::guard::{self, CpProbe, EtcdView};
+use super::gates::quorum::{self as guard, CpProbe, EtcdView};
 use crate::engine::{now_ms, Cluster, FlowError};
 use crate::kube::inventory::kube_inventory;
 use crate::snapshot::{

@@ -5,6 +5,7 @@
 //! - [`clock`]: Unix milliseconds and RFC 3339 UTC, through the `time` crate.
 //! - [`net`]: addresses as the definition writes them.
 //! - [`fs`]: private (0600) files written atomically, with recognisable temporaries.
+//! - [`textdiff`]: line-based unified diff (dry-run texts, `diff`).
 
 pub mod backoff;
 pub mod clock;
@@ -12,5 +13,6 @@ pub mod doctor;
 pub mod fs;
 pub mod net;
 pub mod pki;
+pub mod textdiff;
 
 pub use doctor::Doctor;

@@ -9,6 +9,7 @@
 //! texts are Talos'.
 
 mod apply;
+mod apply_live;
 mod cluster;
 mod etcd;
 mod gate;

@@ -242,6 +242,7 @@ impl NodeInner {
             transitions_tx: broadcast::channel(256).0,
             data: Mutex::new(NodeData {
                 config: None,
+                staged: None,
                 installed: false,
                 install_disk: None,
                 etcd: None,

@@ -7,6 +7,7 @@ pub mod client;
 pub mod connect;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod resources;
 pub mod talosconfig;
 pub mod wait;

@@ -4,8 +4,8 @@
 //! uncordon, verify.
 
 use crate::engine::{FlowError, NodeProbe, Outcome, PlanItem, StepId};
-use crate::flows::backup::{default_backup_path, take_backup};
-use crate::flows::guard::{self, GuardOp};
+use crate::flows::gates::quorum::{self as guard, GuardOp};
+use crate::flows::gates::{drain, snapshot as snap};
 use crate::kube::nodes;
 use crate::talos::ApplyMode;
 
@@ -61,34 +61,19 @@ pub async fn snapshot(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
     {
         return Ok(skipped(format!("taken earlier: {b}")));
     }
-    let path = default_backup_path(&cx.opts.state_dir, &cx.cluster.def.cluster);
-    cx.started(
-        step,
-        format!(
-            "EtcdSnapshot → most up-to-date healthy control plane → {}",
-            path.display()
-        ),
-    );
-    let meta = take_backup(cx.cluster, cx.opts.policy, &path).await?;
+    let path = snap::path(cx.cluster, &cx.opts.state_dir);
+    cx.started(step, snap::started_line(&path));
+    let taken = snap::take(cx.cluster, cx.opts.policy, &path).await?;
     cx.journal
-        .update(|j| j.facts.backup = Some(path.display().to_string()))?;
-    Ok(done(format!(
-        "{} ({} bytes, sha256 {}, from {})",
-        path.display(),
-        meta.size,
-        &meta.sha256[..12],
-        meta.node
-    )))
+        .update(|j| j.facts.backup = Some(taken.path.clone()))?;
+    Ok(done(taken.summary))
 }
 
 pub fn plan_snapshot(cx: &NodeOp<'_>, tail: &str) -> Vec<PlanItem> {
     cx.line(
         StepId::Snapshot,
         if cx.node.control_plane && cx.opts.auto_snapshot {
-            format!(
-                "EtcdSnapshot → most up-to-date healthy control plane → {}/backups/{tail}",
-                cx.opts.state_dir.display()
-            )
+            snap::plan_line(&cx.opts.state_dir, tail)
         } else {
             "none (worker, or turned off)".into()
         },
@@ -215,10 +200,14 @@ pub async fn set_schedulable(
     schedulable: bool,
 ) -> Result<Outcome, FlowError> {
     let host = &cx.node.hostname;
-    if nodes::set_unschedulable(k, host, !schedulable)
-        .await
-        .map_err(|e| cx.kube_err(e))?
-    {
+    let changed = if schedulable {
+        drain::uncordon(k, &cx.node).await?
+    } else {
+        nodes::set_unschedulable(k, host, true)
+            .await
+            .map_err(|e| cx.kube_err(e))?
+    };
+    if changed {
         Ok(done(format!(
             "Node {host} {}",
             if schedulable {

@@ -15,8 +15,7 @@ use crate::engine::{
     Announce, Cluster, Emitter, Flow, FlowError, NodeDef, NodeProbe, Outcome, PlanItem, Scope,
     StepId,
 };
-use crate::flows::guard::GuardOp;
-use crate::kube::nodes;
+use crate::flows::gates::{drain, GuardOp};
 use crate::talos::ResetOptions;
 
 use super::common;
@@ -173,17 +172,16 @@ async fn cordon(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
         Ok(k) => k,
         Err(skip) => return Ok(skip),
     };
-    let host = cx.node.hostname.clone();
-    let st = nodes::node_state(&k, &host)
-        .await
-        .map_err(|e| cx.kube_err(e))?;
+    let c = drain::cordon(&k, &cx.node).await?;
     if cx.journal.get(|j| j.facts.was_ready.is_none()) {
-        cx.journal.update(|j| j.facts.was_ready = Some(st.ready))?;
+        cx.journal
+            .update(|j| j.facts.was_ready = Some(c.was_ready))?;
     }
-    if st.unschedulable {
-        return Ok(skipped("already unschedulable"));
-    }
-    common::set_schedulable(cx, &k, false).await
+    Ok(match (c.exists, c.by_us) {
+        (false, _) => skipped("no Node object"),
+        (true, false) => skipped("already unschedulable"),
+        (true, true) => done(format!("Node {} unschedulable", cx.node.hostname)),
+    })
 }
 
 fn plan_cordon(cx: &NodeOp<'_>) -> Vec<PlanItem> {
@@ -206,14 +204,12 @@ async fn drain(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
         StepId::Drain,
         format!("evicting pods from {host} (Eviction API)"),
     );
-    let d = nodes::drain(&k, &host, cx.opts.kube_deadline)
-        .await
-        .map_err(|e| cx.kube_err(e))?;
-    Ok(done(format!(
-        "{} pod(s) evicted, {} DaemonSet/mirror pod(s) left",
-        d.evicted.len(),
-        d.ignored
-    )))
+    let opts = drain::DrainOptions {
+        timeout: cx.opts.kube_deadline,
+        force: false,
+    };
+    let d = drain::drain(&k, &cx.node, opts).await?;
+    Ok(done(drain::summary(&d)))
 }
 
 fn plan_drain(cx: &NodeOp<'_>) -> Vec<PlanItem> {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::engine::{
     Announce, Cluster, Emitter, Flow, FlowError, NodeProbe, Outcome, PlanItem, Scope, StepId,
 };
-use crate::flows::guard::GuardOp;
+use crate::flows::gates::GuardOp;
 use crate::kube::nodes;
 
 use super::common;

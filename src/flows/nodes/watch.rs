@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use crate::engine::cluster::wait_machine;
 use crate::engine::{Backoff, Doctor, FlowError, NodeDef, NodeProbe, StepId, Wait};
-use crate::flows::guard::owner;
+use crate::flows::gates::quorum::owner;
 use crate::talos::client::EtcdMember;
 use crate::talos::resources::MachineStage;
 use crate::talos::wait::{WaitProgress, POLL_FALLBACK};

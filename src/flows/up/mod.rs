@@ -23,7 +23,7 @@ pub mod charts;
 pub mod etcd;
 pub mod flux;
 pub mod gitops;
-pub mod hardware;
+pub use crate::flows::gates::hardware;
 pub mod kube;
 pub mod layer1;
 pub mod preflight;

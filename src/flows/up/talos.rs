@@ -1,6 +1,6 @@
 //! The Talos steps of layer 1 around etcd: `apply` (insecure to maintenance
-//! nodes, mTLS auto to configured ones, skipped when a dry run shows no
-//! change), `wait_configured` (every node running its config, followed on its
+//! nodes; to configured ones a dry run, then NO_REBOOT in parallel when the
+//! change applies live, else `apply`'s rollout one node at a time), `wait_configured` (every node running its config, followed on its
 //! MachineStatus watch), `kubeconfig` (fetched once, 0600) and `apiserver`
 //! (kube-apiserver serving TLS with the cluster CA).
 
@@ -34,7 +34,23 @@ pub fn dry_run_unchanged(details: &str) -> bool {
 
 // ---- apply -------------------------------------------------------------------------
 
-async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
+/// Why a configured node is left to the rollout.
+const ROLLED: &str = "needs a reboot: rolled one node at a time after the other applies";
+
+async fn apply_node(
+    cx: &Up<'_>,
+    n: &NodeDef,
+    to_roll: &std::sync::Mutex<Vec<String>>,
+) -> Result<Outcome, FlowError> {
+    let roll = || {
+        to_roll
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(n.hostname.clone());
+        Ok(Outcome::Skipped {
+            reason: ROLLED.into(),
+        })
+    };
     match cx.class(n) {
         NodeProbe::Maintenance => apply_in_maintenance(cx, n).await,
         NodeProbe::Ours => {
@@ -92,14 +108,25 @@ async fn apply_node(cx: &Up<'_>, n: &NodeDef) -> Result<Outcome, FlowError> {
                         }
                     });
                 }
-                match c.apply_configuration(config, ApplyMode::Auto, false).await {
-                    Ok(out) => {
+                // A change that needs a reboot never goes out with AUTO to
+                // every node at once: the rollout takes it, one at a time.
+                if dry.mode.as_deref() == Some("REBOOT") {
+                    return roll();
+                }
+                match c
+                    .apply_configuration(config, ApplyMode::NoReboot, false)
+                    .await
+                {
+                    Ok(_) => {
                         return Ok(Outcome::Done {
-                            detail: format!(
-                                "applied over mTLS (auto: {})",
-                                out.mode.unwrap_or_else(|| "applied".into()).to_lowercase()
-                            ),
+                            detail: "applied over mTLS (no reboot needed)".into(),
                         })
+                    }
+                    Err(e)
+                        if e.code() == Some(Code::InvalidArgument)
+                            && e.to_string().contains("immediate mode") =>
+                    {
+                        return roll()
                     }
                     Err(e) if e.is_transient() && !w.expired() => {
                         retried = true;
@@ -209,8 +236,49 @@ fn retrying_apply(cx: &Up<'_>, n: &NodeDef, w: &mut Wait, e: &TalosError) {
 
 pub async fn apply(cx: &mut Up<'_>) -> Result<Outcome, FlowError> {
     let cx = &*cx;
-    let results = per_node(cx.em, StepId::Apply, cx.nodes(), |n| apply_node(cx, n)).await?;
-    Ok(aggregate(&results))
+    let to_roll = std::sync::Mutex::new(Vec::new());
+    let results = per_node(cx.em, StepId::Apply, cx.nodes(), |n| {
+        apply_node(cx, n, &to_roll)
+    })
+    .await?;
+    let to_roll = to_roll.into_inner().unwrap_or_else(|p| p.into_inner());
+    if to_roll.is_empty() {
+        return Ok(aggregate(&results));
+    }
+    let report = roll_configured(cx, to_roll).await?;
+    let changed = results
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Done { .. }))
+        .count();
+    Ok(Outcome::Done {
+        detail: format!(
+            "{changed} node(s) applied in parallel, {} rolled one at a time behind the quorum, drain and back gates",
+            report.nodes.len()
+        ),
+    })
+}
+
+/// Configured nodes whose change needs a reboot: `apply`'s rollout (control
+/// planes one at a time, then workers), so a re-run of `up` never reboots two
+/// control planes together. Before etcd is bootstrapped there is no quorum to
+/// keep, and the guard would only refuse.
+async fn roll_configured(
+    cx: &Up<'_>,
+    nodes: Vec<String>,
+) -> Result<crate::flows::apply::ApplyReport, FlowError> {
+    use crate::flows::apply::{apply, ApplyOptions};
+    let mut o = ApplyOptions::new(cx.opts.state_dir.clone());
+    o.nodes = nodes;
+    o.policy = cx.opts.policy;
+    o.node_deadline = cx.opts.node_deadline;
+    o.etcd_deadline = cx.opts.etcd_deadline;
+    o.kube_deadline = cx.opts.node_deadline;
+    let view = crate::flows::gates::quorum::survey(&cx.cluster, cx.opts.policy).await;
+    if view.members.is_empty() {
+        o.force = true;
+        o.no_snapshot = true;
+    }
+    apply(&cx.cluster, &o, cx.em).await
 }
 
 /// Per node: insecure in maintenance, a dry run over mTLS when configured.
@@ -232,13 +300,11 @@ pub async fn plan_apply(cx: &mut Up<'_>) -> Vec<PlanItem> {
                             Ok(d) if dry_run_unchanged(&d.mode_details) => {
                                 (false, "config unchanged: skip".to_string())
                             }
-                            Ok(d) => (
+                            Ok(d) if d.mode.as_deref() == Some("REBOOT") => (
                                 true,
-                                format!(
-                                    "apply over mTLS (auto: {})",
-                                    d.mode.unwrap_or_default().to_lowercase()
-                                ),
+                                "needs a reboot: rolled one node at a time (see `plan apply` for the gates)".to_string(),
                             ),
+                            Ok(_) => (true, "apply over mTLS, NO_REBOOT (applies live)".to_string()),
                             Err(e) => (true, format!("dry run failed: {e}")),
                         }
                     }

@@ -1,13 +1,16 @@
 //! ApplyConfiguration as the node decides it: Talos 1.12's maintenance server
 //! (TRY/REBOOT/AUTO only, parse errors as `Unknown`), 1.13 maintenance (an
 //! incomplete config accepted and kept waiting, STAGED), and configured mode
-//! (admin only, AUTO resolved to NO_REBOOT or REBOOT, changes that cannot apply
-//! live refused for NO_REBOOT/TRY, dry runs, one apply at a time).
+//! (admin only, RuntimeValidate's install-disk selector match, AUTO resolved per
+//! field as `CanApplyImmediate` does on 1.12/1.13 and always to NO_REBOOT on
+//! 1.14, REBOOT refused on 1.14, STAGED writing only the persistent copy, dry
+//! runs answering with Talos's summary and a real config diff).
 
 use std::sync::Arc;
 
 use tonic::{Response, Status};
 
+use super::apply_live::{config_diff, needs_reboot, selector_text};
 use super::gate::{not_authorized, LabApi, ADMIN};
 use crate::config::{ConfigError, NodeConfig};
 use crate::node::data::NodeState;
@@ -131,88 +134,143 @@ impl LabApi {
                     marker,
                 ))
             }
-            ApiMode::Configured => {
-                if !info.has(ADMIN) {
-                    return Err(not_authorized());
-                }
-                if node.data.lock().expect("data lock").rebooting_after_apply {
-                    return Err(Status::failed_precondition(
-                        "configuration was already applied and node is rebooting, please wait for the reboot to complete",
-                    ));
-                }
-                let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version()) {
-                    Ok(c) => c,
-                    Err(ConfigError::NoV1alpha1) => return Err(Status::invalid_argument(
-                        "the applied machine configuration doesn't contain v1alpha1 config, did you mean to patch the machine config instead?",
-                    )),
-                    Err(ConfigError::Parse(e)) | Err(ConfigError::Invalid(e)) => {
-                        return Err(Status::invalid_argument(e))
+            ApiMode::Configured => self.apply_configured(info, req, mode),
+        }
+    }
+}
+
+/// Talos's summary line for an applied (or dry-run) mode.
+fn summary(mode: ApplyMode) -> &'static str {
+    match mode {
+        ApplyMode::Reboot => "Applied configuration with a reboot",
+        ApplyMode::Staged => "Staged configuration to be applied after the next reboot",
+        _ => "Applied configuration without a reboot",
+    }
+}
+
+impl LabApi {
+    /// 1.14 dropped the REBOOT apply (AUTO never reboots there).
+    fn never_reboots_on_apply(&self) -> bool {
+        let version = self.node.talos_version();
+        let v = version.trim_start_matches('v');
+        let minor = v
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(0);
+        v.starts_with("1.") && minor >= 14
+    }
+
+    fn apply_configured(
+        &self,
+        info: &LabConnInfo,
+        req: machine::ApplyConfigurationRequest,
+        mode: ApplyMode,
+    ) -> Result<Response<machine::ApplyConfigurationResponse>, Status> {
+        let node = &self.node;
+        if !info.has(ADMIN) {
+            return Err(not_authorized());
+        }
+        if node.data.lock().expect("data lock").rebooting_after_apply {
+            return Err(Status::failed_precondition(
+                "configuration was already applied and node is rebooting, please wait for the reboot to complete",
+            ));
+        }
+        let cfg = match NodeConfig::parse_for(&req.data, &node.talos_version()) {
+            Ok(c) => c,
+            Err(ConfigError::NoV1alpha1) => return Err(Status::invalid_argument(
+                "the applied machine configuration doesn't contain v1alpha1 config, did you mean to patch the machine config instead?",
+            )),
+            Err(ConfigError::Parse(e)) | Err(ConfigError::Invalid(e)) => {
+                return Err(Status::invalid_argument(e))
+            }
+        };
+        // RuntimeValidate runs before the dry-run branch: a selector matching
+        // no disk of this machine is refused either way.
+        if let Some(sel) = &cfg.disk_selector {
+            if node.hardware.select_install_disk(None, Some(sel)).is_err() {
+                return Err(Status::invalid_argument(format!(
+                    "1 error occurred:\n\t* no disks matched the expression: {}\n\n",
+                    selector_text(sel)
+                )));
+            }
+        }
+        let current = node.config();
+        let old: &[u8] = current.as_ref().map(|c| c.raw.as_slice()).unwrap_or(&[]);
+        let diff = config_diff(old, &req.data);
+        let v114 = self.never_reboots_on_apply();
+        let reboot_reason = if v114 {
+            None
+        } else {
+            needs_reboot(old, &req.data)
+        };
+        let effective =
+            match mode {
+                ApplyMode::Reboot if v114 => return Err(Status::unimplemented(
+                    "the REBOOT mode is not supported, please use AUTO or NO_REBOOT modes instead",
+                )),
+                ApplyMode::Auto if reboot_reason.is_some() => ApplyMode::Reboot,
+                ApplyMode::Auto => ApplyMode::NoReboot,
+                ApplyMode::NoReboot | ApplyMode::Try => {
+                    if let Some(why) = &reboot_reason {
+                        return Err(Status::invalid_argument(format!(
+                            "this config change can't be applied in immediate mode\ndiff:\n{why}"
+                        )));
                     }
-                };
-                let current = node.config();
-                let same = current.as_ref().is_some_and(|c| c.raw == cfg.raw);
-                let live_ok = current.as_ref().is_some_and(|c| {
-                    c.machine_type == cfg.machine_type
-                        && c.os_ca_crt == cfg.os_ca_crt
-                        && c.etcd_key == cfg.etcd_key
-                        && c.cert_sans == cfg.cert_sans
-                });
-                let effective = match mode {
-                    // The lab treats every real change as needing a reboot (Talos
-                    // applies some live; a reboot is the conservative superset).
-                    ApplyMode::Auto if same => ApplyMode::NoReboot,
-                    ApplyMode::Auto => ApplyMode::Reboot,
-                    ApplyMode::NoReboot | ApplyMode::Try if !live_ok && !same => {
-                        return Err(Status::invalid_argument(
-                            "apply failed: the configuration change can't be applied without a reboot (machine type, CA or certificate SANs changed)",
-                        ))
-                    }
-                    m => m,
-                };
-                if req.dry_run {
-                    return Ok(Self::apply_response(
-                        effective,
-                        if same {
-                            "Dry run summary:\nNo changes."
-                        } else {
-                            "Dry run summary:\nConfig diff: (lab: not computed)"
-                        },
-                    ));
+                    mode
                 }
-                if same && effective != ApplyMode::Reboot {
-                    return Ok(Self::apply_response(
-                        ApplyMode::NoReboot,
-                        "Applied configuration without a reboot (no changes)",
-                    ));
+                m => m,
+            };
+        if req.dry_run {
+            let changes = if diff.is_empty() {
+                "No changes.".to_string()
+            } else {
+                format!("Config diff:\n\n{diff}")
+            };
+            return Ok(Self::apply_response(
+                effective,
+                &format!(
+                    "Dry run summary:\n{} (skipped in dry-run).\n{changes}",
+                    summary(effective)
+                ),
+            ));
+        }
+        let cfg = Arc::new(cfg);
+        match effective {
+            ApplyMode::Staged => {
+                // Only the persistent copy moves; the next boot loads it.
+                let mut d = node.data.lock().expect("data lock");
+                d.staged = if diff.is_empty() { None } else { Some(cfg) };
+                drop(d);
+                node.commit();
+                Ok(Self::apply_response(
+                    ApplyMode::Staged,
+                    summary(ApplyMode::Staged),
+                ))
+            }
+            ApplyMode::Reboot => {
+                {
+                    let mut d = node.data.lock().expect("data lock");
+                    d.config = Some(cfg);
+                    d.staged = None;
+                    d.rebooting_after_apply = true;
                 }
-                node.data.lock().expect("data lock").config = Some(Arc::new(cfg));
-                match effective {
-                    ApplyMode::Reboot => {
-                        node.data.lock().expect("data lock").rebooting_after_apply = true;
-                        node.commit();
-                        let marker =
-                            self.spawn(|n, gen| async move { n.reboot_cycle(gen, "").await });
-                        Ok(Self::with_marker(
-                            Self::apply_response(
-                                ApplyMode::Reboot,
-                                "Applied configuration with a reboot",
-                            ),
-                            marker,
-                        ))
-                    }
-                    ApplyMode::Staged => Ok(Self::apply_response(
-                        ApplyMode::Staged,
-                        "Staged configuration to be applied after a reboot",
-                    )),
-                    // TRY is applied like NO_REBOOT; the lab does not revert it.
-                    m => {
-                        node.commit();
-                        Ok(Self::apply_response(
-                            m,
-                            "Applied configuration without a reboot",
-                        ))
-                    }
+                node.commit();
+                let marker = self.spawn(|n, gen| async move { n.reboot_cycle(gen, "").await });
+                Ok(Self::with_marker(
+                    Self::apply_response(ApplyMode::Reboot, summary(ApplyMode::Reboot)),
+                    marker,
+                ))
+            }
+            // TRY is applied like NO_REBOOT; the lab does not revert it.
+            m => {
+                {
+                    let mut d = node.data.lock().expect("data lock");
+                    d.config = Some(cfg);
+                    d.staged = None;
                 }
+                node.commit();
+                Ok(Self::apply_response(m, summary(m)))
             }
         }
     }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::gate::{not_authorized, ts, BoxStream, LabApi, ADMIN};
 use crate::node::data::ResRec;
-use crate::node::resources::{type_info, NAMESPACES};
+use crate::node::resources::{type_info, MachineConfigSpec, NAMESPACES};
 use crate::tls::LabConnInfo;
 use endsys_talos::api::cosi::resource::{self as cosi, state_server::State};
 
@@ -28,13 +28,25 @@ fn to_resource(r: &ResRec) -> cosi::Resource {
             labels: Default::default(),
             annotations: Default::default(),
         }),
-        // proto_spec stays empty: the resource definition protos are not compiled
-        // into this crate (see `node/resources.rs`).
+        // proto_spec stays empty but for MachineConfigs: the resource definition
+        // protos are not compiled into this crate (see `node/resources.rs`).
         spec: Some(cosi::Spec {
-            proto_spec: vec![],
+            proto_spec: proto_spec(r),
             yaml_spec: r.yaml.clone(),
         }),
     }
+}
+
+fn proto_spec(r: &ResRec) -> Vec<u8> {
+    use prost::Message;
+    if r.r#type != "MachineConfigs.config.talos.dev" {
+        return Vec::new();
+    }
+    let raw: String = serde_yaml_ng::from_str(&r.yaml).unwrap_or_default();
+    MachineConfigSpec {
+        yaml_marshalled: raw.into_bytes(),
+    }
+    .encode_to_vec()
 }
 
 fn tombstone(ns: &str, ty: &str, id: &str) -> cosi::Resource {

@@ -69,6 +69,9 @@ pub(super) type StatusKey = (NodeState, bool, Vec<(String, String)>);
 pub(crate) struct NodeData {
     /// Persisted config (the STATE partition).
     pub config: Option<Arc<NodeConfig>>,
+    /// A STAGED apply: the persistent copy ahead of the active one, loaded at
+    /// the next boot.
+    pub staged: Option<Arc<NodeConfig>>,
     /// Talos installed on the system disk.
     pub installed: bool,
     pub install_disk: Option<String>,

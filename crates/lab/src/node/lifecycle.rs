@@ -90,7 +90,14 @@ impl NodeInner {
                 return;
             }
         }
-        let config = self.config();
+        let config = {
+            let mut d = self.data.lock().expect("data lock");
+            // A staged config becomes the active one at boot.
+            if let Some(staged) = d.staged.take() {
+                d.config = Some(staged);
+            }
+            d.config.clone()
+        };
         {
             let mut d = self.data.lock().expect("data lock");
             d.services.clear();
@@ -338,6 +345,7 @@ impl NodeInner {
     pub(crate) fn wipe_disk(&self) {
         let mut d = self.data.lock().expect("data lock");
         d.config = None;
+        d.staged = None;
         d.installed = false;
         d.install_disk = None;
         d.etcd = None;

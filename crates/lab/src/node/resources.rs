@@ -1,9 +1,10 @@
 //! The COSI resources a simulated node serves, computed from its state.
 //!
-//! Only `yaml_spec` is filled: the resource spec protos (`talos.resource.definitions.*`)
-//! are not compiled into this crate, so `proto_spec` stays empty. Clients of the
-//! tool read `yaml_spec`, as talosctl does for its YAML output (Talos fills both
-//! `spec.yaml_spec` and `spec.proto_spec` in COSI State replies).
+//! The table holds `yaml_spec`: the resource spec protos (`talos.resource.definitions.*`)
+//! are not compiled into this crate, so `proto_spec` stays empty except for
+//! MachineConfigs, whose one-field spec ([`MachineConfigSpec`]) is encoded here.
+//! Clients of the tool read `yaml_spec`, as talosctl does for its YAML output
+//! (Talos fills both `spec.yaml_spec` and `spec.proto_spec` in COSI State replies).
 
 use serde_json::json;
 
@@ -54,6 +55,21 @@ pub(crate) fn type_info(ty: &str) -> Option<(&'static str, bool)> {
 
 fn yaml(v: serde_json::Value) -> String {
     serde_yaml_ng::to_string(&v).unwrap_or_default()
+}
+
+/// A MachineConfig spec as COSI marshals it: the raw bytes as one YAML string.
+pub(crate) fn machine_config_yaml(raw: &[u8]) -> String {
+    serde_yaml_ng::to_string(&serde_yaml_ng::Value::String(
+        String::from_utf8_lossy(raw).into_owned(),
+    ))
+    .unwrap_or_default()
+}
+
+/// `MachineConfigSpec{bytes yaml_marshalled = 1}` (the proto_spec Talos sends).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MachineConfigSpec {
+    #[prost(bytes = "vec", tag = "1")]
+    pub yaml_marshalled: Vec<u8>,
 }
 
 fn pretty_size(bytes: u64) -> String {
@@ -224,12 +240,17 @@ pub(crate) fn compute(
                 "machine-type",
                 format!("{}\n", cfg.machine_type.as_str()),
             );
-            push(
-                "config",
-                "MachineConfigs.config.talos.dev",
-                "v1alpha1",
-                String::from_utf8_lossy(&cfg.raw).into_owned(),
-            );
+            // The spec marshals as a YAML string scalar holding the config
+            // bytes as applied (`talosctl get mc -o yaml` prints `spec: |`).
+            let persistent = d.staged.as_ref().unwrap_or(cfg);
+            for (id, c) in [("v1alpha1", cfg), ("persistent", persistent)] {
+                push(
+                    "config",
+                    "MachineConfigs.config.talos.dev",
+                    id,
+                    machine_config_yaml(&c.raw),
+                );
+            }
         }
     }
     if let Some(m) = d.etcd {

@@ -1,4 +1,4 @@
-//! The quorum guard: before a destructive operation, etcd must be healthy (every
+//! The quorum gate: before a destructive operation, etcd must be healthy (every
 //! control plane answers EtcdStatus, all agree on one leader, no alarms), every
 //! member must belong to a node of the definition, and the operation must leave
 //! a quorum of healthy members. Otherwise the operation is refused with the member
@@ -49,6 +49,10 @@ pub enum GuardOp {
     Replace,
     /// A worker: etcd membership is unchanged.
     Worker,
+    /// A control plane reboots (upgrade, reboot-needing apply): its member stays
+    /// in the list but is away for a while, so quorum is counted over every
+    /// member with only the others healthy.
+    Reboot,
 }
 
 /// The guard's verdict.
@@ -304,7 +308,8 @@ pub fn evaluate(cluster: &Cluster, view: &EtcdView, target: &NodeDef, op: GuardO
     if op == GuardOp::Worker {
         return reasons;
     }
-    // 4. Quorum after the operation: the target's member(s) gone.
+    // 4. Quorum after the operation: the target's member(s) gone (Remove,
+    // Replace) or away (Reboot: still counted in the member total).
     let healthy = healthy_ids(view);
     let after: Vec<&EtcdMember> = view
         .members
@@ -312,6 +317,21 @@ pub fn evaluate(cluster: &Cluster, view: &EtcdView, target: &NodeDef, op: GuardO
         .filter(|m| owner(cluster, m).is_none_or(|n| !is_target(&n.hostname)))
         .collect();
     let healthy_after = after.iter().filter(|m| healthy.contains(&m.id)).count();
+    if op == GuardOp::Reboot {
+        let total = view.members.len();
+        let need = total / 2 + 1;
+        if after.is_empty() {
+            reasons.push(format!(
+                "{} holds the only etcd member: while it reboots etcd stops accepting writes",
+                target.hostname
+            ));
+        } else if healthy_after < need {
+            reasons.push(format!(
+                "while it reboots, etcd keeps {healthy_after} healthy of {total} member(s); quorum needs {need}: the cluster would stop accepting writes"
+            ));
+        }
+        return reasons;
+    }
     let need = after.len() / 2 + 1;
     if after.is_empty() {
         reasons.push(format!(
@@ -385,4 +405,127 @@ pub async fn check(
         reasons,
         table,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::Definition;
+
+    /// A definition of `n` control planes cp1..cpN on 127.0.0.1N.
+    pub(crate) fn cluster_of(n: u64) -> Cluster {
+        Cluster::unrendered(Definition {
+            cluster: "t".into(),
+            endpoint: "https://127.0.0.10:6443".into(),
+            nodes: (1..=n)
+                .map(|i| NodeDef {
+                    hostname: format!("cp{i}"),
+                    address: format!("127.0.0.{}", 10 + i),
+                    control_plane: true,
+                    install_disk: None,
+                    links: vec![],
+                })
+                .collect(),
+        })
+    }
+
+    pub(crate) fn cluster3() -> Cluster {
+        cluster_of(3)
+    }
+
+    fn member(i: u64) -> EtcdMember {
+        EtcdMember {
+            id: i,
+            hostname: format!("cp{i}"),
+            peer_urls: vec![format!("https://127.0.0.{}:2380", 10 + i)],
+            client_urls: vec![],
+            is_learner: false,
+        }
+    }
+
+    /// A view where control plane `cpI` answers `(I, leader)`, the ones in
+    /// `down` fail EtcdStatus; every answering or down node holds a member.
+    pub(crate) fn status_view(up: &[(u64, u64)], down: &[u64]) -> EtcdView {
+        let mut all: Vec<u64> = up
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(down.iter().copied())
+            .collect();
+        all.sort();
+        EtcdView {
+            cps: all
+                .iter()
+                .map(|i| CpProbe {
+                    hostname: format!("cp{i}"),
+                    address: format!("127.0.0.{}", 10 + i),
+                    status: match up.iter().find(|(m, _)| m == i) {
+                        Some((m, l)) => Ok(EtcdStatus {
+                            member_id: *m,
+                            leader: *l,
+                            db_size: 0,
+                            raft_index: 0,
+                            raft_term: 0,
+                            errors: vec![],
+                            is_learner: false,
+                            protocol_version: String::new(),
+                        }),
+                        None => Err("connection refused".into()),
+                    },
+                })
+                .collect(),
+            members: all.iter().map(|i| member(*i)).collect(),
+            members_from: Some("cp1".into()),
+            members_error: None,
+        }
+    }
+
+    fn reboot_reasons(c: &Cluster, v: &EtcdView, target: &str) -> Vec<String> {
+        let node = c.node(target).unwrap().clone();
+        evaluate(c, v, &node, GuardOp::Reboot)
+    }
+
+    #[test]
+    fn reboot_keeps_the_member_in_the_count() {
+        // 1 member: rebooting it stops etcd.
+        let c = cluster_of(1);
+        let r = reboot_reasons(&c, &status_view(&[(1, 1)], &[]), "cp1");
+        assert!(r.iter().any(|x| x.contains("only etcd member")), "{r:?}");
+        // 2 members: 1 healthy of 2 while away; quorum needs 2 (Talos 1.12 refuses too).
+        let c = cluster_of(2);
+        let r = reboot_reasons(&c, &status_view(&[(1, 1), (2, 1)], &[]), "cp1");
+        assert!(r.iter().any(|x| x.contains("1 healthy of 2")), "{r:?}");
+        // Remove on 2 members is allowed (1 of 1 after), Reboot is not.
+        let node = c.node("cp2").unwrap().clone();
+        assert!(evaluate(
+            &c,
+            &status_view(&[(1, 1), (2, 1)], &[]),
+            &node,
+            GuardOp::Remove
+        )
+        .is_empty());
+        // 3 healthy members: 2 of 3 while one reboots.
+        let c = cluster_of(3);
+        assert!(reboot_reasons(&c, &status_view(&[(1, 1), (2, 1), (3, 1)], &[]), "cp2").is_empty());
+        // 3 members, one already down: rebooting another leaves 1 of 3.
+        let r = reboot_reasons(&c, &status_view(&[(1, 1), (2, 1)], &[3]), "cp2");
+        assert!(
+            r.iter()
+                .any(|x| x.contains("cp3") && x.contains("does not answer")),
+            "{r:?}"
+        );
+        assert!(r.iter().any(|x| x.contains("1 healthy of 3")), "{r:?}");
+        // 5 members: one down, a second rebooting leaves 3 of 5 (quorum 3).
+        let c = cluster_of(5);
+        let v = status_view(&[(1, 1), (2, 1), (3, 1), (4, 1)], &[5]);
+        let r = reboot_reasons(&c, &v, "cp2");
+        assert!(!r.iter().any(|x| x.contains("quorum needs")), "{r:?}");
+        // ... but a third would not.
+        let v = status_view(&[(1, 1), (2, 1), (3, 1)], &[4, 5]);
+        let r = reboot_reasons(&c, &v, "cp2");
+        assert!(
+            r.iter()
+                .any(|x| x.contains("2 healthy of 5") && x.contains("needs 3")),
+            "{r:?}"
+        );
+    }
 }

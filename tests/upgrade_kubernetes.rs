@@ -1,0 +1,171 @@
+//! `upgrade kubernetes` end to end against the lab: the talhelper definition
+//! moved from Kubernetes v1.35.0 to v1.36.0, then every static pod (mirror pod
+//! image, Ready) and every kubelet (Node kubeletVersion, Ready) on the new
+//! version; refused on Talos 1.12 nodes, which do not run 1.36. Subnets
+//! 127.0.41.0/24 and 127.0.42.0/24.
+
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use endsys_bootstrap::demo::{lab_definition, lab_talconfig};
+use endsys_bootstrap::engine::talhelper::TalhelperSource;
+use endsys_bootstrap::engine::{Cluster, ClusterSource, Doctor, Emitter, StepId};
+use endsys_bootstrap::flows::up::up;
+use endsys_bootstrap::flows::upgrade::kubernetes::{upgrade_kubernetes, COMPONENTS};
+use endsys_bootstrap::flows::upgrade::UpgradeOptions;
+use endsys_lab::Lab;
+use fixture::{up_options, Deadlines, SECRETS};
+
+const DEADLINES: Deadlines = Deadlines {
+    node: Duration::from_secs(60),
+    reach: Duration::from_secs(10),
+    retry_budget: Duration::from_secs(5),
+};
+
+struct Env {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    talconfig: PathBuf,
+    secrets: PathBuf,
+}
+
+fn source(talconfig: &Path, secrets: &Path) -> TalhelperSource {
+    let mut s = TalhelperSource::new(talconfig, secrets);
+    s.vars = Default::default();
+    s
+}
+
+/// 3 control planes + 1 worker on Talos `talos`, Kubernetes v1.35.0, brought up
+/// through layer 1 (Nodes Ready) from the talhelper definition, whose
+/// talosVersion is v1.13.9 (ahead of the nodes when `talos` is older, as after
+/// the operator bumped both versions but ran no upgrade yet).
+async fn cluster(subnet: u8, talos: &str) -> Env {
+    let lab = fixture::start_lab_of(talos, subnet, 4, 3, 0.0).await;
+    // The lab's registry resolves installer images only: the Kubernetes
+    // images of the target are published in it as a real registry has them.
+    for image in [
+        "ghcr.io/siderolabs/kubelet:v1.36.0",
+        "registry.k8s.io/kube-apiserver:v1.36.0",
+        "registry.k8s.io/kube-controller-manager:v1.36.0",
+        "registry.k8s.io/kube-scheduler:v1.36.0",
+    ] {
+        lab.publish_installer(image, "v1.36.0");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // No reboot in a Kubernetes upgrade: the endpoint may be a control plane.
+    let def = lab_definition(&lab, 3, "k8s");
+    let talconfig = dir.path().join("talconfig.yaml");
+    std::fs::write(&talconfig, lab_talconfig(&def, "v1.13.9")).unwrap();
+    let secrets = dir.path().join("talsecret.yaml");
+    std::fs::copy(SECRETS, &secrets).unwrap();
+    let mut o = up_options(dir.path(), StepId::Layer1Done, DEADLINES);
+    o.apiserver_deadline = DEADLINES.node;
+    let repo = dir.path().join("repo");
+    endsys_lab::repository::write_repo(&repo).unwrap();
+    o.kube = Some(endsys_bootstrap::demo::kube_half(repo, None).unwrap());
+    let src = source(&talconfig, &secrets);
+    up(&src as &dyn ClusterSource, &o, &Emitter::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.explain()));
+    Env {
+        lab,
+        dir,
+        talconfig,
+        secrets,
+    }
+}
+
+impl Env {
+    /// The definition moved to Kubernetes `to`, loaded as a fresh process would.
+    fn definition_on(&self, to: &str) -> Cluster {
+        let text = std::fs::read_to_string(&self.talconfig).unwrap();
+        let text = text.replace(
+            "kubernetesVersion: v1.35.0",
+            &format!("kubernetesVersion: {to}"),
+        );
+        std::fs::write(&self.talconfig, text).unwrap();
+        Cluster::load(&source(&self.talconfig, &self.secrets), self.dir.path()).unwrap()
+    }
+
+    fn options(&self, to: &str) -> UpgradeOptions {
+        let mut o = UpgradeOptions::new(self.dir.path().to_path_buf());
+        o.to = Some(to.into());
+        o.policy = fixture::policy(DEADLINES.retry_budget);
+        o.kube_deadline = DEADLINES.node;
+        o.layers_deadline = Duration::from_secs(20);
+        o
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_kubernetes_135_to_136() {
+    let env = cluster(41, "v1.13.9").await;
+    let cluster = env.definition_on("v1.36.0");
+    let r = tokio::time::timeout(
+        Duration::from_secs(120),
+        upgrade_kubernetes(&cluster, &env.options("v1.36.0"), &Emitter::new()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("within 120 s; the lab:\n{}", env.lab.report()))
+    .unwrap_or_else(|e| panic!("{}", e.explain()));
+    assert_eq!(
+        (r.from.as_str(), r.to.as_str()),
+        ("v1.35.0", "v1.36.0"),
+        "{:?}",
+        r.nodes
+    );
+    let kube = env.lab.kube();
+    for cp in ["cp1", "cp2", "cp3"] {
+        for (component, _) in COMPONENTS {
+            let p = kube
+                .get("Pod", Some("kube-system"), &format!("{component}-{cp}"))
+                .unwrap_or_else(|| panic!("{component}-{cp} missing"));
+            let image = p["spec"]["containers"][0]["image"].as_str().unwrap_or("");
+            assert!(image.ends_with(":v1.36.0"), "{component}-{cp}: {image}");
+        }
+    }
+    for n in ["cp1", "cp2", "cp3", "worker1"] {
+        let node = kube.get("Node", None, n).unwrap();
+        assert_eq!(
+            node["status"]["nodeInfo"]["kubeletVersion"], "v1.36.0",
+            "{n}"
+        );
+    }
+    // Again: nothing left to move.
+    let r2 = upgrade_kubernetes(&cluster, &env.options("v1.36.0"), &Emitter::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}", e.explain()));
+    assert!(
+        r2.nodes.iter().all(|(_, w)| w.starts_with("already on")),
+        "{:?}",
+        r2.nodes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_kubernetes_refused_on_112_nodes() {
+    let env = cluster(42, "v1.12.6").await;
+    let cluster = env.definition_on("v1.36.0");
+    let e = upgrade_kubernetes(&cluster, &env.options("v1.36.0"), &Emitter::new())
+        .await
+        .expect_err("1.36 does not run on Talos 1.12");
+    let text = e.explain();
+    assert!(e.is_input_error(), "{text}");
+    assert!(
+        text.contains("does not run on Talos 1.12") && text.contains("upgrade Talos first"),
+        "{text}"
+    );
+    // Two minors at once: refused too.
+    let cluster = Cluster::load(&source(&env.talconfig, &env.secrets), env.dir.path()).unwrap();
+    let e = upgrade_kubernetes(&cluster, &env.options("v1.37.0"), &Emitter::new())
+        .await
+        .expect_err("1.35 → 1.37");
+    assert!(
+        e.explain().contains("one minor at a time"),
+        "{}",
+        e.explain()
+    );
+}
