@@ -92,6 +92,8 @@ pub struct Rollout<'a> {
     pub em: &'a Emitter,
     pub journal: JournalHandle<RolloutFacts>,
     pub kube: Option<kube::Client>,
+    /// The client drains evict through (429s not retried inside it).
+    pub drain_kube: Option<kube::Client>,
     pub target: skew::Version,
     /// The installer image per node (hostname).
     pub images: BTreeMap<String, String>,
@@ -179,6 +181,11 @@ pub async fn upgrade_talos(
             None
         }
     };
+    let drain_kube = match cluster.kube_for_drains().await {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => return Err(FlowError::kube(StepId::Kubernetes, e)),
+        None => None,
+    };
     let excused: Vec<String> = pre.excused.iter().map(|(h, _)| h.clone()).collect();
     let first_cp = first_to_touch(cluster, &pre, &journal, &excused);
     let r = Rollout {
@@ -187,6 +194,7 @@ pub async fn upgrade_talos(
         em,
         journal,
         kube,
+        drain_kube,
         target: pre.target.clone(),
         images: pre.images,
         versions: pre.versions,
@@ -363,6 +371,7 @@ pub async fn plan_upgrade_talos(
         em: &em,
         journal,
         kube: None,
+        drain_kube: None,
         target: pre.target.clone(),
         images: pre.images,
         versions: pre.versions,

@@ -305,7 +305,7 @@ pub(super) async fn drain_node(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowErro
     if cx.facts().requested {
         return Ok(skipped("the upgrade was requested earlier"));
     }
-    let Some(k) = &cx.r.kube else {
+    let Some(k) = &cx.r.drain_kube else {
         return Ok(skipped("no Kubernetes access"));
     };
     cx.started(
