@@ -301,7 +301,9 @@ async fn snapshot_has_trailer_and_recovery_round_trips() {
         lab.etcd().get("/registry/ns/default").unwrap().as_deref(),
         Some(&b"hello"[..])
     );
-    assert_eq!(lab.etcd().revision().unwrap(), rev);
+    // Restored, not restarted: the revision continues from the snapshot's (the
+    // node's kubelet posts its new boot ID right after, so it may move on).
+    assert!(lab.etcd().revision().unwrap() >= rev);
     lab.shutdown().await;
 }
 

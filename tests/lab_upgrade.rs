@@ -279,6 +279,12 @@ async fn lifecycle_upgrade_needs_the_pulled_image_and_never_reboots() {
         "{name}"
     );
     assert!(lab.nodes()[0].has_image(&target));
+    // Through a control plane with the `node` key, as apid proxies one-to-one.
+    let via = cl[0].for_node(&lab.nodes()[1].ip().to_string());
+    via.image_pull_to_end(&target, ImageNamespace::System, STALL)
+        .await
+        .unwrap();
+    assert!(lab.nodes()[1].has_image(&target));
 
     // etcd unhealthy does not matter to this API.
     lab.nodes()[2].power_off().await;
@@ -375,5 +381,46 @@ async fn a_failed_boot_falls_back_to_the_previous_slot() {
         error.contains("v1.13.9") && error.contains("failed to boot"),
         "{error}"
     );
+
+    // Any image the registry has boots; Talos 1.14 also publishes its boot ID
+    // as a resource (absent before).
+    let e = cl[0]
+        .get("runtime", "BootIDs.runtime.talos.dev", "boot-id")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(Code::NotFound), "{e}");
+    let v114 = "registry.lab/siderolabs/installer:v1.14.0";
+    lab.publish_installer(v114, "v1.14.0");
+    cl[0]
+        .image_pull_to_end(v114, ImageNamespace::System, STALL)
+        .await
+        .unwrap();
+    let exit = cl[0]
+        .lifecycle_upgrade_to_end(v114, STALL, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(exit, 0);
+    let boots = lab.nodes()[0].boots();
+    cl[0].reboot().await.unwrap();
+    until(&lab, "node on 1.14.0", || {
+        lab.nodes()[0].state() == NodeState::Running && lab.nodes()[0].boots() > boots
+    })
+    .await;
+    assert_eq!(cl[0].version().await.unwrap().tag, "v1.14.0");
+    let r = cl[0]
+        .get("runtime", "BootIDs.runtime.talos.dev", "boot-id")
+        .await
+        .unwrap();
+    assert!(
+        r.yaml_spec.contains(&lab.nodes()[0].boot_id()),
+        "{}",
+        r.yaml_spec
+    );
+
+    // A replaced disk boots the boot medium's version again.
+    lab.nodes()[0].wipe_disk().await;
+    lab.nodes()[0].power_on().await;
+    assert_eq!(lab.nodes()[0].state(), NodeState::Maintenance);
+    assert_eq!(lab.nodes()[0].talos_version(), "v1.13.0");
     lab.shutdown().await;
 }

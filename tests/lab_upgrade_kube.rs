@@ -206,6 +206,12 @@ async fn upgrades_as_the_kubernetes_api_shows_them() {
     )
     .await;
     assert_eq!(config_version(&api1), "2");
+    // node1 serves the endpoint: the API reports its apiserver's version.
+    let v = c.apiserver_version().await.unwrap();
+    assert_eq!(
+        (v.git_version.as_str(), v.minor.as_str()),
+        ("v1.36.0", "36")
+    );
     node_where(lab, &nodes, "node1", "kubelet v1.36.0", |n| {
         info(n).kubelet_version == "v1.36.0"
     })

@@ -16,6 +16,17 @@
 //! maintenance server (`internal/app/maintenance/server.go`, removed in 1.13, where
 //! apid serves maintenance mode with the reader role).
 //!
+//! Upgrades (`node::upgrade`, `api::upgrade`, knobs in `upgrades`): a node's Talos
+//! version is an A/B pair of boot slots, re-read at every boot (with a new boot
+//! ID, also served by `Read` of `/proc/sys/kernel/random/boot_id`); installer
+//! images come from the lab's registry (`registry`: released tags of
+//! `ghcr.io/siderolabs/installer` and of the image factory's installer
+//! repositories, plus [`Lab::publish_installer`]); ImageService.Pull and
+//! LifecycleService.Upgrade exist from 1.13 on, the legacy MachineService.Upgrade
+//! checks etcd as Talos does and runs the node's own cordon, drain, install and
+//! reboot; an image flagged with [`Lab::set_image_fails_to_boot`] makes the node
+//! fall back to its previous slot.
+//!
 //! One knob, [`LabOptions::time_scale`], multiplies every delay (0 = none). Nothing
 //! polls: transitions are tasks, and observers follow watch channels
 //! ([`LabNode::watch_state`], COSI Watch, Events).
@@ -363,7 +374,8 @@ impl LabNode {
             .clone()
     }
 
-    /// One line on this node for reports: address, hostname, state, listener, etcd.
+    /// One line on this node for reports: address, hostname, state, listener,
+    /// etcd, the Talos version booted and how many boots so far.
     pub fn report(&self) -> String {
         let listening = match (self.listening(), self.listen_error()) {
             (_, Some(e)) => format!("NOT listening: {e}"),
@@ -372,12 +384,14 @@ impl LabNode {
             (None, None) => "listener changing".into(),
         };
         format!(
-            "{} {}: {:?}, {listening}, etcd {}",
+            "{} {}: {:?}, {listening}, etcd {}, Talos {} (boot {})",
             self.addr(),
             self.hostname().unwrap_or_else(|| "-".into()),
             self.state(),
             self.service_state("etcd")
                 .unwrap_or_else(|| "absent".into()),
+            self.talos_version(),
+            self.boots(),
         )
     }
 

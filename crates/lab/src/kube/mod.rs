@@ -90,6 +90,7 @@ impl KubeLab {
             git: Mutex::new(git::GitHost::default()),
             bookmark_ms: AtomicU64::new(5000),
             watch_window: AtomicU64::new(1000),
+            apiserver_version: Mutex::new(None),
         });
         let sup = Arc::new(Supervisor {
             shared,

@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub bookmark_ms: AtomicU64,
     /// How many changes the watch cache keeps.
     pub watch_window: AtomicU64,
+    /// The version the API server reports: the tag of the kube-apiserver image
+    /// of the control plane serving the endpoint (`None`: the lab's default).
+    pub apiserver_version: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -53,6 +56,14 @@ impl Shared {
     pub(crate) fn git_dir(&self, url: &str) -> Option<std::path::PathBuf> {
         let host = self.git.lock().unwrap_or_else(|p| p.into_inner());
         host.resolve(url)
+    }
+
+    pub(crate) fn apiserver_version(&self) -> String {
+        self.apiserver_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| super::KUBE_VERSION.to_string())
     }
 
     /// The node a GitOps object needs, if a fault ties it to one.

@@ -7,7 +7,8 @@
 //! planes run kube-apiserver, kube-controller-manager and kube-scheduler as
 //! static pods whose mirror pods carry the image from the node's config and the
 //! `talos.dev/config-version` annotation (bumped on every change), Ready a
-//! moment after the node runs; Pods bound to a node are Running and Ready while
+//! moment after the node runs; `/version` reports the image tag of the
+//! kube-apiserver serving the endpoint; Pods bound to a node are Running and Ready while
 //! its kubelet runs; and the disruption controller keeps every
 //! PodDisruptionBudget's status.
 
@@ -236,6 +237,13 @@ pub(crate) fn pass(
                 o["status"]["nodeInfo"]["kubeletVersion"] = json!(kubelet);
                 o["status"]["nodeInfo"]["osImage"] = json!(os);
             })?;
+        }
+        if cfg.machine_type.is_control_plane() && std::net::IpAddr::V4(n.ip) == api.addr.ip() {
+            let v = tag_of(&images.apiserver).to_string();
+            *api.shared
+                .apiserver_version
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(v);
         }
         if cfg.machine_type.is_control_plane() {
             mirror_pods(api, &pod_t, &n, &name, &images, running, due)?;

@@ -341,6 +341,8 @@ impl NodeInner {
         d.install_disk = None;
         d.etcd = None;
         d.recover_file = None;
+        drop(d);
+        self.forget_install();
     }
 
     /// Reset: leave etcd (graceful control plane), wipe, then reboot or power off.
@@ -387,6 +389,7 @@ impl NodeInner {
             if whole || labels.iter().any(|l| l == "BOOT" || l == "EFI") {
                 d.installed = false;
                 d.install_disk = None;
+                self.forget_install();
             }
             d.task_event("stopAllServices", true, &actor);
         }

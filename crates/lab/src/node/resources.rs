@@ -23,6 +23,7 @@ pub(crate) const TYPES: &[(&str, &str, bool)] = &[
     ("HostnameStatuses.net.talos.dev", "network", false),
     ("NodeAddresses.net.talos.dev", "network", false),
     ("Versions.runtime.talos.dev", "runtime", false),
+    ("BootIDs.runtime.talos.dev", "runtime", false),
     ("Services.v1alpha1.talos.dev", "runtime", false),
     ("TimeStatuses.v1alpha1.talos.dev", "runtime", false),
     ("Diagnostics.runtime.talos.dev", "runtime", false),
@@ -98,6 +99,21 @@ pub(crate) fn compute(
         "version",
         yaml(json!({ "version": version })),
     );
+    // Talos 1.14 publishes the boot ID as a resource too.
+    let minor = version
+        .trim_start_matches('v')
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if minor >= 14 {
+        push(
+            "runtime",
+            "BootIDs.runtime.talos.dev",
+            "boot-id",
+            yaml(json!({ "bootID": node.boot_id() })),
+        );
+    }
     push(
         "runtime",
         "TimeStatuses.v1alpha1.talos.dev",

@@ -45,6 +45,9 @@ pub(crate) struct Slot {
 
 /// The boot slots and what goes with them.
 pub(crate) struct Slots {
+    /// The version of the boot medium (ISO, PXE) the node boots from while
+    /// Talos is not on its disk.
+    pub medium: String,
     /// The version booted now (what Version reports).
     pub current: String,
     /// The installer image the current slot came from (`None`: the first install).
@@ -70,6 +73,7 @@ pub(crate) struct Slots {
 impl Slots {
     pub(crate) fn new(version: String) -> Slots {
         Slots {
+            medium: version.clone(),
             current: version,
             current_image: None,
             next: None,
@@ -149,6 +153,15 @@ impl NodeInner {
             image: image.to_string(),
         });
         Ok(version)
+    }
+
+    /// Talos is gone from the disk: the next boot runs the boot medium's version.
+    pub(crate) fn forget_install(&self) {
+        let mut s = self.slots.lock().expect("slots lock");
+        s.current = s.medium.clone();
+        s.current_image = None;
+        s.next = None;
+        s.previous = None;
     }
 
     /// A new boot: a new boot ID and, when an installer wrote the other slot,

@@ -12,15 +12,19 @@ use crate::kube::types::{version_priority, ResType};
 
 pub const KUBE_VERSION: &str = "v1.35.2";
 
-pub(crate) fn version() -> Value {
+/// `/version` of an API server running `git_version` (`v1.36.0`).
+pub(crate) fn version(git_version: &str) -> Value {
+    let mut parts = git_version.trim_start_matches('v').split('.');
+    let major = parts.next().unwrap_or("1").to_string();
+    let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(35);
     json!({
-        "major": "1",
-        "minor": "35",
-        "emulationMajor": "1",
-        "emulationMinor": "35",
-        "minCompatibilityMajor": "1",
-        "minCompatibilityMinor": "34",
-        "gitVersion": KUBE_VERSION,
+        "major": major,
+        "minor": minor.to_string(),
+        "emulationMajor": major,
+        "emulationMinor": minor.to_string(),
+        "minCompatibilityMajor": major,
+        "minCompatibilityMinor": minor.saturating_sub(1).to_string(),
+        "gitVersion": git_version,
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2026-01-01T00:00:00Z",

@@ -47,7 +47,10 @@ impl Api {
             }
         };
         match segs.as_slice() {
-            ["version"] => return json_response(200, &discovery::version()),
+            ["version"] => {
+                let v = self.shared.apiserver_version();
+                return json_response(200, &discovery::version(&v));
+            }
             ["healthz"] | ["livez"] | ["readyz"] => {
                 return bytes_response(200, "text/plain", b"ok".to_vec())
             }
