@@ -93,6 +93,61 @@ async fn rounds(env: &Arc<Env>, minor: u32, first_patch: usize) -> usize {
     killed
 }
 
+/// A run killed after the installer ran on cp2 whose Reboot reached the node
+/// but was never journaled (the process died between the call and the
+/// journal): the re-run finds cp2 silent or on a new boot ID, waits for it and
+/// does not reboot it again.
+async fn unjournaled_reboot(env: &Arc<Env>, to: &str) {
+    env.lab
+        .publish_installer(&format!("ghcr.io/siderolabs/installer:{to}"), to);
+    let boots: Vec<u64> = env.lab.nodes().iter().map(|n| n.boots()).collect();
+    let (e2, to2) = (env.clone(), to.to_string());
+    let first = killed_at(
+        KillAt::NodeFinished(endsys_bootstrap::engine::StepId::Upgrade, "cp2"),
+        move |em| async move {
+            let mut o = e2.options();
+            o.to = Some(to2);
+            upgrade_talos(&e2.cluster, &o, &em).await
+        },
+    )
+    .await;
+    assert!(first.is_none(), "the kill landed");
+    // Down longer than preflight retries a silent node (2 s).
+    env.lab
+        .node("cp2")
+        .unwrap()
+        .set_reboot_delay(Duration::from_secs(4));
+    let cp2 = env.cluster.node("cp2").unwrap().clone();
+    env.cluster
+        .mtls(&cp2, fixture::policy(Duration::from_secs(5)))
+        .unwrap()
+        .reboot()
+        .await
+        .unwrap();
+    let mut o = env.options();
+    o.to = Some(to.into());
+    let c = upgrade::Collect::default();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        upgrade_talos(&env.reload(), &o, &c.emitter()),
+    )
+    .await
+    .expect("re-run within 60 s")
+    .unwrap_or_else(|e| {
+        panic!(
+            "re-run after an unjournaled reboot: {}\n{}",
+            e.explain(),
+            c.lines().join("\n")
+        )
+    });
+    for (n, b) in env.lab.nodes().iter().zip(&boots) {
+        let host = n.hostname().unwrap_or_default();
+        assert_eq!(n.talos_version(), to, "{host}");
+        assert_eq!(n.boots(), b + 1, "{host} rebooted more than once");
+        assert!(!cordoned(env, &host), "{host} left cordoned");
+    }
+}
+
 /// On Talos 1.13 nodes (ImageService.Pull, LifecycleService.Upgrade, Reboot),
 /// then on Talos 1.12 nodes (MachineService.Upgrade, which reboots by itself).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +157,9 @@ async fn upgrade_talos_kill_at_every_step_boundary_converges() {
         let env = Arc::new(cluster(39, from, 3, 0, 0.01).await);
         let (stop, sampler) = sample_quorum(&env.lab);
         let killed = rounds(&env, minor, first_patch).await;
+        if minor == 13 {
+            unjournaled_reboot(&env, "v1.13.40").await;
+        }
         stop.store(true, Ordering::SeqCst);
         let (lost, samples) = sampler.await.unwrap();
         assert!(

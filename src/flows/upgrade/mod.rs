@@ -274,7 +274,8 @@ async fn run_node(r: &Rollout<'_>, node: &NodeDef) -> Result<String, FlowError> 
     ))
 }
 
-/// Nodes whose reboot an earlier, unfinished run requested (they may be down now).
+/// Nodes an earlier, unfinished run reached and did not finish: their reboot
+/// may be under way, so they may be silent now.
 fn in_flight(cluster: &Cluster, opts: &UpgradeOptions) -> Vec<String> {
     crate::engine::Journal::<RolloutFacts>::read_of(
         &rollout::journal_path(&opts.state_dir, OP),
@@ -287,7 +288,9 @@ fn in_flight(cluster: &Cluster, opts: &UpgradeOptions) -> Vec<String> {
         j.facts
             .per_node
             .into_iter()
-            .filter(|(_, n)| n.requested && !n.done)
+            // Requested, or touched by a run killed right after a call
+            // (an unjournaled reboot may be under way).
+            .filter(|(_, n)| (n.requested || n.version_before.is_some()) && !n.done)
             .map(|(h, _)| h)
             .collect()
     })
