@@ -17,7 +17,7 @@ use endsys_bootstrap::flows::up::up;
 use endsys_bootstrap::flows::upgrade::kubernetes::{upgrade_kubernetes, COMPONENTS};
 use endsys_bootstrap::flows::upgrade::UpgradeOptions;
 use endsys_lab::Lab;
-use fixture::{up_options, Deadlines, SECRETS};
+use fixture::{up_options, Deadlines, KillAt, SECRETS};
 
 const DEADLINES: Deadlines = Deadlines {
     node: Duration::from_secs(60),
@@ -104,6 +104,19 @@ impl Env {
 async fn upgrade_kubernetes_135_to_136() {
     let env = cluster(41, "v1.13.9").await;
     let cluster = env.definition_on("v1.36.0");
+    // Killed once the first control plane's apiserver moved; the re-run
+    // reads which components moved from the cluster and goes on.
+    let (c2, o2) = (cluster.clone(), env.options("v1.36.0"));
+    let killed = tokio::time::timeout(
+        Duration::from_secs(60),
+        fixture::killed_at(
+            KillAt::NodeFinished(StepId::StaticPod, "cp1"),
+            move |em| async move { upgrade_kubernetes(&c2, &o2, &em).await },
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("killed run within 60 s; the lab:\n{}", env.lab.report()));
+    assert!(killed.is_none(), "the kill landed");
     let r = tokio::time::timeout(
         Duration::from_secs(120),
         upgrade_kubernetes(&cluster, &env.options("v1.36.0"), &Emitter::new()),

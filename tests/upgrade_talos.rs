@@ -22,8 +22,9 @@ const IMAGE: &str = "ghcr.io/siderolabs/installer:v1.13.9";
 
 /// 3 control planes + 2 workers on 1.12.6 → 1.13.9: every node on the new
 /// version with a new boot ID, etcd quorum never lost on any lab change, the
-/// legacy call on the 1.12 nodes (they all run 1.12 when reached), cordons undone;
-/// a second run skips every node.
+/// legacy call on the 1.12 nodes (they all run 1.12 when reached), cordons
+/// undone, every layer Ready before and after each node; a second run skips
+/// every node; then on to 1.14.2 through the 1.13 API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_talos_rolling_3cp_2w() {
     let env = cluster_until(35, FROM, 3, 2, 0.0, StepId::Adoption).await;
@@ -120,6 +121,43 @@ async fn upgrade_talos_rolling_3cp_2w() {
         "{:?}",
         r2.nodes
     );
+    // The endsys path goes on to 1.14: now every node takes the 1.13 API
+    // (pull, LifecycleService, Reboot) and proves its reboot with the 1.14
+    // BootIDs resource.
+    let mut o = env.options();
+    o.to = Some("v1.14.2".into());
+    o.max_parallel = 2;
+    let c = Collect::default();
+    let r3 = tokio::time::timeout(
+        TEST_DEADLINE,
+        upgrade_talos(&env.reload(), &o, &c.emitter()),
+    )
+    .await
+    .expect("within the deadline")
+    .unwrap_or_else(|e| panic!("{}\n{}", e.explain(), c.lines().join("\n")));
+    assert!(
+        r3.nodes
+            .iter()
+            .all(|(_, w)| w.contains("v1.13.9 → v1.14.2")),
+        "{:?}",
+        r3.nodes
+    );
+    for host in ["cp1", "cp2", "cp3", "worker1", "worker2"] {
+        let lines = c.of(host, StepId::Upgrade);
+        assert!(
+            lines.iter().any(|l| l.contains("LifecycleService.Upgrade")),
+            "{host}: {lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("MachineService.Upgrade")),
+            "{host}: {lines:?}"
+        );
+    }
+    assert!(env
+        .lab
+        .nodes()
+        .iter()
+        .all(|n| n.talos_version() == "v1.14.2"));
 }
 
 /// 1.13.8 → 1.13.9: on 1.13 nodes the image is pulled, then LifecycleService runs

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use endsys_bootstrap::engine::{Doctor, Event, EventKind};
+use endsys_bootstrap::engine::{Doctor, Event, EventKind, StepId};
 use endsys_bootstrap::flows::upgrade::upgrade_talos;
-use upgrade::{cluster, Collect};
+use upgrade::{cluster_until, Collect};
 
 /// Milliseconds per step, summed over the nodes.
 fn per_step(events: &Arc<Mutex<Vec<Event>>>) -> BTreeMap<String, u64> {
@@ -60,7 +60,7 @@ fn covered(spans: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration
 async fn rolling_upgrade_wall_time_against_the_lab_critical_path() {
     // Time scale 0.1: a node's upgrade costs the lab about 1.1 s (drain 0.1,
     // install 0.4, reboot 0.3, boot 0.2, etcd start 0.1).
-    let env = cluster(43, "v1.12.6", 3, 2, 0.1).await;
+    let env = cluster_until(43, "v1.12.6", 3, 2, 0.1, StepId::Adoption).await;
     let mut o = env.options();
     o.max_parallel = 2;
     let c = Collect::default();

@@ -162,6 +162,13 @@ impl Cluster {
         let bytes = self.kubeconfig.as_ref()?;
         Some(crate::kube::client_from_kubeconfig(bytes).await)
     }
+
+    /// A Kubernetes client for drains: 429 answers come back instead of being
+    /// retried inside the client (see [`crate::kube::client_no_retry`]).
+    pub async fn kube_for_drains(&self) -> Option<Result<kube::Client, crate::kube::KubeError>> {
+        let bytes = self.kubeconfig.as_ref()?;
+        Some(crate::kube::client_no_retry(bytes).await)
+    }
 }
 
 /// What one TLS handshake shows of a node.

@@ -123,14 +123,27 @@ impl Doctor for KubeError {
 
 /// A kube-rs client from kubeconfig bytes (its current context).
 pub async fn client_from_kubeconfig(bytes: &[u8]) -> Result<Client, KubeError> {
+    client_of(bytes, true).await
+}
+
+/// [`client_from_kubeconfig`] without kube-rs's own retries of 429/503/504:
+/// for evictions, whose 429 is a PodDisruptionBudget's answer the drain must
+/// read (kube-rs would retry it for minutes, hiding the budget's name).
+pub async fn client_no_retry(bytes: &[u8]) -> Result<Client, KubeError> {
+    client_of(bytes, false).await
+}
+
+async fn client_of(bytes: &[u8], retry: bool) -> Result<Client, KubeError> {
     fn kubeconfig(e: impl std::error::Error + Send + Sync + 'static) -> KubeError {
         KubeError::Kubeconfig(Arc::new(e))
     }
     let text = std::str::from_utf8(bytes).map_err(kubeconfig)?;
     let kc = kube::config::Kubeconfig::from_yaml(text).map_err(kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(kubeconfig)?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(kubeconfig)?;
+    cfg.default_retry = retry;
     Client::try_from(cfg).map_err(kubeconfig)
 }
 

@@ -237,7 +237,8 @@ pub async fn drain_with(
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let mut pause = Backoff::new(Duration::from_millis(50), EVICT_RETRY_MAX);
         loop {
-            match api.evict(&name, &EvictParams::default()).await {
+            let r = api.evict(&name, &EvictParams::default()).await;
+            match r {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 404 => break,
                 Err(kube::Error::Api(s)) if s.code == 429 => {

@@ -63,6 +63,9 @@ pub async fn is_cordoned(k: &kube::Client, node: &NodeDef) -> Result<bool, FlowE
 /// keeps refusing past `opts.timeout` stops the drain with
 /// [`GateError::DrainBlocked`] naming the pod and the budget, unless
 /// `opts.force` (then the pod is deleted and listed in `forced`).
+///
+/// `k` must not retry 429s itself ([`crate::engine::Cluster::kube_for_drains`]):
+/// kube-rs's default client would retry a budget's refusal for minutes.
 pub async fn drain(
     k: &kube::Client,
     node: &NodeDef,

@@ -208,6 +208,12 @@ async fn drain(cx: &mut NodeOp<'_>) -> Result<Outcome, FlowError> {
         timeout: cx.opts.kube_deadline,
         force: false,
     };
+    // Evictions need a client that hands 429s back (the budget's answer).
+    let k = match cx.cluster.kube_for_drains().await {
+        Some(Ok(k)) => k,
+        Some(Err(e)) => return Err(cx.kube_err(e)),
+        None => k,
+    };
     let d = drain::drain(&k, &cx.node, opts).await?;
     Ok(done(drain::summary(&d)))
 }

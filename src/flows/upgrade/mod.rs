@@ -92,6 +92,8 @@ pub struct Rollout<'a> {
     pub em: &'a Emitter,
     pub journal: JournalHandle<RolloutFacts>,
     pub kube: Option<kube::Client>,
+    /// The client drains evict through (429s not retried inside it).
+    pub drain_kube: Option<kube::Client>,
     pub target: skew::Version,
     /// The installer image per node (hostname).
     pub images: BTreeMap<String, String>,
@@ -179,6 +181,11 @@ pub async fn upgrade_talos(
             None
         }
     };
+    let drain_kube = match cluster.kube_for_drains().await {
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => return Err(FlowError::kube(StepId::Kubernetes, e)),
+        None => None,
+    };
     let excused: Vec<String> = pre.excused.iter().map(|(h, _)| h.clone()).collect();
     let first_cp = first_to_touch(cluster, &pre, &journal, &excused);
     let r = Rollout {
@@ -187,6 +194,7 @@ pub async fn upgrade_talos(
         em,
         journal,
         kube,
+        drain_kube,
         target: pre.target.clone(),
         images: pre.images,
         versions: pre.versions,
@@ -266,7 +274,8 @@ async fn run_node(r: &Rollout<'_>, node: &NodeDef) -> Result<String, FlowError> 
     ))
 }
 
-/// Nodes whose reboot an earlier, unfinished run requested (they may be down now).
+/// Nodes an earlier, unfinished run reached and did not finish: their reboot
+/// may be under way, so they may be silent now.
 fn in_flight(cluster: &Cluster, opts: &UpgradeOptions) -> Vec<String> {
     crate::engine::Journal::<RolloutFacts>::read_of(
         &rollout::journal_path(&opts.state_dir, OP),
@@ -279,7 +288,9 @@ fn in_flight(cluster: &Cluster, opts: &UpgradeOptions) -> Vec<String> {
         j.facts
             .per_node
             .into_iter()
-            .filter(|(_, n)| n.requested && !n.done)
+            // Requested, or touched by a run killed right after a call
+            // (an unjournaled reboot may be under way).
+            .filter(|(_, n)| (n.requested || n.version_before.is_some()) && !n.done)
             .map(|(h, _)| h)
             .collect()
     })
@@ -363,6 +374,7 @@ pub async fn plan_upgrade_talos(
         em: &em,
         journal,
         kube: None,
+        drain_kube: None,
         target: pre.target.clone(),
         images: pre.images,
         versions: pre.versions,

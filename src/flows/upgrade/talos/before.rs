@@ -20,6 +20,17 @@ pub(super) async fn guard(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
             "the upgrade was requested earlier: the node may be rebooting",
         ));
     }
+    if let Some(before) = &f.boot_id_before {
+        // A run killed right after a call (the reboot, the legacy upgrade) may
+        // have rebooted the node without journaling it: wait for it to answer,
+        // then a new boot ID means the upgrade is under way.
+        if settled_boot_id(cx).await? != *before {
+            cx.update(|n| n.requested = true)?;
+            return Ok(skipped(
+                "the node rebooted since an earlier run reached it: waiting for it, not asking again",
+            ));
+        }
+    }
     if f.version_before.is_none() || f.boot_id_before.is_none() {
         let c = cx.mtls()?;
         let version = c.version().await?.tag;
@@ -68,6 +79,33 @@ pub(super) async fn guard(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
             format!("{before}; FORCED past: {}", report.reasons.join("; "))
         },
     ))
+}
+
+/// The node's boot ID once it answers (within the node deadline).
+pub(super) async fn settled_boot_id(cx: &NodeRun<'_>) -> Result<String, FlowError> {
+    let mut w = crate::engine::Wait::new(
+        cx.node.label(),
+        "answering with a boot ID",
+        cx.r.opts.node_deadline,
+    )
+    .backoff(crate::engine::Backoff::new(
+        std::time::Duration::from_millis(25),
+        crate::talos::wait::POLL_FALLBACK,
+    ));
+    loop {
+        match back::boot_id(cx.r.cluster, &cx.node, cx.r.opts.policy.once(), None).await {
+            Ok((id, _)) => return Ok(id),
+            Err(e) => w.seen(e.to_string()),
+        }
+        if w.news("away") {
+            cx.r.em.waiting(
+                StepId::Guard,
+                Some(cx.host()),
+                format!("{} to answer again: {}", cx.node.label(), w.last()),
+            );
+        }
+        w.pause().await?;
+    }
 }
 
 pub(super) fn plan_guard(cx: &NodeRun<'_>) -> Vec<PlanItem> {
@@ -305,7 +343,7 @@ pub(super) async fn drain_node(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowErro
     if cx.facts().requested {
         return Ok(skipped("the upgrade was requested earlier"));
     }
-    let Some(k) = &cx.r.kube else {
+    let Some(k) = &cx.r.drain_kube else {
         return Ok(skipped("no Kubernetes access"));
     };
     cx.started(

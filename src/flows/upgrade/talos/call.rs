@@ -188,13 +188,45 @@ pub(super) async fn lifecycle(cx: &NodeRun<'_>) -> Result<Outcome, FlowError> {
     let mut lines: Vec<String> = Vec::new();
     let em = cx.r.em;
     let host = cx.host().to_string();
-    let code = cx
-        .mtls()?
-        .lifecycle_upgrade_to_end(&cx.image, cx.r.opts.node_deadline, |l| {
-            em.progress(step, Some(&host), format!("installer: {l}"));
-            lines.push(l.to_string());
-        })
-        .await?;
+    // An installer a killed run started may still be running: Talos refuses a
+    // second one until it ends; then it runs again (writing the same slot).
+    let mut w = crate::engine::Wait::new(
+        cx.node.label(),
+        "the installer an earlier run started to finish",
+        cx.r.opts.node_deadline,
+    )
+    .backoff(crate::engine::Backoff::new(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_millis(500),
+    ));
+    let code = loop {
+        lines.clear();
+        let r = cx
+            .mtls()?
+            .lifecycle_upgrade_to_end(&cx.image, cx.r.opts.node_deadline, |l| {
+                em.progress(step, Some(&host), format!("installer: {l}"));
+                lines.push(l.to_string());
+            })
+            .await;
+        match r {
+            Ok(code) => break code,
+            Err(e)
+                if e.code() == Some(tonic::Code::FailedPrecondition)
+                    && e.to_string().contains("already in progress") =>
+            {
+                w.seen(e.to_string());
+                if w.news("busy") {
+                    cx.r.em.waiting(
+                        step,
+                        Some(&host),
+                        format!("{}: {}", cx.node.label(), w.last()),
+                    );
+                }
+                w.pause().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     if code != 0 {
         return Err(GateError::InstallerFailed {
             node: cx.node.label(),
@@ -245,9 +277,24 @@ pub(super) async fn reboot(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
         return Ok(skipped("the node rebooted since"));
     }
     cx.started(StepId::Reboot, format!("Reboot → {}", cx.node.label()));
-    let actor = cx.mtls()?.reboot().await?;
-    cx.update(|n| n.requested = true)?;
-    Ok(done(format!("reboot accepted (actor {actor})")))
+    match cx.mtls()?.reboot().await {
+        Ok(actor) => {
+            cx.update(|n| n.requested = true)?;
+            Ok(done(format!("reboot accepted (actor {actor})")))
+        }
+        // Going down already: a reboot an earlier (killed) run asked for. A new
+        // boot ID once it answers again says so; else the error stands.
+        Err(e) => {
+            let before = f.boot_id_before.unwrap_or_default();
+            if super::before::settled_boot_id(cx).await? != before {
+                cx.update(|n| n.requested = true)?;
+                return Ok(skipped(
+                    "the node was rebooting already (an earlier request): not asking again",
+                ));
+            }
+            Err(e.into())
+        }
+    }
 }
 
 pub(super) fn plan_reboot(cx: &NodeRun<'_>) -> Vec<PlanItem> {
