@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use endsys_bootstrap::cli::{
     day2, docs, drift_cmd, gen, migrate_cmd, process, recover_cmd, talos_cmd, up, upgrade_cmd,
-    CliError, Output,
-    OutputFormat,
+    CliError, Output, OutputFormat,
 };
 #[cfg(feature = "lab")]
 use endsys_bootstrap::cli::{demo_cmd, lab_cmd};
