@@ -53,7 +53,7 @@ enum Command {
     Plan(day2::PlanArgs),
     /// The GitOps layers as the cluster sees them now: n of m Flux objects Ready per layer,
     /// and what blocks (message, what it waits on, what it blocks). Exit 1 unless all Ready.
-    Status(up::StatusArgs),
+    Status(drift_cmd::StatusArgs),
     /// Rendered vs running machine config per node and document (unified diff,
     /// secrets shown as `<redacted sha256:…>`), with Talos's own dry-run verdict:
     /// unchanged, live, reboot, reinstall, staged-pending. Exit 0 when nothing
@@ -274,7 +274,7 @@ async fn run(command: Command, out: Output) -> Result<(), CliError> {
             Some(what) => day2::plan(what, &out).await,
             None => up::plan(args.up, &out).await,
         },
-        Command::Status(args) => up::status(args, &out).await,
+        Command::Status(args) => drift_cmd::status(args, &out).await,
         Command::Diff(args) => drift_cmd::diff(args, &out).await,
         Command::Apply(args) => drift_cmd::apply(args, &out).await,
         Command::Etcd(cmd) => day2::etcd(cmd, &out).await,

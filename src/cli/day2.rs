@@ -4,41 +4,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::up::{flow_error, next};
-use super::{CliError, Output, OutputFormat};
-use crate::engine::journal::state_dir;
-use crate::engine::talhelper::TalhelperSource;
-use crate::engine::{Cluster, ClusterSource, Emitter, Event, EventKind, Outcome};
+use super::cluster_args::{spawn_printer, ClusterArgs};
+use super::up::flow_error;
+use super::{CliError, Output};
+use crate::engine::Emitter;
 use crate::flows::backup;
 use crate::flows::nodes::{self, NodeOpOptions, NodeOpReport};
 use crate::snapshot::{sidecar_path, KubeRecord};
 use clap::{Args, Subcommand};
-
-/// Where the cluster comes from: the same definition and secrets `up` used.
-#[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
-    #[command(flatten)]
-    pub definition: super::gen::DefinitionArgs,
-    /// age identity file for SOPS-encrypted secrets [default: $SOPS_AGE_KEY_FILE, then ~/.config/sops/age/keys.txt].
-    #[arg(long)]
-    pub age_key: Option<PathBuf>,
-    /// State directory holding `up`'s journal, talosconfig and kubeconfig
-    /// (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-}
-
-impl ClusterArgs {
-    pub(crate) fn load(&self) -> Result<(Cluster, PathBuf), CliError> {
-        let mut s = TalhelperSource::new(&self.definition.config, &self.definition.secrets_path());
-        s.paths = self.definition.paths();
-        s.age_key = self.age_key.clone();
-        let def = s.definition().map_err(flow_error)?;
-        let dir = state_dir(self.state_dir.as_deref(), &def.cluster);
-        let cluster = Cluster::load(&s, &dir).map_err(flow_error)?;
-        Ok((cluster, dir))
-    }
-}
 
 /// `etcd …`
 #[derive(Debug, Subcommand)]
@@ -164,65 +137,6 @@ pub enum PlanWhat {
     /// receives each call (reads every node's version; changes nothing).
     #[command(subcommand)]
     Upgrade(super::upgrade_cmd::UpgradeCommand),
-}
-
-/// A node operation's event as its `day2` line: the kind, and the message.
-fn day2_kind(e: &Event) -> Option<(&'static str, &str)> {
-    Some(match &e.kind {
-        EventKind::StepStarted { description } => ("started", description.as_str()),
-        EventKind::StepFinished {
-            outcome: Outcome::Done { detail },
-            ..
-        } => ("done", detail.as_str()),
-        EventKind::StepFinished {
-            outcome: Outcome::Skipped { reason },
-            ..
-        } => ("skipped", reason.as_str()),
-        EventKind::Waiting { what } => ("waiting", what.as_str()),
-        EventKind::Progress { message } => ("info", message.as_str()),
-        EventKind::Warning { message } => ("warning", message.as_str()),
-        _ => return None,
-    })
-}
-
-/// Prints a node operation's events as they come: lines on stderr, or NDJSON
-/// `day2` lines on stdout. Ends when the emitter is dropped.
-pub(crate) fn spawn_printer(
-    em: &Emitter,
-    op: &'static str,
-    out: &Output,
-) -> tokio::task::JoinHandle<()> {
-    let mut rx = em.subscribe();
-    let format = out.format;
-    tokio::spawn(async move {
-        while let Some(e) = next(&mut rx).await {
-            let Some((kind, message)) = day2_kind(&e) else {
-                continue;
-            };
-            let node = e.node.as_deref().unwrap_or_default();
-            match format {
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::json!({"event": "day2", "op": op, "node": node, "step": e.step,
-                        "kind": kind, "message": message, "ts_ms": e.ts_ms})
-                ),
-                OutputFormat::Text => {
-                    let tag = match kind {
-                        "started" => "…",
-                        "waiting" => "waiting for",
-                        "info" => "",
-                        "warning" => "WARNING",
-                        other => other,
-                    };
-                    if tag.is_empty() {
-                        eprintln!("{node} {}: {message}", e.step);
-                    } else {
-                        eprintln!("{node} {}: {tag} {message}", e.step);
-                    }
-                }
-            }
-        }
-    })
 }
 
 fn options(dir: PathBuf, op: &OpArgs) -> NodeOpOptions {

@@ -1,19 +1,24 @@
 //! `diff [NODE…]`: rendered vs running config per node and document, secrets
 //! redacted, with Talos's dry-run verdict; exit 0 nothing differs, 2 something
 //! does, 1 on failure. `apply [NODE…]` and `plan apply`: the rollout. The flows
-//! are [`crate::flows::drift`] and [`crate::flows::apply`].
+//! are [`crate::flows::drift`] and [`crate::flows::apply`]. `status`: the GitOps
+//! layers and, when the definition is at hand, one drift line per node.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::day2::ClusterArgs;
-use super::up::flow_error;
+use super::cluster_args::ClusterArgs;
+use super::up::{flow_error, layer_map};
 use super::{CliError, Output, OutputFormat};
+use crate::engine::journal::state_dir;
 use crate::engine::Emitter;
 use crate::engine::{Cluster, NodeDef};
 use crate::flows::apply::{self, ApplyOptions, RolloutMode};
 use crate::flows::drift::{survey_node, NodeDrift};
+use crate::flows::up::kube::{repo_sync_path, walk_graph};
+use crate::flows::up::KubeHalf;
 use crate::talos::CallPolicy;
 
 #[derive(Debug, Args)]
@@ -194,7 +199,7 @@ pub async fn apply(args: ApplyArgs, out: &Output) -> Result<(), CliError> {
     let _lock = super::lock_state(&dir, "apply", out)?;
     let o = args.options(dir)?;
     let em = Emitter::new();
-    let printer = super::day2::spawn_printer(&em, "apply", out);
+    let printer = super::cluster_args::spawn_printer(&em, "apply", out);
     let r = apply::apply(&cluster, &o, &em).await;
     drop(em);
     let _ = printer.await;
@@ -264,7 +269,7 @@ pub async fn plan_apply(args: ApplyArgs, out: &Output) -> Result<(), CliError> {
 
 /// Per node: (label, verdict name, one line), or one line saying why no
 /// drift could be read. Nothing when the definition file is absent.
-pub(crate) async fn drift_lines(args: &super::up::StatusArgs) -> Vec<(String, String, String)> {
+pub(crate) async fn drift_lines(args: &StatusArgs) -> Vec<(String, String, String)> {
     if !args.definition.config.is_file() {
         return Vec::new();
     }
@@ -315,5 +320,127 @@ pub(crate) fn print_drift(lines: &[(String, String, String)], out: &Output) {
                 println!("  {node}: {verdict}: {line}");
             }
         }
+    }
+}
+
+/// `status`: where the cluster is and what the GitOps layers look like.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Cluster name: reads the kubeconfig `up` wrote to its state directory.
+    #[arg(long, required_unless_present_any = ["kubeconfig", "state_dir"], value_parser = super::bounds::cluster_name)]
+    pub cluster: Option<String>,
+    /// State directory holding the kubeconfig (default: $XDG_STATE_HOME/endsys-bootstrap/<cluster>).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Use this kubeconfig instead of the state directory's.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The gitops repository: Kustomizations it defines that the cluster lacks are
+    /// counted and listed as not created yet.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Flux sync path in --repo [default: the flux-instance values' instance.sync.path,
+    /// else kubernetes/flux/cluster].
+    #[arg(long, requires = "repo")]
+    pub sync_path: Option<String>,
+    /// Layer overrides (same file as `up --layers`).
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<PathBuf>,
+    /// The cluster definition: when its talconfig exists, one drift line per
+    /// node (its running config against the definition, as `diff` says).
+    #[command(flatten)]
+    pub definition: super::gen::DefinitionArgs,
+    /// age identity file for SOPS-encrypted secrets (drift lines).
+    #[arg(long)]
+    pub age_key: Option<PathBuf>,
+}
+
+/// `status`: the per-layer view from the cluster. Exit 0 when every Flux object
+/// is Ready, 1 otherwise (with the blocking objects), so scripts can wait on it.
+pub async fn status(args: StatusArgs, out: &Output) -> Result<(), CliError> {
+    let path = match (&args.kubeconfig, &args.state_dir, &args.cluster) {
+        (Some(k), _, _) => k.clone(),
+        (None, dir, cluster) => {
+            state_dir(dir.as_deref(), cluster.as_deref().unwrap_or("")).join("kubeconfig")
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: cannot read the kubeconfig: {e}\n  next action:  run `up` first, or pass --kubeconfig",
+            path.display()
+        ))
+    })?;
+    // The file is judged on its own first: a broken kubeconfig is not the API
+    // server's fault, and the message must name the file.
+    if let Err(e) = crate::kube::client_from_kubeconfig(&bytes).await {
+        return Err(CliError::Usage(format!(
+            "{}: not a usable kubeconfig: {}\n  likely cause: the file is not a kubeconfig (or is truncated), or its current context names a cluster or user it does not define\n  next action:  pass the admin kubeconfig `up` wrote (<state-dir>/kubeconfig), or check the file with `kubectl --kubeconfig {} config view`",
+            path.display(),
+            super::bounds::kube_detail(&e),
+            path.display()
+        )));
+    }
+    let layers = layer_map(args.layers.as_deref())?;
+    let graph = match &args.repo {
+        Some(repo) => {
+            let half = KubeHalf::endsys(repo.clone());
+            let sync = args
+                .sync_path
+                .clone()
+                .unwrap_or_else(|| repo_sync_path(&half));
+            Some(walk_graph(repo, &sync, layers.clone()).map_err(flow_error)?)
+        }
+        None => None,
+    };
+    let p = crate::flows::up::gitops::status(&bytes, layers, graph.as_ref()).await;
+    let drift = drift_lines(&args).await;
+    // The nodes' drift is worth showing even when the layers cannot be read.
+    let p = p.map_err(|e| {
+        print_drift(&drift, out);
+        flow_error(e)
+    })?;
+    match out.format {
+        OutputFormat::Json => {
+            for l in &p.layers {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "layer_progress", "layer": l.layer, "title": l.name, "ready": l.ready, "total": l.total, "waiting": l.waiting})
+                );
+            }
+            for i in p
+                .items
+                .iter()
+                .filter(|i| i.state != crate::gitops::ItemState::Ready)
+            {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "flux_object", "kind": i.kind.to_string(), "object": i.key.to_string(), "layer": i.layer,
+                        "state": format!("{:?}", i.state).to_lowercase(), "reason": i.reason, "message": i.message,
+                        "waiting_on": i.waiting_on.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                        "blocks": i.dependents.iter().map(|k| k.to_string()).collect::<Vec<_>>()})
+                );
+            }
+            for k in &p.missing {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "flux_object", "kind": "Kustomization", "object": k.to_string(), "state": "missing"})
+                );
+            }
+        }
+        OutputFormat::Text => print!("{}", p.render()),
+    }
+    print_drift(&drift, out);
+    if p.all_ready() {
+        Ok(())
+    } else {
+        let n = p
+            .items
+            .iter()
+            .filter(|i| i.state != crate::gitops::ItemState::Ready)
+            .count()
+            + p.missing.len();
+        Err(CliError::Failed(format!(
+            "{n} Flux object(s) not Ready (listed above)\n  next action:  read the blocking object's message; `up` resumes watching where it stopped"
+        )))
     }
 }

@@ -2,6 +2,7 @@
 //! Everything here calls into the library; no behaviour lives here.
 
 pub mod bounds;
+pub mod cluster_args;
 pub mod day2;
 #[cfg(feature = "lab")]
 pub mod demo_cmd;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::day2::{spawn_printer, ClusterArgs};
+use super::cluster_args::{spawn_printer, ClusterArgs};
 use super::up::flow_error;
 use super::{CliError, Output};
 use crate::engine::{Emitter, PlanItem};

@@ -2,7 +2,17 @@
 //! order of `pkg/machinery/config/types/{k8s,cluster,network,runtime}`@v1.14.0-rc.1;
 //! Go maps — extraArgs, labels, free-form `config`/`configuration` — come out sorted).
 
-use super::yaml::Order::{self, *};
+use Order::*;
+
+/// How the keys of a mapping at some path are ordered on output.
+pub(crate) enum Order {
+    /// A Go struct: known fields in declaration order, unknown ones after, as inserted.
+    Struct(&'static [&'static str]),
+    /// A Go map: keys sorted, and nested maps too (Unstructured values).
+    SortedDeep,
+    /// A Go map of structs: keys sorted, values ordered by their own path.
+    Sorted,
+}
 
 macro_rules! doc {
     ($($f:literal),*) => { Struct(&["apiVersion", "kind", "name", $($f),*]) };

@@ -233,15 +233,7 @@ fn quote_if_needed(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// How the keys of a mapping at some path are ordered on output.
-pub(crate) enum Order {
-    /// A Go struct: known fields in declaration order, unknown ones after, as inserted.
-    Struct(&'static [&'static str]),
-    /// A Go map: keys sorted, and nested maps too (Unstructured values).
-    SortedDeep,
-    /// A Go map of structs: keys sorted, values ordered by their own path.
-    Sorted,
-}
+pub(crate) use super::kube_order::Order;
 
 fn order_for(kind: &str, path: &[&str]) -> Option<Order> {
     use Order::*;

@@ -6,6 +6,36 @@ use serde_json::Value;
 
 use super::store::ApiError;
 
+/// Whether a label selector object (`matchLabels`, `matchExpressions`) selects `labels`.
+pub(crate) fn selects(selector: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    if let Some(m) = selector.get("matchLabels").and_then(Value::as_object) {
+        if !m.iter().all(|(k, v)| label(k) == v.as_str()) {
+            return false;
+        }
+    }
+    let exprs = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    exprs.iter().all(|e| {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|vs| vs.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match e.get("operator").and_then(Value::as_str).unwrap_or("") {
+            "In" => label(key).is_some_and(|v| values.contains(&v)),
+            "NotIn" => !label(key).is_some_and(|v| values.contains(&v)),
+            "Exists" => label(key).is_some(),
+            "DoesNotExist" => label(key).is_none(),
+            _ => false,
+        }
+    })
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

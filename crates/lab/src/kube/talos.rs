@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::select::selects;
 use super::server::discovery::KUBE_VERSION;
 use super::server::{now, Api};
 use super::store::ApiError;
@@ -138,36 +139,6 @@ fn owned_by_daemonset(p: &Value) -> bool {
         .is_some_and(|o| o.iter().any(|r| s(r, "/kind") == "DaemonSet"))
 }
 
-/// Whether a label selector object (`matchLabels`, `matchExpressions`) selects `labels`.
-pub(crate) fn selects(selector: &Value, labels: &Value) -> bool {
-    let label = |k: &str| labels.get(k).and_then(Value::as_str);
-    if let Some(m) = selector.get("matchLabels").and_then(Value::as_object) {
-        if !m.iter().all(|(k, v)| label(k) == v.as_str()) {
-            return false;
-        }
-    }
-    let exprs = selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    exprs.iter().all(|e| {
-        let key = s(e, "/key");
-        let values: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .map(|vs| vs.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        match s(e, "/operator") {
-            "In" => label(key).is_some_and(|v| values.contains(&v)),
-            "NotIn" => !label(key).is_some_and(|v| values.contains(&v)),
-            "Exists" => label(key).is_some(),
-            "DoesNotExist" => label(key).is_none(),
-            _ => false,
-        }
-    })
-}
-
 /// An int-or-percent of `total` (percentages rounded up, as the disruption
 /// controller does for both fields).
 fn scaled(v: &Value, total: i64) -> Option<i64> {
@@ -179,23 +150,6 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
         }
         _ => None,
     }
-}
-
-/// The PodDisruptionBudgets in `ns` that select a pod with `labels`.
-pub(crate) fn pdbs_for(api: &Api, ns: &str, labels: &Value) -> Vec<Value> {
-    let Some(t) = api.type_by_kind("PodDisruptionBudget") else {
-        return vec![];
-    };
-    api.store
-        .list(&t.list_prefix(Some(ns)))
-        .map(|(items, _)| items.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            p.pointer("/spec/selector")
-                .is_some_and(|sel| selects(sel, labels))
-        })
-        .collect()
 }
 
 fn list(api: &Api, kind: &str) -> Vec<Value> {

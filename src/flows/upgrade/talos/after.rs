@@ -4,7 +4,7 @@ use crate::engine::{FlowError, Outcome, PlanItem, StepId};
 use crate::flows::gates::{back, drain};
 use crate::flows::nodes::state::{done, skipped};
 
-use super::before::{layers_gate, plan_layers};
+use super::before::{layers_gate, plan_layers, short};
 
 use super::super::same_version;
 use super::super::NodeRun;
@@ -200,8 +200,4 @@ pub(super) async fn layers_after(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowEr
 
 pub(super) fn plan_layers_after(cx: &NodeRun<'_>) -> Vec<PlanItem> {
     plan_layers(cx, "after")
-}
-
-pub(super) fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
 }

@@ -5,8 +5,6 @@ use crate::flows::gates::{back, drain, layers, leader, quorum, snapshot, GuardOp
 use crate::flows::nodes::state::{done, skipped};
 use crate::talos::ApplyMode;
 
-use super::after::short;
-
 use super::super::NodeRun;
 
 // ---- before ------------------------------------------------------------------------------
@@ -378,4 +376,9 @@ pub(super) fn plan_drain(cx: &NodeRun<'_>) -> Vec<PlanItem> {
             }
         )),
     )
+}
+
+/// A boot ID as events print it (its first 8 characters).
+pub(super) fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }

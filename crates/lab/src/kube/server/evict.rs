@@ -8,6 +8,7 @@
 use serde_json::{json, Value};
 
 use super::Api;
+use crate::kube::select::selects;
 use crate::kube::store::ApiError;
 use crate::kube::types::ResType;
 
@@ -41,7 +42,7 @@ pub(crate) fn evict(api: &Api, pod_t: &ResType, ns: &str, name: &str) -> Result<
             .pointer("/metadata/labels")
             .cloned()
             .unwrap_or(json!({}));
-        let pdbs = crate::kube::talos::pdbs_for(api, ns, &labels);
+        let pdbs = pdbs_for(api, ns, &labels);
         if pdbs.len() > 1 {
             return Err(ApiError::new(
                 500,
@@ -91,4 +92,21 @@ pub(crate) fn evict(api: &Api, pod_t: &ResType, ns: &str, name: &str) -> Result<
     }
     api.delete(pod_t, Some(ns), name, false)?;
     Ok(())
+}
+
+/// The PodDisruptionBudgets in `ns` that select a pod with `labels`.
+pub(crate) fn pdbs_for(api: &Api, ns: &str, labels: &Value) -> Vec<Value> {
+    let Some(t) = api.type_by_kind("PodDisruptionBudget") else {
+        return vec![];
+    };
+    api.store
+        .list(&t.list_prefix(Some(ns)))
+        .map(|(items, _)| items.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.pointer("/spec/selector")
+                .is_some_and(|sel| selects(sel, labels))
+        })
+        .collect()
 }
