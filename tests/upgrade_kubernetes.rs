@@ -1,8 +1,9 @@
 //! `upgrade kubernetes` end to end against the lab: the talhelper definition
 //! moved from Kubernetes v1.35.0 to v1.36.0, then every static pod (mirror pod
 //! image, Ready) and every kubelet (Node kubeletVersion, Ready) on the new
-//! version; refused on Talos 1.12 nodes, which do not run 1.36. Subnets
-//! 127.0.41.0/24 and 127.0.42.0/24.
+//! version; refused on Talos 1.12 nodes, which do not run 1.36; refused when
+//! the GitOps tree holds a manifest of an API the target removes. Subnets
+//! 127.0.41.0/24, 127.0.42.0/24 and 127.0.55.0/24.
 
 #[path = "common/fixture.rs"]
 mod fixture;
@@ -14,7 +15,9 @@ use endsys_bootstrap::demo::{lab_definition, lab_talconfig};
 use endsys_bootstrap::engine::talhelper::TalhelperSource;
 use endsys_bootstrap::engine::{Cluster, ClusterSource, Doctor, Emitter, StepId};
 use endsys_bootstrap::flows::up::up;
-use endsys_bootstrap::flows::upgrade::kubernetes::{upgrade_kubernetes, COMPONENTS};
+use endsys_bootstrap::flows::upgrade::kubernetes::{
+    plan_upgrade_kubernetes, upgrade_kubernetes, COMPONENTS,
+};
 use endsys_bootstrap::flows::upgrade::UpgradeOptions;
 use endsys_lab::Lab;
 use fixture::{up_options, Deadlines, KillAt, SECRETS};
@@ -181,4 +184,60 @@ async fn upgrade_kubernetes_refused_on_112_nodes() {
         "{}",
         e.explain()
     );
+}
+
+/// The other half of the removed-API check: a manifest in the Flux tree that
+/// the target no longer serves would be re-created by Flux after the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_kubernetes_refused_for_a_removed_api_in_the_gitops_tree() {
+    tokio::time::timeout(Duration::from_secs(150), async {
+        let env = cluster(55, "v1.13.9").await;
+        let cluster = env.definition_on("v1.36.0");
+        let repo = env.dir.path().join("repo");
+        let explain = |e: endsys_bootstrap::engine::FlowError| panic!("{}", e.explain());
+        // No tree given: the plan says it was not scanned.
+        let items = plan_upgrade_kubernetes(&cluster, &env.options("v1.36.0"))
+            .await
+            .unwrap_or_else(explain);
+        assert!(
+            items[0].action.contains("GitOps tree NOT scanned"),
+            "{}",
+            items[0].action
+        );
+        // The lab's endsys tree: scanned, nothing 1.36 removes.
+        let mut o = env.options("v1.36.0");
+        o.gitops_tree = Some((repo.clone(), None));
+        let items = plan_upgrade_kubernetes(&cluster, &o)
+            .await
+            .unwrap_or_else(explain);
+        assert!(
+            items[0].action.contains("document(s) scanned, 0 of an API"),
+            "{}",
+            items[0].action
+        );
+        // A Workload of scheduling.k8s.io/v1alpha2 (gone in 1.37) in an app's build.
+        let rel = "kubernetes/apps/database/cnpg-operator/app/helmrelease.yaml";
+        let mut text = std::fs::read_to_string(repo.join(rel)).unwrap();
+        let line = text.lines().count() + 2;
+        text.push_str("---\napiVersion: scheduling.k8s.io/v1alpha2\nkind: Workload\nmetadata:\n  name: nightly-train\n");
+        std::fs::write(repo.join(rel), text).unwrap();
+        let mut o = env.options("v1.37.0");
+        o.gitops_tree = Some((repo, None));
+        let named = format!(
+            "{rel}:{line}: scheduling.k8s.io/v1alpha2 Workload \"nightly-train\" in the GitOps tree: Kubernetes 1.37 removes that API"
+        );
+        let e = upgrade_kubernetes(&cluster, &o, &Emitter::new())
+            .await
+            .expect_err("a removed API in the tree");
+        assert!(e.is_input_error(), "{}", e.explain());
+        assert!(e.explain().contains(&named), "{}", e.explain());
+        // The plan refuses with the same line.
+        let e = plan_upgrade_kubernetes(&cluster, &o)
+            .await
+            .expect_err("the plan refuses too");
+        assert!(e.explain().contains(&named), "{}", e.explain());
+        env
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the tree-scan test did not finish within 150 s"));
 }

@@ -46,7 +46,8 @@ pub enum UpgradeCommand {
     /// supported by every node's Talos — Talos 1.12 runs 1.30–1.35, 1.13 runs
     /// 1.31–1.36, 1.14 runs 1.32–1.37; the definition's kubernetesVersion
     /// already V, else a later `up` would revert the images; no object left of
-    /// an API the target removes) → every image pulled on every node first →
+    /// an API the target removes, in the cluster or — with --repo — in the
+    /// GitOps tree, each named by file:line) → every image pulled on every node first →
     /// kube-apiserver, then kube-controller-manager, then kube-scheduler, each
     /// control plane in turn (ApplyConfiguration NO_REBOOT with the image,
     /// then its mirror pod on the new image and Ready) → the kubelet on every
@@ -55,7 +56,7 @@ pub enum UpgradeCommand {
     /// Which components moved is read from the cluster, so a re-run resumes.
     ///
     /// Example: set `kubernetesVersion: v1.36.0` in talconfig.yaml, then
-    /// `upgrade kubernetes --to v1.36.0`.
+    /// `upgrade kubernetes --to v1.36.0 --repo .`.
     Kubernetes(UpgradeKubernetesArgs),
 }
 
@@ -76,17 +77,31 @@ pub struct UpgradeKubernetesArgs {
     /// Seconds for each static pod or Node to come back Ready on the new version.
     #[arg(long, default_value_t = 600, value_parser = super::bounds::secs)]
     pub timeout: u64,
+    /// The gitops repository (as `up --repo`): its Flux tree is scanned for
+    /// manifests of APIs the target removes. Without it, preflight says the
+    /// tree was not scanned.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    /// Flux sync path in --repo [default: the flux-instance values' instance.sync.path,
+    /// else kubernetes/flux/cluster].
+    #[arg(long, requires = "repo")]
+    pub sync_path: Option<String>,
+    /// Layer overrides (same file as `up --layers`).
+    #[arg(long, value_name = "FILE")]
+    pub layers: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
 
-fn kube_options(dir: PathBuf, a: &UpgradeKubernetesArgs) -> UpgradeOptions {
+fn kube_options(dir: PathBuf, a: &UpgradeKubernetesArgs) -> Result<UpgradeOptions, CliError> {
     let mut o = UpgradeOptions::new(dir);
     o.to = Some(a.to.clone());
     o.max_parallel = a.max_parallel as usize;
     o.ignore_gitops = a.ignore_gitops;
     o.kube_deadline = Duration::from_secs(a.timeout);
-    o
+    o.layers = super::up::layer_map(a.layers.as_deref())?;
+    o.gitops_tree = a.repo.clone().map(|r| (r, a.sync_path.clone()));
+    Ok(o)
 }
 
 #[derive(Debug, Clone, Args)]
@@ -218,7 +233,7 @@ async fn upgrade_kubernetes(a: UpgradeKubernetesArgs, out: &Output) -> Result<()
     }
     let (cluster, dir) = a.cluster.load()?;
     let _lock = super::lock_state(&dir, "upgrade kubernetes", out)?;
-    let o = kube_options(dir, &a);
+    let o = kube_options(dir, &a)?;
     let em = Emitter::new();
     let printer = spawn_printer(&em, "upgrade-kubernetes", out);
     let r = upgrade::kubernetes::upgrade_kubernetes(&cluster, &o, &em).await;
@@ -255,7 +270,7 @@ pub async fn plan(cmd: UpgradeCommand, out: &Output) -> Result<(), CliError> {
         UpgradeCommand::Talos(a) => a,
         UpgradeCommand::Kubernetes(a) => {
             let (cluster, dir) = a.cluster.load()?;
-            let o = kube_options(dir, &a);
+            let o = kube_options(dir, &a)?;
             let items = upgrade::kubernetes::plan_upgrade_kubernetes(&cluster, &o)
                 .await
                 .map_err(flow_error)?;

@@ -23,6 +23,7 @@ use crate::kube::nodes;
 use crate::talos::{ApplyMode, ImageNamespace};
 
 use super::preflight::{config_field, with_fields};
+use super::removed;
 use super::skew::{self, Version};
 use super::UpgradeOptions;
 
@@ -37,13 +38,6 @@ pub const COMPONENTS: [(&str, &[&str]); 3] = [
 ];
 const KUBELET: &[&str] = &["machine", "kubelet", "image"];
 const PROXY: &[&str] = &["cluster", "proxy", "image"];
-
-/// API group/versions (and resources) a Kubernetes minor removes: an object
-/// of one of them left in the cluster stops the upgrade (go-kubernetes checks).
-const REMOVED: &[(u32, &str, &str)] = &[
-    (37, "scheduling.k8s.io/v1alpha2", "workloads"),
-    (37, "scheduling.k8s.io/v1alpha2", "podgroups"),
-];
 
 /// What `upgrade kubernetes` did.
 #[derive(Debug, Clone)]
@@ -64,6 +58,8 @@ struct Run<'a> {
     k: kube::Client,
     from: Version,
     to: Version,
+    /// What preflight says of the GitOps tree (scanned, or why not).
+    tree: String,
 }
 
 /// Runs (or resumes) `upgrade kubernetes --to V`.
@@ -147,7 +143,7 @@ async fn preflight<'a>(
     em.started_with(
         StepId::Preflight,
         None,
-        "Version → every node; Node kubelet versions; definition; removed APIs",
+        "Version → every node; Node kubelet versions; definition; removed APIs (cluster, GitOps tree)",
     );
     let r = preflight_checks(cluster, opts, em).await;
     match &r {
@@ -155,7 +151,10 @@ async fn preflight<'a>(
             StepId::Preflight,
             None,
             Outcome::Done {
-                detail: format!("Kubernetes {} → {}", run.from, run.to),
+                detail: format!(
+                    "Kubernetes {} → {}; GitOps tree {}",
+                    run.from, run.to, run.tree
+                ),
             },
             t0,
         ),
@@ -249,15 +248,21 @@ async fn preflight_checks<'a>(
             Err(e) => rules.push(format!("{} does not answer Version: {e}", n.label())),
         }
     }
-    // APIs the target removes, still in use.
-    for (minor, gv, resource) in REMOVED.iter().filter(|(m, _, _)| *m == to.minor) {
-        if let Some(count) = objects_of(&k, gv, resource).await {
+    // APIs the target removes, still in use in the cluster…
+    for r in removed::removed_in(to.minor).filter(|r| r.live) {
+        if let Some(count) = objects_of(&k, r.api_version, r.resource).await {
             if count > 0 {
                 rules.push(format!(
-                    "{count} {resource}.{gv} object(s) in the cluster: Kubernetes 1.{minor} removes that API; migrate them first"
+                    "{count} {}.{} object(s) in the cluster: Kubernetes 1.{} removes that API; migrate them first",
+                    r.resource, r.api_version, r.minor
                 ));
             }
         }
+    }
+    // …and in the GitOps tree, from which Flux would re-create them.
+    let tree = tree_scan(opts, &to, &mut rules);
+    if tree.starts_with("NOT") {
+        em.warning(StepId::Preflight, None, format!("GitOps tree {tree}"));
     }
     let from = from.unwrap_or_else(|| to.clone());
     if !rules.is_empty() {
@@ -277,7 +282,41 @@ async fn preflight_checks<'a>(
         k,
         from,
         to,
+        tree,
     })
+}
+
+/// Scans the GitOps tree for manifests of APIs the target removes (each a
+/// refusal rule); returns what to say about the tree in preflight and the plan.
+fn tree_scan(opts: &UpgradeOptions, to: &Version, rules: &mut Vec<String>) -> String {
+    let Some((repo, sync_path)) = &opts.gitops_tree else {
+        return format!(
+            "NOT scanned for APIs Kubernetes 1.{} removes (no --repo): Flux may re-create such objects after the upgrade",
+            to.minor
+        );
+    };
+    let sync = sync_path.clone().unwrap_or_else(|| {
+        crate::flows::up::kube::repo_sync_path(&crate::flows::up::KubeHalf::endsys(repo.clone()))
+    });
+    match removed::scan_tree(repo, &sync, opts.layers.clone(), to.minor) {
+        Ok(scan) => {
+            rules.extend(scan.findings.iter().map(ToString::to_string));
+            format!(
+                "{} ({sync}): {} document(s) scanned, {} of an API Kubernetes 1.{} removes",
+                repo.display(),
+                scan.documents,
+                scan.findings.len(),
+                to.minor
+            )
+        }
+        Err(e) => {
+            rules.push(format!(
+                "the GitOps tree {} ({sync}) cannot be read: {e}",
+                repo.display()
+            ));
+            format!("{} unreadable", repo.display())
+        }
+    }
 }
 
 /// How many objects of `resource` in `gv` exist; None when the API is not served.
@@ -509,8 +548,8 @@ pub async fn plan_upgrade_kubernetes(
         StepId::Preflight,
         false,
         format!(
-            "Kubernetes {} → {}: one minor at most, supported by every node's Talos, definition on {}, no object of a removed API",
-            run.from, run.to, run.to
+            "Kubernetes {} → {}: one minor at most, supported by every node's Talos, definition on {}, no object of a removed API; GitOps tree {}",
+            run.from, run.to, run.to, run.tree
         ),
     )];
     for n in &cluster.def.nodes {

@@ -8,6 +8,7 @@
 
 pub mod kubernetes;
 pub mod preflight;
+pub mod removed;
 pub mod skew;
 pub mod talos;
 
@@ -43,6 +44,10 @@ pub struct UpgradeOptions {
     /// Pass the layers gate with a warning instead of waiting and refusing.
     pub ignore_gitops: bool,
     pub layers: LayerMap,
+    /// The GitOps repository and its Flux sync path (None: the default `up`
+    /// derives from the repository), scanned by `upgrade kubernetes` for
+    /// manifests of APIs the target removes. None: not scanned (said so).
+    pub gitops_tree: Option<(PathBuf, Option<String>)>,
     /// How long a not-Ready layer is waited for.
     pub layers_deadline: Duration,
     /// Snapshot etcd before the first control plane.
@@ -68,6 +73,7 @@ impl UpgradeOptions {
             force_drain: false,
             ignore_gitops: false,
             layers: LayerMap::endsys(),
+            gitops_tree: None,
             layers_deadline: Duration::from_secs(600),
             auto_snapshot: true,
             node_deadline: Duration::from_secs(30 * 60),
