@@ -304,10 +304,17 @@ async fn reimage_each_control_plane_keeps_quorum() {
         assert_eq!(member_names(&env).await, ["cp1", "cp2", "cp3"]);
         if name == "cp1" {
             let drain = c.messages(StepId::Drain).join("\n");
-            assert!(
-                drain.contains("1 pod(s) evicted, 1 DaemonSet/mirror"),
-                "{drain}"
-            );
+            // The web pod is evicted; the DaemonSet pod stays, and so do the
+            // control-plane mirror pods (how many the lab kubelet has posted by
+            // now depends on timing, so only "none of them evicted" is fixed).
+            assert!(drain.contains("1 pod(s) evicted, "), "{drain}");
+            let left: usize = drain
+                .split("1 pod(s) evicted, ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(left >= 1, "{drain}");
             assert!(pods.get_opt("web").await.unwrap().is_none());
             assert!(pods.get_opt("agent").await.unwrap().is_some());
         }
