@@ -380,3 +380,45 @@ async fn plan_upgrade_names_receivers() {
         .iter()
         .all(|n| n.staged_talos_version().is_none()));
 }
+
+/// `--legacy-upgrade`: a 1.13 node takes MachineService.Upgrade (no pull, no
+/// LifecycleService, no separate reboot call) and still comes back on the
+/// target with a new boot ID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_upgrade_flag_uses_machine_service_on_1_13_nodes() {
+    let env = cluster(56, TO, 1, 0, 0.0).await;
+    let before = env.boot_ids();
+    let c = Collect::default();
+    let mut o = env.options();
+    o.to = Some("v1.14.2".into());
+    o.legacy_upgrade = true;
+    o.force = true; // one control plane: the quorum guard refuses without it
+    let r = tokio::time::timeout(TEST_DEADLINE, upgrade_talos(&env.cluster, &o, &c.emitter()))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "upgrade within the deadline; the lab:\n{}",
+                env.lab.report()
+            )
+        })
+        .unwrap_or_else(|e| panic!("{}\n{}", e.explain(), c.lines().join("\n")));
+    assert_eq!(r.target, "v1.14.2");
+    assert_eq!(env.lab.nodes()[0].talos_version(), "v1.14.2");
+    assert_ne!(env.boot_ids(), before, "a new boot ID");
+    let calls = c.of("cp1", StepId::Upgrade);
+    assert!(
+        calls.iter().any(|l| l.contains("MachineService.Upgrade")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|l| l.contains("LifecycleService")),
+        "{calls:?}"
+    );
+    assert!(
+        c.of("cp1", StepId::PullImage)
+            .iter()
+            .any(|l| l.contains("pulls the image itself")),
+        "{:?}",
+        c.lines()
+    );
+}

@@ -132,6 +132,11 @@ pub struct UpgradeTalosArgs {
     /// (the docs recommend the latest patch of every minor in between).
     #[arg(long)]
     pub allow_skip_minor: bool,
+    /// Upgrade 1.13+ nodes through MachineService.Upgrade as on 1.12 (talosctl's
+    /// `--legacy`), not LifecycleService: the new API does not pass
+    /// machine.install.extraKernelArgs on GRUB nodes without grubUseUKICmdline.
+    #[arg(long)]
+    pub legacy_upgrade: bool,
     /// Do not take the etcd snapshot before the first control plane.
     #[arg(long)]
     pub no_snapshot: bool,
@@ -158,6 +163,7 @@ fn options(dir: PathBuf, a: &UpgradeTalosArgs) -> UpgradeOptions {
     o.layers_deadline = Duration::from_secs(a.layers_timeout);
     o.force = a.force;
     o.allow_skip_minor = a.allow_skip_minor;
+    o.legacy_upgrade = a.legacy_upgrade;
     o.auto_snapshot = !a.no_snapshot;
     o.node_deadline = Duration::from_secs(a.node_timeout);
     o.etcd_deadline = Duration::from_secs(a.etcd_timeout);

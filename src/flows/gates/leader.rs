@@ -22,6 +22,9 @@ pub enum HandOver {
     NotLeader,
     /// Leadership moved to this node (hostname).
     Moved { to: String },
+    /// The node is etcd's only member: there is nobody to hand over to, and a
+    /// forfeit would wait for an election that cannot happen.
+    Alone,
 }
 
 /// The leader every answering control plane agrees on, as its definition node;
@@ -74,6 +77,14 @@ pub async fn hand_over(
     let mut asked = false;
     loop {
         let view = survey(cluster, policy).await;
+        if view.members.len() == 1
+            && view
+                .members
+                .iter()
+                .any(|m| owner(cluster, m).is_some_and(|n| n.hostname == node.hostname))
+        {
+            return Ok(HandOver::Alone);
+        }
         match leader_of(cluster, &view) {
             Some(l) if l.hostname != node.hostname => {
                 return Ok(if asked {

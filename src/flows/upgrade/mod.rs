@@ -37,6 +37,10 @@ pub struct UpgradeOptions {
     pub force: bool,
     /// Allow a jump of two Talos minors where the installer allows it.
     pub allow_skip_minor: bool,
+    /// Use MachineService.Upgrade on 1.13+ nodes too (talosctl's `--legacy`):
+    /// the 1.13 API drops extraKernelArgs on GRUB nodes without the UKI
+    /// command line, and the Talos docs give the legacy call as the stopgap.
+    pub legacy_upgrade: bool,
     /// How long a PodDisruptionBudget refusal is retried.
     pub drain_timeout: Duration,
     /// After `drain_timeout`, delete the pod instead of stopping.
@@ -69,6 +73,7 @@ impl UpgradeOptions {
             max_parallel: 1,
             force: false,
             allow_skip_minor: false,
+            legacy_upgrade: false,
             drain_timeout: Duration::from_secs(300),
             force_drain: false,
             ignore_gitops: false,

@@ -279,12 +279,13 @@ async fn check(
     for n in &cluster.def.nodes {
         let config = cluster.config_of(n)?;
         if kernel_args_dropped(config)
+            && !opts.legacy_upgrade
             && versions.get(&n.hostname).is_some_and(|v| lifecycle_api(v))
         {
             em.warning(
                 StepId::Preflight,
                 Some(&n.hostname),
-                "machine.install.extraKernelArgs is set and grubUseUKICmdline is not: the 1.13 upgrade API does not pass kernel arguments to the installer on GRUB nodes; check them after the upgrade (`talos read /proc/cmdline`)",
+                "machine.install.extraKernelArgs is set and grubUseUKICmdline is not: the 1.13 upgrade API does not pass kernel arguments to the installer on GRUB nodes; check them after the upgrade (`talos read /proc/cmdline`), or pass --legacy-upgrade (MachineService.Upgrade, Talos's documented stopgap)",
             );
         }
     }

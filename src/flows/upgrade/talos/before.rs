@@ -44,7 +44,7 @@ pub(super) async fn guard(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
     } else {
         GuardOp::Worker
     };
-    let report = quorum::check(
+    let checked = quorum::check(
         cx.r.cluster,
         cx.r.opts.policy,
         cx.r.opts.force,
@@ -53,7 +53,25 @@ pub(super) async fn guard(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> {
         &cx.node,
         op,
     )
-    .await?;
+    .await;
+    let report = match (checked, &f.boot_id_before) {
+        (Ok(r), _) => r,
+        // Touched by an earlier run: a Reboot it sent may take the node down
+        // only now, between the boot-ID read above and the guard's survey (on
+        // metal as in the lab, Reboot answers before the node goes down). If
+        // the node comes back on a new boot ID, that was the reboot: go on
+        // waiting for it instead of refusing.
+        (Err(refusal), Some(before)) => {
+            if settled_boot_id(cx).await? != *before {
+                cx.update(|n| n.requested = true)?;
+                return Ok(skipped(
+                    "the node went down for a reboot an earlier run asked for: waiting for it, not asking again",
+                ));
+            }
+            return Err(refusal);
+        }
+        (Err(refusal), None) => return Err(refusal),
+    };
     if report.forced && op != GuardOp::Worker {
         let host = cx.host().to_string();
         cx.r.journal.update(|j| {
@@ -272,6 +290,7 @@ pub(super) async fn forfeit(cx: &mut NodeRun<'_>) -> Result<Outcome, FlowError> 
     {
         leader::HandOver::NotLeader => Ok(skipped("not the etcd leader")),
         leader::HandOver::Moved { to } => Ok(done(format!("etcd leadership handed to {to}"))),
+        leader::HandOver::Alone => Ok(skipped("the only etcd member: no leadership to hand over")),
     }
 }
 

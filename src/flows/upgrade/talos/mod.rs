@@ -90,11 +90,13 @@ impl NodeRun<'_> {
         self.r.target.to_string()
     }
 
-    /// The node takes MachineService.Upgrade: it ran Talos < 1.13 when the
-    /// rollout reached it, or answered Unimplemented to the new API.
+    /// The node takes MachineService.Upgrade: the operator asked for it
+    /// (`--legacy-upgrade`), it ran Talos < 1.13 when the rollout reached it,
+    /// or it answered Unimplemented to the new API.
     fn legacy(&self) -> bool {
         let f = self.facts();
-        f.legacy_api
+        self.r.opts.legacy_upgrade
+            || f.legacy_api
             || f.version_before
                 .as_deref()
                 .or(self.r.versions.get(self.host()).map(String::as_str))
