@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use endsys_bootstrap::demo::overhead::covered;
 use endsys_bootstrap::engine::{Doctor, Event, EventKind, StepId};
 use endsys_bootstrap::flows::upgrade::upgrade_talos;
 use upgrade::{cluster_until, Collect};
@@ -28,32 +29,6 @@ fn per_step(events: &Arc<Mutex<Vec<Event>>>) -> BTreeMap<String, u64> {
         }
     }
     m
-}
-
-/// The time inside `[from, to]` covered by at least one span.
-fn covered(spans: &[(Instant, Instant)], from: Instant, to: Instant) -> Duration {
-    let mut clipped: Vec<(Instant, Instant)> = spans
-        .iter()
-        .map(|(s, e)| ((*s).max(from), (*e).min(to)))
-        .filter(|(s, e)| e > s)
-        .collect();
-    clipped.sort();
-    let mut total = Duration::ZERO;
-    let mut cur: Option<(Instant, Instant)> = None;
-    for (s, e) in clipped {
-        cur = match cur {
-            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-            Some((cs, ce)) => {
-                total += ce - cs;
-                Some((s, e))
-            }
-            None => Some((s, e)),
-        };
-    }
-    if let Some((cs, ce)) = cur {
-        total += ce - cs;
-    }
-    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

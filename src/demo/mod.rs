@@ -18,7 +18,7 @@ use crate::flows::up::{up, UpOptions, UpReport};
 
 mod definition;
 mod half;
-mod overhead;
+pub mod overhead;
 pub use definition::{lab_definition, lab_talconfig, write_lab_files};
 pub use half::kube_half;
 pub use overhead::{Overhead, StepOverhead};

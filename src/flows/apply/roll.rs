@@ -162,17 +162,9 @@ pub async fn roll_node(
             .await?;
             journal.update(|j| j.facts.backup = Some(taken.path))?;
         }
-        // A lone member has nobody to hand leadership to (only --force gets
-        // here): the forfeit would wait for an election that cannot happen.
-        let lone = report.view.members.len() <= 1;
-        if n.control_plane && lone {
-            em.progress(
-                StepId::ForfeitLeader,
-                Some(host),
-                "the only etcd member: no leadership to hand over",
-            );
-        }
-        if n.control_plane && !lone {
+        if n.control_plane {
+            // The leader gate itself answers Alone for etcd's only member
+            // (reachable only with --force): nobody to hand over to.
             step(em, StepId::ForfeitLeader, n, async {
                 let h =
                     gates::leader::hand_over(cluster, policy, em, n, opts.etcd_deadline).await?;

@@ -22,8 +22,9 @@ pub enum HandOver {
     NotLeader,
     /// Leadership moved to this node (hostname).
     Moved { to: String },
-    /// The node is etcd's only member: there is nobody to hand over to, and a
-    /// forfeit would wait for an election that cannot happen.
+    /// No other etcd member (the node is the only one, or etcd has none yet):
+    /// nobody to hand over to, and a forfeit would wait for an election that
+    /// cannot happen.
     Alone,
 }
 
@@ -77,12 +78,11 @@ pub async fn hand_over(
     let mut asked = false;
     loop {
         let view = survey(cluster, policy).await;
-        if view.members.len() == 1
-            && view
-                .members
-                .iter()
-                .any(|m| owner(cluster, m).is_some_and(|n| n.hostname == node.hostname))
-        {
+        let others = view
+            .members
+            .iter()
+            .any(|m| owner(cluster, m).is_none_or(|n| n.hostname != node.hostname));
+        if view.members.len() <= 1 && !others {
             return Ok(HandOver::Alone);
         }
         match leader_of(cluster, &view) {
